@@ -1,0 +1,5 @@
+import sys
+
+from prcl.cli import main
+
+sys.exit(main())

@@ -1,0 +1,59 @@
+"""Data: datasets on disk, split files, loader-side transforms, the embedded demo dataset."""
+
+from prcl.data.datasets import (
+    CITYSCAPES_CLASS_NAMES,
+    IGNORE_INDEX,
+    VOC_CLASS_NAMES,
+    CityscapesDataset,
+    FolderDataset,
+    SegmentationDataset,
+    VOCDataset,
+    read_image,
+)
+from prcl.data.demo import demo_class_names, generate_demo_dataset
+from prcl.data.loaders import InfiniteLoader, make_loader
+from prcl.data.splits import (
+    Splits,
+    check_splits,
+    make_splits,
+    read_id_list,
+    read_splits,
+    split_dir,
+    write_id_list,
+    write_splits,
+)
+from prcl.data.transforms import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    eval_transform,
+    train_transform,
+    unlabeled_transform,
+)
+
+__all__ = [
+    "CITYSCAPES_CLASS_NAMES",
+    "IGNORE_INDEX",
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "VOC_CLASS_NAMES",
+    "CityscapesDataset",
+    "FolderDataset",
+    "InfiniteLoader",
+    "SegmentationDataset",
+    "Splits",
+    "VOCDataset",
+    "check_splits",
+    "demo_class_names",
+    "eval_transform",
+    "generate_demo_dataset",
+    "make_loader",
+    "make_splits",
+    "read_id_list",
+    "read_image",
+    "read_splits",
+    "split_dir",
+    "write_id_list",
+    "write_splits",
+    "train_transform",
+    "unlabeled_transform",
+]

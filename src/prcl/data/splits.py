@@ -1,0 +1,158 @@
+"""Split files: which image ids are labeled, unlabeled and used for validation.
+
+Layout (the reference's): ``<root>/<num_labels>/<seed>/{labeled,unlabeled,valid}_filename.txt``,
+one image id per line. Files may end without a final newline (the reference's do); blank lines
+and surrounding whitespace are ignored.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from prcl.errors import UserError
+
+SPLIT_NAMES = ("labeled", "unlabeled", "valid")
+
+
+@dataclass
+class Splits:
+    """Image ids of one semi-supervised split (order is kept as written)."""
+
+    labeled: list[str]
+    unlabeled: list[str]
+    valid: list[str]
+    test: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.labeled = list(self.labeled)
+        self.unlabeled = list(self.unlabeled)
+        self.valid = list(self.valid)
+        self.test = list(self.test)
+
+
+def split_dir(root: str | os.PathLike, num_labels: int, seed: int) -> Path:
+    """The folder ``<root>/<num_labels>/<seed>`` that holds one split's files."""
+    return Path(root) / str(int(num_labels)) / str(int(seed))
+
+
+def read_id_list(path: str | os.PathLike) -> list[str]:
+    """Read one id per line; blank lines are skipped, a missing final newline is fine."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"split file not found: {path} (write splits with `prcl splits`)")
+    with open(path, encoding="utf-8") as f:
+        return [line.strip() for line in f.read().splitlines() if line.strip()]
+
+
+def write_id_list(path: str | os.PathLike, ids: Iterable[str]) -> Path:
+    """Write one id per line (with a final newline), atomically (temp file, then rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    text = "".join(f"{i}\n" for i in ids)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def read_splits(root: str | os.PathLike, num_labels: int, seed: int) -> Splits:
+    """Read ``<root>/<num_labels>/<seed>/{labeled,unlabeled,valid}_filename.txt``."""
+    folder = split_dir(root, num_labels, seed)
+    if not folder.is_dir():
+        raise UserError(
+            f"split folder not found: {folder} (check data.splits, data.num_labels and "
+            "data.split_seed, or write splits with `prcl splits`)"
+        )
+    lists = {name: read_id_list(folder / f"{name}_filename.txt") for name in SPLIT_NAMES}
+    return Splits(**lists)
+
+
+def write_splits(root: str | os.PathLike, num_labels: int, seed: int, splits: Splits) -> Path:
+    """Write the three split files under ``<root>/<num_labels>/<seed>/``; returns that folder."""
+    folder = split_dir(root, num_labels, seed)
+    for name in SPLIT_NAMES:
+        write_id_list(folder / f"{name}_filename.txt", getattr(splits, name))
+    return folder
+
+
+def make_splits(
+    ids_train: Sequence[str], ids_valid: Sequence[str], num_labels: int, seed: int
+) -> Splits:
+    """Draw ``num_labels`` labeled ids from ``ids_train``; the other train ids are unlabeled.
+
+    Deterministic: the result depends only on the *set* of train ids, ``num_labels`` and ``seed``
+    (ids are sorted before a numpy ``Generator(seed)`` permutes them), not on the input order.
+    """
+    train = [str(i) for i in ids_train]
+    _raise_on_duplicates(train, "train ids")
+    _raise_on_duplicates([str(i) for i in ids_valid], "valid ids")
+    if not 1 <= num_labels <= len(train):
+        raise UserError(
+            f"num_labels={num_labels} must be between 1 and the number of train images "
+            f"({len(train)})"
+        )
+    ordered = sorted(train)
+    order = np.random.default_rng(seed).permutation(len(ordered))
+    shuffled = [ordered[k] for k in order]
+    return Splits(
+        labeled=shuffled[:num_labels], unlabeled=shuffled[num_labels:], valid=list(ids_valid)
+    )
+
+
+def check_splits(
+    splits: Splits,
+    image_path: Callable[[str], Path] | None = None,
+    allow_valid_in_train: bool = False,
+) -> None:
+    """Raise ``UserError`` on a broken split; return ``None`` when it is fine.
+
+    Checks: no id twice within a list; no id both labeled and unlabeled; (unless
+    ``allow_valid_in_train``) no valid id among the train ids; and, when ``image_path`` is given
+    (e.g. ``dataset.image_path``), that every id's image file exists -- the error names the first
+    missing id and the path where its image was expected.
+    """
+    for name in (*SPLIT_NAMES, "test"):
+        _raise_on_duplicates(getattr(splits, name), f"{name} split")
+    labeled = set(splits.labeled)
+    both = [i for i in splits.unlabeled if i in labeled]
+    if both:
+        raise UserError(
+            f"{len(both)} ids are both labeled and unlabeled (first: {both[0]!r}); "
+            "fix the split files or write new ones with `prcl splits`"
+        )
+    if not allow_valid_in_train:
+        train = labeled.union(splits.unlabeled)
+        leaked = [i for i in splits.valid if i in train]
+        if leaked:
+            raise UserError(
+                f"{len(leaked)} valid ids are also train ids (first: {leaked[0]!r}); "
+                "validation images must not be trained on"
+            )
+    if image_path is not None:
+        for name in (*SPLIT_NAMES, "test"):
+            for image_id in getattr(splits, name):
+                path = Path(image_path(image_id))
+                if not path.is_file():
+                    raise UserError(
+                        f"{name} split names image {image_id!r} but {path} does not exist; "
+                        "check data.root or the split files"
+                    )
+
+
+def _raise_on_duplicates(ids: Sequence[str], what: str) -> None:
+    seen: set[str] = set()
+    for i in ids:
+        if i in seen:
+            raise UserError(f"{what} lists {i!r} more than once; each id must appear once")
+        seen.add(i)

@@ -1,0 +1,99 @@
+"""Datasets of a run, from the config: labeled, unlabeled, valid and (demo only) test."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from torch.utils.data import Dataset
+
+from prcl.config import Config
+from prcl.data import (
+    CityscapesDataset,
+    FolderDataset,
+    Splits,
+    VOCDataset,
+    check_splits,
+    demo_class_names,
+    eval_transform,
+    generate_demo_dataset,
+    read_id_list,
+    read_splits,
+    train_transform,
+    unlabeled_transform,
+)
+from prcl.errors import UserError
+
+
+@dataclass
+class RunData:
+    labeled: Dataset
+    unlabeled: Dataset
+    valid: Dataset
+    test: Dataset | None
+    class_names: list[str]
+    root: Path
+
+
+def _splits_root(cfg: Config, root: Path) -> Path:
+    if cfg.data.splits:
+        return Path(cfg.data.splits).expanduser()
+    if (root / "splits").is_dir():
+        return root / "splits"
+    raise UserError(f"no split files for {root}: set data.splits to a folder holding "
+                    f"<num_labels>/<split_seed>/labeled_filename.txt (write one with `prcl splits`)")
+
+
+def demo_root(cfg: Config) -> Path:
+    """Generate (or reuse) the embedded demo dataset the config describes."""
+    d = cfg.data.demo
+    return generate_demo_dataset(cfg.data.root, num_train=d.num_train, num_valid=d.num_valid, num_test=d.num_test,
+                                 image_size=d.image_size, num_classes=d.num_classes, seed=d.seed,
+                                 num_labels=cfg.data.num_labels, split_seeds=cfg.data.split_seed)
+
+
+def build_run_data(cfg: Config) -> RunData:
+    """The four datasets with their transforms; every split id is checked against its image file."""
+    data = cfg.data
+    labeled_tf = train_transform(data.crop_size, tuple(data.scale_range))
+    unlabeled_tf = unlabeled_transform(data.crop_size)
+    test_ids: list[str] = []
+    if data.dataset in ("demo", "folder"):
+        if data.dataset == "demo":
+            root = demo_root(cfg)
+            names = demo_class_names(data.demo.num_classes)
+        else:
+            if not data.root:
+                raise UserError("data.root is not set: point it at a folder with images/ and masks/")
+            root = Path(data.root).expanduser()
+            names = [f"class_{k}" for k in range(data.num_classes)]
+        splits = read_splits(_splits_root(cfg, root), data.num_labels, data.split_seed)
+        if (root / "splits" / "test_filename.txt").is_file():
+            test_ids = read_id_list(root / "splits" / "test_filename.txt")
+
+        def make(ids, labels, tf):
+            return FolderDataset(root, ids, with_labels=labels, num_classes=data.num_classes, transform=tf)
+    elif data.dataset == "voc":
+        root = VOCDataset.find_root(data.root)
+        names = list(VOCDataset.class_names)
+        splits = read_splits(_splits_root(cfg, root), data.num_labels, data.split_seed)
+
+        def make(ids, labels, tf):
+            return VOCDataset(root, ids, with_labels=labels, transform=tf)
+    else:  # cityscapes
+        root = Path(data.root).expanduser()
+        names = list(CityscapesDataset.class_names)
+        splits = read_splits(_splits_root(cfg, root), data.num_labels, data.split_seed)
+
+        def make(ids, labels, tf, split="train"):
+            return CityscapesDataset(root, ids, with_labels=labels, split=split, transform=tf)
+
+    labeled = make(splits.labeled, True, labeled_tf)
+    unlabeled = make(splits.unlabeled, False, unlabeled_tf)
+    valid = (make(splits.valid, True, eval_transform(), split="val") if data.dataset == "cityscapes"
+             else make(splits.valid, True, eval_transform()))
+    check_splits(splits)
+    check_splits(Splits(splits.labeled, splits.unlabeled, []), image_path=labeled.image_path)
+    check_splits(Splits([], [], splits.valid), image_path=valid.image_path)
+    test = make(test_ids, True, eval_transform()) if test_ids else None
+    return RunData(labeled, unlabeled, valid, test, names, root)

@@ -1,0 +1,177 @@
+"""The PRCL contrastive loss (METHOD.md section 3), vectorised over anchors, negatives and classes.
+
+Two steps, kept apart so each can be read and tested on its own:
+- ``sample_contrast``: no gradient. Valid pixels, distribution prototypes, hard anchors and
+  prototype-driven negatives, returned as indices into one key pool;
+- ``PRCLLoss``: scores each anchor against its keys with the fused gather kernel and takes the
+  InfoNCE with the prototype as the positive.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .mls import mutual_likelihood_score
+from .prototypes import distribution_prototypes
+from .scores import KERNELS, gathered_mls
+
+
+@dataclass
+class ContrastSample:
+    """What the loss compares, as indices. P valid pixels, A anchors, K = 1 + negatives per anchor.
+
+    pixel_index: (batch, row, col) index tensors of the P valid pixels in the (N, H, W) maps.
+    pixel_labels: (P,) class of each valid pixel.
+    anchors: (A,) anchor positions in [0, P); anchor_classes: (A,) their classes.
+    negatives: (A, K - 1) negative positions in [0, P).
+    negative_class_prob: (A, C) probability with which each anchor drew each negative class.
+    key_mu, key_var: (P + C, D) key pool, normalised means: the P valid pixels then the C prototypes.
+    key_index: (A, K) rows of the pool; column 0 is the anchor's prototype (the positive).
+    num_present: number of classes with at least one valid pixel.
+    """
+
+    pixel_index: tuple[torch.Tensor, torch.Tensor, torch.Tensor]
+    pixel_labels: torch.Tensor
+    anchors: torch.Tensor
+    anchor_classes: torch.Tensor
+    negatives: torch.Tensor
+    negative_class_prob: torch.Tensor
+    key_mu: torch.Tensor
+    key_var: torch.Tensor
+    key_index: torch.Tensor
+    num_present: int
+
+
+def _uniform_pick(offsets: torch.Tensor, counts: torch.Tensor, groups: torch.Tensor,
+                  generator: torch.Generator | None) -> torch.Tensor:
+    """For each entry of ``groups``, a position drawn uniformly (with replacement) inside its group.
+
+    Members of group g occupy positions ``offsets[g] .. offsets[g] + counts[g] - 1`` of a sorted list.
+    Args: offsets, counts: (G,) int64; groups: any shape, int64 in [0, G), every used group non-empty.
+    Returns: positions, same shape as ``groups``.
+    """
+    u = torch.rand(groups.shape, device=groups.device, generator=generator)
+    count = counts[groups]
+    return offsets[groups] + torch.minimum((u * count).long(), count - 1)
+
+
+def _group_layout(groups: torch.Tensor, num_groups: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(offsets, counts), both (G,), of items already sorted by group."""
+    counts = torch.bincount(groups, minlength=num_groups)
+    return torch.cumsum(counts, 0) - counts, counts
+
+
+@torch.no_grad()
+def sample_contrast(mu: torch.Tensor, var: torch.Tensor, labels: torch.Tensor, valid: torch.Tensor,
+                    prob: torch.Tensor, num_queries: int = 256, num_negatives: int = 512,
+                    temperature: float = 100.0, strong_threshold: float = 0.8,
+                    generator: torch.Generator | None = None) -> ContrastSample | None:
+    """Draw anchors and negatives for the PRCL loss. Shapes as in ``PRCLLoss.forward``.
+
+    Returns None when fewer than two classes are present or no class has a hard pixel.
+    Prototypes are all-reduced over ranks, so every rank must call this at the same step.
+    """
+    num_classes = prob.shape[1]
+    batch_idx, row_idx, col_idx = (valid & (labels >= 0)).nonzero(as_tuple=True)
+    pixel_labels = labels[batch_idx, row_idx, col_idx]  # (P,)
+    # Pixel-major views (N, H, W, D): indexing them gathers (P, D) rows without copying the maps.
+    pixel_mu = mu.permute(0, 2, 3, 1)[batch_idx, row_idx, col_idx].float()
+    pixel_var = var.permute(0, 2, 3, 1)[batch_idx, row_idx, col_idx].float()
+
+    # Every rank takes part in the prototype all-reduce before any early exit.
+    proto_mu, proto_var = distribution_prototypes(pixel_mu, pixel_var, pixel_labels, num_classes)
+
+    order = torch.argsort(pixel_labels, stable=True)  # valid pixels sorted by class
+    offsets, counts = _group_layout(pixel_labels[order], num_classes)
+    present = (counts > 0).nonzero().squeeze(1)  # (Cp,)
+    num_present = present.numel()
+    if num_present < 2:
+        return None
+
+    # Anchors: hard pixels (own-class probability below the strong threshold), uniform per class.
+    own_prob = prob[batch_idx, pixel_labels, row_idx, col_idx]
+    hard_order = order[own_prob[order] < strong_threshold]  # hard pixels, still sorted by class
+    hard_offsets, hard_counts = _group_layout(pixel_labels[hard_order], num_classes)
+    anchor_groups = (hard_counts > 0).nonzero().squeeze(1)  # (Ca,) classes that have anchors
+    if anchor_groups.numel() == 0:
+        return None
+    anchor_classes = anchor_groups.repeat_interleave(num_queries)  # (A,)
+    anchors = hard_order[_uniform_pick(hard_offsets, hard_counts, anchor_classes, generator)]
+
+    # Negative classes: softmax over the other present classes of MLS(proto_c, proto_k) / T.
+    present_mu, present_var = proto_mu[present], proto_var[present]
+    proto_scores = mutual_likelihood_score(present_mu[:, None], present_var[:, None],
+                                           present_mu[None], present_var[None]) / temperature
+    proto_scores.fill_diagonal_(float("-inf"))
+    slot = torch.full((num_classes,), -1, dtype=torch.long, device=mu.device)
+    slot[present] = torch.arange(num_present, device=mu.device)
+    group_prob = torch.softmax(proto_scores[slot[anchor_groups]], dim=1)  # (Ca, Cp)
+    drawn = torch.multinomial(group_prob, num_queries * num_negatives, replacement=True, generator=generator)
+    negative_classes = present[drawn].reshape(-1, num_negatives)  # (A, K - 1)
+    negatives = order[_uniform_pick(offsets, counts, negative_classes, generator)]
+    negative_class_prob = mu.new_zeros(anchor_groups.numel(), num_classes, dtype=torch.float32)
+    negative_class_prob[:, present] = group_prob
+    negative_class_prob = negative_class_prob.repeat_interleave(num_queries, dim=0)
+
+    # Key pool: the valid pixels, then the prototypes; column 0 of each row is the positive.
+    key_mu = torch.cat([F.normalize(pixel_mu, dim=1), F.normalize(proto_mu, dim=1)])
+    key_var = torch.cat([pixel_var, proto_var])
+    key_index = torch.cat([(pixel_labels.numel() + anchor_classes)[:, None], negatives], dim=1)
+    return ContrastSample((batch_idx, row_idx, col_idx), pixel_labels, anchors, anchor_classes, negatives,
+                          negative_class_prob, key_mu, key_var, key_index, num_present)
+
+
+class PRCLLoss(nn.Module):
+    """Probabilistic representation contrastive loss.
+
+    For every class c present among the valid pixels: ``num_queries`` anchors drawn from its hard
+    pixels (student probability for c below ``strong_threshold``), each contrasted by an InfoNCE over
+    ``[MLS(anchor, prototype_c), MLS(anchor, negative_1..num_negatives)] / T``; negatives are valid
+    pixels of other classes, their classes drawn with probabilities ``softmax_k(MLS(proto_c, proto_k) / T)``.
+    Mean over anchors, sum over classes, divided by the number of classes present. Prototypes and
+    negatives carry no gradient; only anchors do.
+    """
+
+    def __init__(self, num_queries: int = 256, num_negatives: int = 512, temperature: float = 100.0,
+                 strong_threshold: float = 0.8, kernel: str = "auto") -> None:
+        super().__init__()
+        if kernel not in KERNELS:
+            raise ValueError(f"kernel must be one of {KERNELS}, got {kernel!r}")
+        self.num_queries = num_queries
+        self.num_negatives = num_negatives
+        self.temperature = temperature
+        self.strong_threshold = strong_threshold
+        self.kernel = kernel
+
+    def forward(self, mu: torch.Tensor, var: torch.Tensor, labels: torch.Tensor, valid: torch.Tensor,
+                prob: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """
+        Args:
+            mu: (N, D, H, W) representation means (unnormalised).
+            var: (N, D, H, W) variances in (0, 1).
+            labels: (N, H, W) int64 class per pixel, -1 = ignore.
+            valid: (N, H, W) bool pixels allowed in the loss (labeled, or confident pseudo-label).
+            prob: (N, C, H, W) student class probabilities (no gradient is taken through them).
+            generator: optional torch.Generator on the tensors' device for the sampling.
+        Returns:
+            scalar loss; a zero that belongs to the graph when fewer than two classes are present
+            (or none has a hard pixel).
+        """
+        sample = sample_contrast(mu, var, labels, valid, prob.detach(), self.num_queries, self.num_negatives,
+                                 self.temperature, self.strong_threshold, generator)
+        if sample is None:
+            return (mu.sum() + var.sum()) * 0.0
+        # Only anchors carry gradient: gather them from the maps themselves.
+        at = tuple(index[sample.anchors] for index in sample.pixel_index)
+        anchor_mu = F.normalize(mu.permute(0, 2, 3, 1)[at].float(), dim=1)  # (A, D)
+        anchor_var = var.permute(0, 2, 3, 1)[at].float()
+        scores = gathered_mls(anchor_mu, anchor_var, sample.key_mu, sample.key_var, sample.key_index,
+                              self.kernel) / self.temperature
+        target = torch.zeros(scores.shape[0], dtype=torch.long, device=scores.device)
+        per_anchor = F.cross_entropy(scores, target, reduction="none")
+        # Every anchor class has num_queries anchors: mean per class, summed, over the classes present.
+        return per_anchor.sum() / (self.num_queries * sample.num_present)

@@ -1,0 +1,41 @@
+"""Confidence-weighted cross-entropy on pseudo-labels (the unsupervised loss)."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def pseudo_label_loss(
+    logits: torch.Tensor,
+    pseudo_labels: torch.Tensor,
+    confidence: torch.Tensor,
+    threshold: float = 0.97,
+) -> torch.Tensor:
+    """Per-image confidence-weighted pixel CE (METHOD.md section 3, "Unsupervised").
+
+    Image b gets ``w_b = #(pixels with q >= threshold) / #(pixels with y^ >= 0)``; the loss is the
+    mean of ``w_b * ce`` over the pixels where that product is > 0. An image with no valid pixel gets
+    weight 0 (the reference divides 0 by 0 there); when no pixel is left the loss is a zero that still
+    belongs to the graph.
+
+    Args:
+        logits: (N, C, h, w) student logits; upsampled bilinearly (align_corners=True) to the label
+            size when smaller.
+        pseudo_labels: (N, H, W) int64, -1 = ignore.
+        confidence: (N, H, W) teacher confidence q.
+    Returns:
+        scalar tensor.
+    """
+    if logits.shape[-2:] != pseudo_labels.shape[-2:]:
+        logits = F.interpolate(logits, size=pseudo_labels.shape[-2:], mode="bilinear", align_corners=True)
+    batch = logits.shape[0]
+    confident = (confidence >= threshold).reshape(batch, -1).sum(1).float()
+    labelled = (pseudo_labels >= 0).reshape(batch, -1).sum(1).float()
+    weight = torch.where(labelled > 0, confident / labelled.clamp_min(1), torch.zeros_like(labelled))
+    ce = F.cross_entropy(logits.float(), pseudo_labels, reduction="none", ignore_index=-1)
+    weighted = weight[:, None, None] * ce
+    # Mean over the pixels where w_b * ce > 0 (both factors are >= 0, so the others add 0 to the sum);
+    # written as sum / count so there is no host sync and an empty selection gives 0, not NaN.
+    kept = (weighted > 0).sum()
+    return weighted.sum() / kept.clamp_min(1)

@@ -1,0 +1,275 @@
+"""PRCL losses against their formulas (METHOD.md section 3)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from prcl.losses import (
+    PRCLLoss,
+    distribution_prototypes,
+    gathered_mls,
+    mutual_likelihood_score,
+    pseudo_label_loss,
+    ramp_weight,
+    sample_contrast,
+)
+
+
+def mls_float64(mu_a, var_a, mu_b, var_b):
+    mu_a, var_a, mu_b, var_b = (t.double() for t in (mu_a, var_a, mu_b, var_b))
+    mu_a = mu_a / mu_a.norm(dim=-1, keepdim=True)
+    mu_b = mu_b / mu_b.norm(dim=-1, keepdim=True)
+    s = var_a + var_b
+    return -0.5 * ((mu_a - mu_b) ** 2 / s + torch.log(s)).sum(-1) / mu_a.shape[-1]
+
+
+def random_maps(n=2, d=16, h=12, w=12, classes=5, present=(0, 2, 3), seed=0):
+    g = torch.Generator().manual_seed(seed)
+    mu = torch.randn(n, d, h, w, generator=g)
+    var = torch.rand(n, d, h, w, generator=g) * 0.9 + 0.05
+    labels = torch.tensor(present)[torch.randint(0, len(present), (n, h, w), generator=g)]
+    valid = torch.rand(n, h, w, generator=g) > 0.2
+    prob = torch.softmax(torch.randn(n, classes, h, w, generator=g) * 3, 1)
+    return mu, var, labels, valid, prob
+
+
+def test_mls_matches_float64_formula_and_broadcasts():
+    g = torch.Generator().manual_seed(1)
+    mu_a, mu_b = torch.randn(7, 1, 32, generator=g), torch.randn(1, 5, 32, generator=g)
+    var_a, var_b = torch.rand(7, 1, 32, generator=g) + 0.01, torch.rand(1, 5, 32, generator=g) + 0.01
+    out = mutual_likelihood_score(mu_a, var_a, mu_b, var_b)
+    assert out.shape == (7, 5)
+    torch.testing.assert_close(out.double(), mls_float64(mu_a, var_a, mu_b, var_b), rtol=1e-5, atol=1e-6)
+    # the score of a Gaussian with itself is highest against any other mean with the same variance
+    same = mutual_likelihood_score(mu_a[:, 0], var_a[:, 0], mu_a[:, 0], var_a[:, 0])
+    other = mutual_likelihood_score(mu_a[:, 0], var_a[:, 0], mu_b[0, :1].expand(7, 32), var_a[:, 0])
+    assert bool((same > other).all())
+
+
+def test_prototypes_match_formula():
+    g = torch.Generator().manual_seed(2)
+    mu, var = torch.randn(40, 8, generator=g), torch.rand(40, 8, generator=g) + 0.05
+    labels = torch.randint(0, 3, (40,), generator=g)
+    proto_mu, proto_var = distribution_prototypes(mu, var, labels, num_classes=4)
+    for c in range(3):
+        m, v = mu[labels == c].double(), var[labels == c].double()
+        expected_var = 1.0 / (1.0 / v).sum(0)
+        expected_mu = (expected_var / v * m).sum(0)
+        torch.testing.assert_close(proto_var[c].double(), expected_var, rtol=1e-5, atol=1e-7)
+        torch.testing.assert_close(proto_mu[c].double(), expected_mu, rtol=1e-5, atol=1e-6)
+    assert bool(torch.isinf(proto_var[3]).all()) and bool((proto_mu[3] == 0).all())
+
+
+@pytest.mark.parametrize("present", [(), (2,)])
+def test_fewer_than_two_classes_gives_a_zero_in_the_graph(present):
+    mu, var, labels, valid, prob = random_maps(present=present or (0,))
+    if not present:
+        valid = torch.zeros_like(valid)
+    mu.requires_grad_(), var.requires_grad_()
+    loss = PRCLLoss(num_queries=8, num_negatives=16, kernel="chunked")(mu, var, labels, valid, prob)
+    assert loss.item() == 0.0 and loss.requires_grad
+    loss.backward()
+    assert mu.grad is not None and bool((mu.grad == 0).all()) and bool((var.grad == 0).all())
+
+
+def two_constant_classes(easy_second: bool):
+    """Two classes whose pixels all share one Gaussian each: the loss has a closed form."""
+    d, h, w = 8, 6, 6
+    g = torch.Generator().manual_seed(3)
+    m = torch.randn(2, d, generator=g)
+    v = torch.rand(2, d, generator=g) * 0.5 + 0.1
+    labels = torch.zeros(1, h, w, dtype=torch.long)
+    labels[:, :, 3:] = 1
+    mu = m[labels].permute(0, 3, 1, 2).contiguous()
+    var = v[labels].permute(0, 3, 1, 2).contiguous()
+    prob = torch.full((1, 3, h, w), 0.3)  # every pixel is hard...
+    if easy_second:
+        prob[:, 1][labels == 1] = 0.95  # ...except class 1 when it is easy
+    valid = torch.ones(1, h, w, dtype=torch.bool)
+    return m, v, mu, var, labels, valid, prob
+
+
+@pytest.mark.parametrize("easy_second", [False, True])
+def test_closed_form_and_the_divisor(easy_second):
+    m, v, mu, var, labels, valid, prob = two_constant_classes(easy_second)
+    temperature, negatives, n = 0.5, 16, 18  # n pixels per class
+    loss = PRCLLoss(num_queries=4, num_negatives=negatives, temperature=temperature, kernel="chunked")(
+        mu, var, labels, valid, prob)
+
+    def class_term(c):
+        proto_var = v[c] / n  # n identical Gaussians fused
+        positive = mls_float64(m[c], v[c], m[c], proto_var)
+        negative = mls_float64(m[c], v[c], m[1 - c], v[1 - c])
+        logits = torch.cat([positive.view(1), negative.view(1).repeat(negatives)]) / temperature
+        return -torch.log_softmax(logits, 0)[0]
+
+    expected = class_term(0) / 2 if easy_second else (class_term(0) + class_term(1)) / 2
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
+
+
+def test_anchors_come_from_valid_hard_pixels_only():
+    mu, var, labels, valid, prob = random_maps(n=2, h=16, w=16, present=(0, 1, 4))
+    sample = sample_contrast(mu, var, labels, valid, prob, num_queries=200, num_negatives=8,
+                             strong_threshold=0.5, generator=torch.Generator().manual_seed(0))
+    b, y, x = (index[sample.anchors] for index in sample.pixel_index)
+    assert bool(valid[b, y, x].all())
+    assert torch.equal(labels[b, y, x], sample.anchor_classes)
+    assert bool((prob[b, sample.anchor_classes, y, x] < 0.5).all())
+    # every hard valid pixel of a class can be drawn: with many draws, most of them are
+    hard = valid & (prob.gather(1, labels.clamp_min(0)[:, None])[:, 0] < 0.5) & (labels == 4)
+    drawn = set(zip(*(t[sample.anchor_classes == 4].tolist() for t in (b, y, x))))
+    assert len(drawn) > 0.5 * min(int(hard.sum()), 200)
+
+
+def test_negatives_follow_prototype_softmax_and_avoid_anchor_class_and_invalid_pixels():
+    mu, var, labels, valid, prob = random_maps(n=2, d=8, h=20, w=20, present=(0, 1, 2, 3))
+    # separate the class means so that the negative-class probabilities differ clearly
+    shift = torch.randn(4, 8, generator=torch.Generator().manual_seed(5)) * 2
+    mu = mu * 0.3 + shift[labels.clamp_min(0)].permute(0, 3, 1, 2)
+    temperature = 0.05
+    sample = sample_contrast(mu, var, labels, valid, prob, num_queries=64, num_negatives=512,
+                             temperature=temperature, strong_threshold=1.01,
+                             generator=torch.Generator().manual_seed(1))
+    b, y, x = sample.pixel_index
+    negative_classes = sample.pixel_labels[sample.negatives]  # (A, K-1)
+    assert bool((negative_classes != sample.anchor_classes[:, None]).all())
+    assert bool(valid[b[sample.negatives], y[sample.negatives], x[sample.negatives]].all())
+    # expected class probabilities from the prototypes, computed here independently
+    pm, pv = [], []
+    for c in range(4):
+        sel = (labels == c) & valid
+        m, v = mu.permute(0, 2, 3, 1)[sel].double(), var.permute(0, 2, 3, 1)[sel].double()
+        pv.append(1 / (1 / v).sum(0))
+        pm.append((pv[-1] / v * m).sum(0))
+    pm, pv = torch.stack(pm), torch.stack(pv)
+    for c in range(4):
+        others = [k for k in range(4) if k != c]
+        scores = torch.stack([mls_float64(pm[c], pv[c], pm[k], pv[k]) for k in others]) / temperature
+        expected = torch.softmax(scores, 0)
+        drawn = negative_classes[sample.anchor_classes == c].reshape(-1)
+        observed = torch.stack([(drawn == k).double().mean() for k in others])
+        assert float(expected.max() - expected.min()) > 0.1  # the test is not trivially uniform
+        torch.testing.assert_close(observed, expected, atol=0.02, rtol=0)
+
+
+def test_gradients_reach_mu_and_var_only_at_anchor_pixels():
+    mu, var, labels, valid, prob = random_maps(n=2, h=10, w=10)
+    mu.requires_grad_(), var.requires_grad_()
+    kwargs = dict(num_queries=6, num_negatives=32, temperature=0.5, strong_threshold=0.6)
+    loss = PRCLLoss(kernel="chunked", **kwargs)(mu, var, labels, valid, prob,
+                                                generator=torch.Generator().manual_seed(7))
+    loss.backward()
+    sample = sample_contrast(mu, var, labels, valid, prob, generator=torch.Generator().manual_seed(7), **kwargs)
+    anchor_mask = torch.zeros_like(valid)
+    anchor_mask[tuple(index[sample.anchors] for index in sample.pixel_index)] = True
+    for grad in (mu.grad, var.grad):
+        touched = grad.abs().sum(1) > 0
+        assert bool(touched[anchor_mask].all())
+        assert not bool(touched[~anchor_mask].any())
+
+
+@pytest.mark.parametrize("level", [1e-6, 0.5, 1 - 1e-6])
+def test_loss_is_finite_for_extreme_variances(level):
+    mu, var, labels, valid, prob = random_maps()
+    var = torch.full_like(var, level).requires_grad_()
+    mu.requires_grad_()
+    loss = PRCLLoss(num_queries=8, num_negatives=32, kernel="chunked")(mu, var, labels, valid, prob)
+    loss.backward()
+    assert math.isfinite(loss.item()) and loss.item() > 0
+    assert bool(torch.isfinite(mu.grad).all()) and bool(torch.isfinite(var.grad).all())
+
+
+def test_gathered_scores_gradcheck_and_match_the_formula():
+    g = torch.Generator().manual_seed(4)
+    a, p, k, d = 5, 9, 4, 6
+    anchor_mu = F.normalize(torch.randn(a, d, generator=g, dtype=torch.float64), dim=1).requires_grad_()
+    anchor_var = (torch.rand(a, d, generator=g, dtype=torch.float64) + 0.1).requires_grad_()
+    key_mu = F.normalize(torch.randn(p, d, generator=g, dtype=torch.float64), dim=1)
+    key_var = torch.rand(p, d, generator=g, dtype=torch.float64) + 0.1
+    index = torch.randint(0, p, (a, k), generator=g)
+    out = gathered_mls(anchor_mu, anchor_var, key_mu, key_var, index, kernel="chunked")
+    torch.testing.assert_close(out, mls_float64(anchor_mu[:, None], anchor_var[:, None], key_mu[index], key_var[index]))
+    assert torch.autograd.gradcheck(
+        lambda m, v: gathered_mls(m, v, key_mu, key_var, index, kernel="chunked"), (anchor_mu, anchor_var))
+
+
+def test_compiled_kernel_matches_chunked_kernel():
+    mu, var, labels, valid, prob = random_maps(n=2, d=32, h=16, w=16)
+    results = []
+    for kernel in ("chunked", "compiled"):
+        m, v = mu.clone().requires_grad_(), var.clone().requires_grad_()
+        loss = PRCLLoss(num_queries=16, num_negatives=64, temperature=0.5, kernel=kernel)(
+            m, v, labels, valid, prob, generator=torch.Generator().manual_seed(3))
+        loss.backward()
+        results.append((loss.detach(), m.grad, v.grad))
+    for chunked, compiled in zip(*results):
+        torch.testing.assert_close(compiled, chunked, rtol=1e-4, atol=1e-7)
+
+
+def test_pseudo_label_loss_matches_the_weighted_formula():
+    g = torch.Generator().manual_seed(6)
+    logits = torch.randn(3, 4, 5, 5, generator=g, requires_grad=True)
+    labels = torch.randint(0, 4, (3, 5, 5), generator=g)
+    confidence = torch.rand(3, 5, 5, generator=g)
+    labels[1, :2] = -1
+    labels[2] = -1  # an image with no valid pixel gets weight 0, not NaN
+    confidence[2] = 0
+    loss = pseudo_label_loss(logits, labels, confidence, threshold=0.5)
+    terms = []
+    for b in range(2):
+        weight = (confidence[b] >= 0.5).sum() / (labels[b] >= 0).sum()
+        ce = F.cross_entropy(logits[b : b + 1], labels[b : b + 1], ignore_index=-1, reduction="none")
+        terms.append((weight * ce)[(weight * ce) > 0])
+    expected = torch.cat(terms).mean()
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-6)
+    loss.backward()
+    assert bool(torch.isfinite(logits.grad).all()) and bool((logits.grad[2] == 0).all())
+
+
+def test_pseudo_label_loss_all_masked_is_zero_in_graph_and_upsamples():
+    logits = torch.randn(2, 3, 4, 4, requires_grad=True)
+    labels = torch.full((2, 8, 8), -1)
+    loss = pseudo_label_loss(logits, labels, torch.zeros(2, 8, 8))
+    assert loss.item() == 0.0 and loss.requires_grad
+    labels[0, 0, 0] = 1
+    assert pseudo_label_loss(logits, labels, torch.ones(2, 8, 8)).item() > 0
+
+
+def test_ramp_values_from_method():
+    expected = {0: 1.0, 50: 0.7316, 100: 0.2865, 150: 0.0601, 199: 0.0071}
+    for epoch, value in expected.items():
+        assert ramp_weight(epoch) == pytest.approx(value, abs=5e-5)
+    assert ramp_weight(400) == pytest.approx(ramp_weight(200))
+    assert ramp_weight(10, begin_epoch=20) == 1.0
+
+
+def _prototype_worker(rank, world_size, init_file, mu, var, labels, out):
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world_size)
+    half = mu.shape[0] // world_size
+    part = slice(rank * half, (rank + 1) * half)
+    proto_mu, proto_var = distribution_prototypes(mu[part], var[part], labels[part], num_classes=3)
+    out[rank] = (proto_mu, proto_var)
+    dist.destroy_process_group()
+
+
+def test_prototypes_are_exact_under_data_parallelism(tmp_path):
+    """Two ranks holding half the pixels each get the prototype of all the pixels."""
+    import torch.multiprocessing as mp
+
+    g = torch.Generator().manual_seed(8)
+    mu, var = torch.randn(60, 8, generator=g), torch.rand(60, 8, generator=g) + 0.05
+    labels = torch.randint(0, 3, (60,), generator=g)
+    expected = distribution_prototypes(mu, var, labels, num_classes=3)
+    with mp.Manager() as manager:
+        out = manager.dict()
+        mp.spawn(_prototype_worker, args=(2, str(tmp_path / "init"), mu, var, labels, out), nprocs=2)
+        results = dict(out)
+    for rank in range(2):
+        torch.testing.assert_close(results[rank][0], expected[0], rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(results[rank][1], expected[1], rtol=1e-5, atol=1e-7)
