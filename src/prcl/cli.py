@@ -29,14 +29,14 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from prcl.engine.evaluation_cli import run_eval
+    from prcl.infer.commands import run_eval
 
     run_eval(args)
     return 0
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from prcl.infer.predict_files import predict_files
+    from prcl.infer.commands import predict_files
 
     written = predict_files(args.checkpoint, args.inputs, args.out, device=args.device)
     print(f"wrote {len(written)} predictions to {args.out}")
@@ -84,6 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", choices=["valid", "test"], default="valid")
     p.add_argument("--use", choices=["teacher", "student"], default="teacher")
     p.add_argument("--out", help="JSON file for the results (default: next to the checkpoint)")
+    p.add_argument("--device", default="cpu")
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("predict", help="write palette masks, overlays and uncertainty maps for images")

@@ -594,6 +594,17 @@ def load_config(
     return _build(tree, resolve)
 
 
+def config_from_dict(tree: dict[str, Any], source: str = "") -> Config:
+    """A validated, resolved Config from a nested plain dict (e.g. one stored in a checkpoint).
+
+    Keys missing from ``tree`` keep their defaults; ``source`` names where the dict came from in
+    error messages.
+    """
+    full = config_to_dict(Config())
+    _merge_mapping(full, tree, f" in {source}" if source else "")
+    return _build(full, resolve=True)
+
+
 def save_config(cfg: Config, path: str | Path) -> None:
     """Write ``cfg`` as YAML atomically (temporary file in the same folder, then os.replace)."""
     path = Path(path)

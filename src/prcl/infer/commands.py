@@ -1,0 +1,126 @@
+"""What `prcl eval` and `prcl predict` do, callable from Python too."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from prcl.config import Config
+from prcl.errors import UserError
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+
+
+def evaluate_checkpoint(cfg: Config, checkpoint: str | Path, split: str = "valid", use: str = "teacher",
+                        device: str = "cpu") -> dict:
+    """mIoU of a checkpoint's network on the config's ``split`` (valid, or test for the demo)."""
+    import torch
+
+    from prcl.engine.data_setup import build_run_data
+    from prcl.engine.trainer import evaluate_model
+    from prcl.infer import Predictor
+
+    data = build_run_data(cfg)
+    dataset = data.valid if split == "valid" else data.test
+    if dataset is None:
+        raise UserError(f"this dataset has no {split} split; use --split valid")
+    predictor = Predictor.from_checkpoint(checkpoint, device=device, use=use)
+    if predictor.num_classes != cfg.data.num_classes:
+        raise UserError(f"{checkpoint} predicts {predictor.num_classes} classes but the config's dataset has "
+                        f"{cfg.data.num_classes}; evaluate with the config it was trained with")
+    result = evaluate_model(predictor.model, dataset, cfg, torch.device(device))
+    result["class_names"] = data.class_names
+    result["checkpoint"] = str(checkpoint)
+    result["split"] = split
+    return result
+
+
+def format_table(result: dict) -> str:
+    """Per-class IoU table (percent) followed by the mIoU."""
+    names = result["class_names"]
+    width = max(12, *(len(n) for n in names)) + 2
+    lines = [f"{'class':<{width}}{'IoU':>8}"]
+    for name, iou in zip(names, result["per_class_iou"]):
+        lines.append(f"{name:<{width}}{'-' if iou is None or math.isnan(iou) else f'{100 * iou:.2f}':>8}")
+    lines.append(f"{'mIoU':<{width}}{100 * result['miou']:>8.2f}   ({result['protocol']}, {result['images']} images)")
+    return "\n".join(lines)
+
+
+def run_eval(args) -> dict:
+    """`prcl eval`: config + overrides, protocol options from flags, table on stdout, JSON beside."""
+    import json
+
+    from prcl.config import apply_overrides, load_config
+    from prcl.engine.trainer import write_json
+
+    cfg = load_config(args.config, args.overrides)
+    extra = []
+    if args.protocol:
+        extra.append(f"eval.protocol={args.protocol}")
+    if args.flip:
+        extra.append("eval.flip=true")
+    if args.scales:
+        extra.append(f"eval.scales=[{','.join(str(s) for s in args.scales)}]")
+    cfg = apply_overrides(cfg, extra) if extra else cfg
+    result = evaluate_checkpoint(cfg, args.checkpoint, split=args.split, use=args.use, device=args.device)
+    result["eval"] = dataclasses.asdict(cfg.eval)
+    print(format_table(result))
+    out = Path(args.out) if args.out else Path(args.checkpoint).with_suffix(f".eval-{args.split}.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    write_json(out, result)
+    print(f"results: {out}")
+    json.dumps(result)  # fail here, not later, if something is not serialisable
+    return result
+
+
+def _inputs(paths: list[str]) -> list[Path]:
+    files: list[Path] = []
+    for item in paths:
+        path = Path(item).expanduser()
+        if path.is_dir():
+            files += sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        elif path.is_file():
+            files.append(path)
+        else:
+            raise UserError(f"input not found: {path} (give image files or folders of images)")
+    if not files:
+        raise UserError(f"no images found in {', '.join(paths)} (looked for {', '.join(IMAGE_SUFFIXES)})")
+    return files
+
+
+def predict_files(checkpoint: str | Path, inputs: list[str], out_dir: str | Path, device: str = "cpu") -> list[Path]:
+    """For each image: ``<stem>_mask.png`` (palette), ``<stem>_overlay.png`` and, with a probability
+    head, ``<stem>_uncertainty.png`` (mean variance) in ``out_dir``. Returns the mask paths."""
+    from prcl.engine.checkpoint import atomic_write
+    from prcl.infer import Predictor
+    from prcl.infer.visualize import heatmap, overlay, palette
+
+    files = _inputs(inputs)
+    predictor = Predictor.from_checkpoint(checkpoint, device=device)
+    out = Path(out_dir).expanduser()
+    out.mkdir(parents=True, exist_ok=True)
+    flat_palette = palette(256).reshape(-1).tolist()
+    written = []
+    for path in files:
+        try:
+            with Image.open(path) as opened:
+                picture = np.asarray(opened.convert("RGB"))
+        except (UnidentifiedImageError, OSError) as error:
+            raise UserError(f"cannot read image {path}: {error}") from None
+        prediction = predictor.predict(picture)
+        mask = Image.fromarray(prediction.mask.astype(np.uint8), mode="P")
+        mask.putpalette(flat_palette)
+        outputs = {f"{path.stem}_mask.png": mask,
+                   f"{path.stem}_overlay.png": Image.fromarray(overlay(picture, prediction.mask,
+                                                                       num_classes=predictor.num_classes))}
+        if prediction.uncertainty is not None:
+            outputs[f"{path.stem}_uncertainty.png"] = Image.fromarray(heatmap(prediction.uncertainty))
+        for name, image in outputs.items():
+            with atomic_write(out / name) as handle:
+                image.save(handle, format="PNG")
+        written.append(out / f"{path.stem}_mask.png")
+    return written

@@ -1,0 +1,217 @@
+"""Predictor: a trained segmenter as a function from a picture to a mask, probabilities and uncertainty.
+
+>>> predictor = Predictor.from_checkpoint("runs/prcl/checkpoints/best.pt")
+>>> prediction = predictor.predict(PIL.Image.open("street.jpg"))
+>>> prediction.mask.shape  # (H, W), the picture's size
+
+The uncertainty is the probability head's variance averaged over the 256 representation
+dimensions: in (0, 1), higher where the representation is less certain.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch import nn
+
+from prcl.config import Config, config_from_dict
+from prcl.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from prcl.engine.checkpoint import load_checkpoint
+from prcl.engine.evaluate import average_views
+from prcl.errors import UserError
+from prcl.models import ProbabilityHead, build_segmenter
+
+ImageInput = Image.Image | np.ndarray | torch.Tensor
+
+
+@dataclass
+class Prediction:
+    """One picture's prediction, all maps at the picture's size (H, W)."""
+
+    mask: np.ndarray  # (H, W) int64 class indices
+    probabilities: np.ndarray  # (C, H, W) float32 softmax probabilities
+    confidence: np.ndarray  # (H, W) float32 probability of the predicted class
+    uncertainty: np.ndarray | None  # (H, W) float32 mean variance in (0, 1); None without a probability head
+
+
+def _device(device: str | torch.device) -> torch.device:
+    if str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def config_from_checkpoint(state: dict[str, Any], path: str | Path) -> Config:
+    """The (resolved) Config stored as a plain dict under ``state["config"]``."""
+    tree = state.get("config")
+    if not isinstance(tree, dict):
+        raise UserError(f"{path} is not a prcl checkpoint: it holds no 'config' section")
+    try:
+        return config_from_dict(tree, f"checkpoint {path}")
+    except UserError as error:
+        raise UserError(f"the config stored in checkpoint {path} is invalid: {error}") from None
+
+
+def _load_weights(module: nn.Module, weights: Any, what: str, path: str | Path) -> None:
+    try:
+        module.load_state_dict(weights)
+    except (RuntimeError, TypeError, AttributeError) as error:
+        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise UserError(f"the {what} weights in {path} do not fit the model its config describes: {first}") from None
+
+
+def _class_names(names: Any, num_classes: int) -> list[str] | None:
+    """The checkpoint's class names when it holds one string per class, else None."""
+    if isinstance(names, (list, tuple)) and len(names) == num_classes and all(isinstance(n, str) for n in names):
+        return list(names)
+    return None
+
+
+class Predictor:
+    """Runs a segmenter (and optionally its probability head) on single pictures, without gradients.
+
+    ``model(x)`` returns an object with ``.logits`` (N, C, h, w) and ``.features`` (N, F, h, w)
+    (a :class:`prcl.models.Segmenter`); ``probability_head(features)`` returns variance
+    (N, 256, h, w). Both are moved to ``device`` and put in eval mode. Input pictures are scaled
+    to [0, 1] and normalised with ``mean``/``std`` (tensors are taken as already normalised).
+    ``protocol`` ("whole" or "sliding"), ``window``, ``stride``, ``flip`` and ``scales`` are as
+    in :func:`prcl.engine.evaluate.average_views`; the uncertainty is averaged over the same views.
+    ``class_names`` (optional) names the C classes.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        num_classes: int,
+        probability_head: nn.Module | None = None,
+        device: str | torch.device = "cpu",
+        mean: Sequence[float] = IMAGENET_MEAN,
+        std: Sequence[float] = IMAGENET_STD,
+        protocol: str = "whole",
+        window: int | Sequence[int] | None = None,
+        stride: int | Sequence[int] | None = None,
+        flip: bool = False,
+        scales: Sequence[float] = (1.0,),
+        class_names: Sequence[str] | None = None,
+    ) -> None:
+        if protocol not in ("whole", "sliding"):
+            raise ValueError(f"Predictor protocol must be 'whole' or 'sliding', got {protocol!r}")
+        if protocol == "sliding" and window is None:
+            raise ValueError("the sliding protocol needs a window size")
+        self.device = _device(device)
+        self.model = model.to(self.device).eval()
+        self.probability_head = probability_head.to(self.device).eval() if probability_head is not None else None
+        self.num_classes = num_classes
+        self.mean = tuple(float(m) for m in mean)
+        self.std = tuple(float(s) for s in std)
+        self.protocol = protocol
+        self.window = window
+        self.stride = stride
+        self.flip = flip
+        self.scales = tuple(scales)
+        self.class_names = list(class_names) if class_names is not None else None
+        self.config: Config | None = None  # set by from_checkpoint
+
+    @classmethod
+    def from_checkpoint(
+        cls, path: str | Path, device: str | torch.device = "cpu", use: str = "teacher"
+    ) -> Predictor:
+        """Rebuild the model a ``prcl train`` checkpoint describes (its "config") and load its weights.
+
+        ``use`` picks the "teacher" (evaluated in training; the default) or the "student" weights;
+        a checkpoint without teacher weights (supervised runs) falls back to the student. The
+        probability head is loaded when the checkpoint has one. The inference protocol, flip and
+        scales follow the config's ``eval`` section ("center"/"random-crop" become "whole").
+        """
+        if use not in ("teacher", "student"):
+            raise UserError(f"use must be 'teacher' or 'student', got {use!r}")
+        state = load_checkpoint(path, map_location="cpu")
+        cfg = config_from_checkpoint(state, path)
+        weights = state.get(use)
+        if weights is None and use == "teacher":
+            weights = state.get("student")
+        if not isinstance(weights, dict):
+            raise UserError(f"{path} is not a prcl checkpoint: it holds no '{use}' weights")
+        num_classes = cfg.data.num_classes
+        assert num_classes is not None  # filled in by config_from_dict's resolve step
+        model = build_segmenter(cfg.model.encoder, num_classes, cfg.model.output_stride, weights=None)
+        _load_weights(model, weights, use, path)
+
+        head = None
+        head_weights = state.get("probability_head")
+        if head_weights is not None:
+            if not isinstance(head_weights, dict) or "fc1" not in head_weights:
+                raise UserError(f"the probability_head entry of {path} is not a probability head's weights")
+            dim, in_channels = head_weights["fc1"].shape
+            head = ProbabilityHead(in_channels=in_channels, dim=dim)
+            _load_weights(head, head_weights, "probability head", path)
+
+        evaluation = cfg.eval
+        sliding = evaluation.protocol == "sliding"
+        predictor = cls(
+            model,
+            num_classes,
+            probability_head=head,
+            device=device,
+            protocol="sliding" if sliding else "whole",
+            window=evaluation.window if sliding else None,
+            stride=evaluation.stride if sliding else None,
+            flip=evaluation.flip,
+            scales=evaluation.scales,
+            class_names=_class_names(state.get("class_names"), num_classes),
+        )
+        predictor.config = cfg
+        return predictor
+
+    def _to_tensor(self, image: ImageInput) -> torch.Tensor:
+        """Picture -> normalised float (1, 3, H, W) on the device."""
+        if isinstance(image, Image.Image):
+            image = np.asarray(image.convert("RGB"))
+        if isinstance(image, np.ndarray):
+            if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
+                raise ValueError(f"a numpy picture must be (H, W, 3) uint8, got {image.dtype} {image.shape}")
+            image = torch.from_numpy(image.copy()).permute(2, 0, 1)  # copy: the array may be read-only
+        if not isinstance(image, torch.Tensor):
+            raise TypeError(f"predict takes a PIL image, a numpy array or a tensor, got {type(image).__name__}")
+        if image.dim() != 3 or image.shape[0] != 3:
+            raise ValueError(f"a tensor picture must be (3, H, W), got {tuple(image.shape)}")
+        if image.dtype == torch.uint8:
+            mean = torch.tensor(self.mean).view(3, 1, 1)
+            std = torch.tensor(self.std).view(3, 1, 1)
+            image = (image.float() / 255.0 - mean) / std
+        return image.float()[None].to(self.device)
+
+    def _maps(self, x: torch.Tensor) -> torch.Tensor:
+        """x (N, 3, h, w) -> (N, C (+1), h, w): probabilities, then the mean variance if there is a head."""
+        output = self.model(x)
+        logits = output.logits.float()
+        logits = F.interpolate(logits, size=x.shape[-2:], mode="bilinear", align_corners=True)
+        maps = [logits.softmax(dim=1)]
+        if self.probability_head is not None:
+            variance = self.probability_head(output.features).float().mean(dim=1, keepdim=True)
+            maps.append(F.interpolate(variance, size=x.shape[-2:], mode="bilinear", align_corners=True))
+        return torch.cat(maps, dim=1)
+
+    @torch.no_grad()
+    def predict(self, image: ImageInput) -> Prediction:
+        """Predict one picture: a PIL image, a uint8 (H, W, 3) array, or a normalised float (3, H, W) tensor."""
+        self.model.eval()
+        if self.probability_head is not None:
+            self.probability_head.eval()
+        x = self._to_tensor(image)
+        maps = average_views(self._maps, x, self.protocol, self.window, self.stride, self.flip, self.scales)[0]
+        probabilities = maps[: self.num_classes]
+        confidence, mask = probabilities.max(dim=0)
+        uncertainty = maps[self.num_classes].cpu().numpy() if self.probability_head is not None else None
+        return Prediction(
+            mask=mask.cpu().numpy().astype(np.int64),
+            probabilities=probabilities.cpu().numpy(),
+            confidence=confidence.cpu().numpy(),
+            uncertainty=uncertainty,
+        )

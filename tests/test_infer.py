@@ -1,0 +1,202 @@
+"""Inference: palettes and pictures, and the Predictor (in memory and from a checkpoint)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from prcl.config import config_to_dict, load_config
+from prcl.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from prcl.engine.checkpoint import save_checkpoint
+from prcl.errors import UserError
+from prcl.infer import Predictor, colorize, denormalize, heatmap, make_grid, overlay, palette
+from prcl.models import ProbabilityHead, build_segmenter, make_teacher
+
+NUM_CLASSES = 3
+
+# --------------------------------------------------------------------------------------------
+# visualize
+# --------------------------------------------------------------------------------------------
+
+
+def test_palette_is_the_voc_colour_map() -> None:
+    colours = palette(21)
+    assert colours.shape == (21, 3) and colours.dtype == np.uint8
+    assert colours[0].tolist() == [0, 0, 0]
+    assert colours[1].tolist() == [128, 0, 0]
+    assert colours[2].tolist() == [0, 128, 0]
+    assert colours[15].tolist() == [192, 128, 128]  # VOC "person"
+    assert len({tuple(c) for c in palette(300)}) == 300
+
+
+def test_colorize_maps_classes_and_ignore() -> None:
+    mask = np.array([[0, 1, -1], [2, 255, 1]])
+    image = colorize(mask, 21)
+    assert image.shape == (2, 3, 3) and image.dtype == np.uint8
+    assert image[0, 1].tolist() == [128, 0, 0] and image[1, 0].tolist() == [0, 128, 0]
+    assert image[0, 2].tolist() == [255, 255, 255] and image[1, 1].tolist() == [255, 255, 255]
+    assert colorize(mask, 21, ignore_colour=(0, 0, 0))[0, 2].tolist() == [0, 0, 0]
+    with pytest.raises(ValueError, match="out of range"):
+        colorize(np.array([[5]]), 3)
+
+
+def test_overlay_blends_colours_and_keeps_ignored_pixels() -> None:
+    image = np.full((2, 2, 3), 100, dtype=np.uint8)
+    mask = np.array([[1, -1], [0, 1]])
+    blended = overlay(image, mask, alpha=0.5)
+    assert blended.shape == (2, 2, 3) and blended.dtype == np.uint8
+    assert blended[0, 0].tolist() == [114, 50, 50]  # (100 + 128) / 2, (100 + 0) / 2
+    assert blended[0, 1].tolist() == [100, 100, 100]  # ignored: the image unchanged
+    assert overlay(image, mask, alpha=0.0).tolist() == image.tolist()
+
+
+def test_heatmap_runs_dark_to_bright() -> None:
+    values = np.linspace(0, 1, 50).reshape(5, 10)
+    image = heatmap(values)
+    assert image.shape == (5, 10, 3) and image.dtype == np.uint8
+    luminance = (image.reshape(-1, 3).astype(float) @ np.array([0.2126, 0.7152, 0.0722]))
+    assert np.all(np.diff(luminance) >= 0) and luminance[-1] - luminance[0] > 150
+    # vmin/vmax clip: everything at or above vmax gets the top colour.
+    clipped = heatmap(values, vmin=0.0, vmax=0.5)
+    assert clipped[-1, -1].tolist() == clipped.reshape(-1, 3)[25].tolist() == image[-1, -1].tolist()
+
+
+def test_denormalize_undoes_normalisation() -> None:
+    rgb = np.random.default_rng(0).integers(0, 256, (4, 5, 3)).astype(np.uint8)
+    mean, std = np.array(IMAGENET_MEAN), np.array(IMAGENET_STD)
+    normalised = torch.from_numpy(((rgb / 255.0 - mean) / std).transpose(2, 0, 1)).float()
+    assert np.array_equal(denormalize(normalised, IMAGENET_MEAN, IMAGENET_STD), rgb)
+
+
+def test_make_grid_size_and_saved_png(tmp_path: Path) -> None:
+    tile = np.zeros((6, 8, 3), dtype=np.uint8)
+    tile[:, :, 0] = 200
+    rows = [[tile, tile, tile], [tile, tile, tile]]
+    untitled = make_grid(rows, [], scale=3)
+    assert untitled.size == (3 * 8 * 3, 2 * 6 * 3)
+    assert np.asarray(untitled)[0, 0].tolist() == [200, 0, 0]
+    path = tmp_path / "out" / "grid.png"
+    titled = make_grid(rows, ["image", "prediction", "a very long column title indeed"], scale=3, path=path)
+    band = titled.size[1] - 2 * 6 * 3
+    assert titled.size[0] == 3 * 8 * 3 and band > 0
+    assert np.asarray(titled)[band:].tolist() == np.asarray(untitled).tolist()
+    assert (np.asarray(titled)[:band] < 128).any()  # some title text was drawn
+    with Image.open(path) as saved:
+        assert saved.size == titled.size
+    assert [p.name for p in path.parent.iterdir()] == ["grid.png"]
+    with pytest.raises(ValueError, match="one size"):
+        make_grid([[tile, np.zeros((5, 8, 3), dtype=np.uint8)]], [])
+
+
+# --------------------------------------------------------------------------------------------
+# predictor
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """A tiny resnet18 segmenter, its teacher and probability head, saved as a training checkpoint."""
+    torch.manual_seed(0)
+    cfg = load_config(None, ["model.encoder=resnet18", f"data.num_classes={NUM_CLASSES}"])
+    student = build_segmenter("resnet18", NUM_CLASSES, 16, weights=None)
+    head = ProbabilityHead()
+    # Give the batch-norm layers non-trivial running statistics so eval mode differs from train mode.
+    with torch.no_grad():
+        student.train()
+        head.train()
+        for _ in range(2):
+            head(student(torch.randn(2, 3, 64, 64)).features)
+    teacher = make_teacher(student)
+    with torch.no_grad():
+        for parameter in teacher.parameters():  # a teacher that differs from the student
+            parameter.add_(0.05 * torch.randn_like(parameter))
+    path = tmp_path_factory.mktemp("run") / "best.pt"
+    save_checkpoint(
+        path,
+        {
+            "config": config_to_dict(cfg),
+            "student": student.state_dict(),
+            "teacher": teacher.state_dict(),
+            "probability_head": head.state_dict(),
+            "iteration": 10,
+            "class_names": ["sky", "road", "tree"],
+        },
+    )
+    return {"path": path, "student": student, "teacher": teacher, "head": head}
+
+
+def _picture(height: int = 50, width: int = 70) -> np.ndarray:
+    return np.random.default_rng(1).integers(0, 256, (height, width, 3)).astype(np.uint8)
+
+
+def test_prediction_shapes_for_a_size_not_multiple_of_four(trained: dict) -> None:
+    predictor = Predictor(trained["teacher"], NUM_CLASSES, probability_head=trained["head"])
+    prediction = predictor.predict(_picture())
+    assert prediction.mask.shape == (50, 70) and prediction.mask.dtype == np.int64
+    assert prediction.probabilities.shape == (NUM_CLASSES, 50, 70)
+    np.testing.assert_allclose(prediction.probabilities.sum(0), 1.0, atol=1e-5)
+    assert np.array_equal(prediction.mask, prediction.probabilities.argmax(0))
+    np.testing.assert_allclose(prediction.confidence, prediction.probabilities.max(0))
+    assert prediction.uncertainty is not None and prediction.uncertainty.shape == (50, 70)
+    assert np.all(prediction.uncertainty > 0) and np.all(prediction.uncertainty < 1)
+    assert prediction.uncertainty.std() > 0
+    assert not predictor.model.training and not predictor.probability_head.training
+
+
+def test_inputs_pil_numpy_and_tensor_agree(trained: dict) -> None:
+    predictor = Predictor(trained["teacher"], NUM_CLASSES)
+    picture = _picture(33, 41)
+    from_numpy = predictor.predict(picture)
+    from_pil = predictor.predict(Image.fromarray(picture))
+    mean, std = torch.tensor(IMAGENET_MEAN).view(3, 1, 1), torch.tensor(IMAGENET_STD).view(3, 1, 1)
+    normalised = (torch.from_numpy(picture).permute(2, 0, 1) / 255.0 - mean) / std
+    from_tensor = predictor.predict(normalised.float())
+    assert from_numpy.uncertainty is None
+    np.testing.assert_allclose(from_pil.probabilities, from_numpy.probabilities)
+    np.testing.assert_allclose(from_tensor.probabilities, from_numpy.probabilities, atol=1e-5)
+    with pytest.raises(ValueError, match="uint8"):
+        predictor.predict(picture.astype(np.float32))
+
+
+def test_from_checkpoint_matches_the_in_memory_model(trained: dict) -> None:
+    picture = _picture()
+    loaded = Predictor.from_checkpoint(trained["path"])
+    assert loaded.config is not None and loaded.config.model.encoder == "resnet18"
+    assert loaded.class_names == ["sky", "road", "tree"]
+    in_memory = Predictor(trained["teacher"], NUM_CLASSES, probability_head=trained["head"]).predict(picture)
+    restored = loaded.predict(picture)
+    assert np.array_equal(restored.mask, in_memory.mask)
+    np.testing.assert_allclose(restored.probabilities, in_memory.probabilities, atol=1e-6)
+    np.testing.assert_allclose(restored.uncertainty, in_memory.uncertainty, atol=1e-6)
+    # use="student" loads the other weights.
+    student = Predictor.from_checkpoint(trained["path"], use="student").predict(picture)
+    expected = Predictor(trained["student"], NUM_CLASSES).predict(picture)
+    np.testing.assert_allclose(student.probabilities, expected.probabilities, atol=1e-6)
+    assert not np.allclose(student.probabilities, restored.probabilities, atol=1e-4)
+
+
+def test_sliding_predictor_keeps_the_input_size(trained: dict) -> None:
+    predictor = Predictor(
+        trained["teacher"], NUM_CLASSES, probability_head=trained["head"], protocol="sliding", window=32, stride=20
+    )
+    prediction = predictor.predict(_picture(50, 70))
+    assert prediction.mask.shape == (50, 70) and prediction.uncertainty.shape == (50, 70)
+    np.testing.assert_allclose(prediction.probabilities.sum(0), 1.0, atol=1e-5)
+
+
+def test_from_checkpoint_errors_name_the_file(trained: dict, tmp_path: Path) -> None:
+    with pytest.raises(UserError, match="missing.pt"):
+        Predictor.from_checkpoint(tmp_path / "missing.pt")
+    bad = tmp_path / "weights_only.pt"
+    save_checkpoint(bad, {"teacher": trained["teacher"].state_dict()})
+    with pytest.raises(UserError, match="weights_only.pt.*config"):
+        Predictor.from_checkpoint(bad)
+    wrong = tmp_path / "wrong_classes.pt"
+    cfg = load_config(None, ["model.encoder=resnet18", "data.num_classes=5"])
+    save_checkpoint(wrong, {"config": config_to_dict(cfg), "teacher": trained["teacher"].state_dict()})
+    with pytest.raises(UserError, match="wrong_classes.pt do not fit"):
+        Predictor.from_checkpoint(wrong)

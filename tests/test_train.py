@@ -1,0 +1,173 @@
+"""End-to-end training on a tiny demo config: methods, run directory, resume, divergence, CLI."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from prcl.cli import main
+from prcl.config import load_config
+from prcl.engine.checkpoint import load_checkpoint
+from prcl.engine.trainer import Trainer, TrainingDiverged
+
+
+@pytest.fixture(scope="module")
+def demo_root(tmp_path_factory):
+    return tmp_path_factory.mktemp("demo-data")
+
+
+def tiny_overrides(demo_root, out_dir, method="prcl", iterations=4, **extra):
+    values = {
+        "data.dataset": "demo", "data.root": str(demo_root), "data.num_labels": 8, "data.split_seed": 0,
+        "data.crop_size": 64, "data.batch_size": 4, "data.unlabeled_batch_size": 4, "data.num_workers": 0,
+        "data.scale_range": "[0.75,1.25]", "data.demo.image_size": 64, "data.demo.num_train": 40,
+        "data.demo.num_valid": 8, "data.demo.num_test": 8, "data.demo.num_classes": 4,
+        "model.encoder": "resnet18", "model.weights": "null", "method.name": method,
+        "prcl.num_queries": 16, "prcl.num_negatives": 32, "prcl.temperature": 0.5, "prcl.kernel": "chunked",
+        "optim.lr": 0.01, "optim.uncer_lr": 0.001,
+        "train.iterations": iterations, "train.eval_every": 0, "train.checkpoint_every": 2, "train.log_every": 1,
+        "train.out_dir": str(out_dir), "train.progress": "false", "train.device": "cpu",
+    }
+    values.update(extra)
+    return [f"{k}={v}" for k, v in values.items()]
+
+
+def tiny_config(demo_root, out_dir, **kwargs):
+    return load_config(None, tiny_overrides(demo_root, out_dir, **kwargs))
+
+
+def read_metrics(out_dir):
+    return [json.loads(line) for line in (out_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.mark.parametrize("method", ["supervised", "mean_teacher", "prcl"])
+def test_each_method_trains_and_writes_a_complete_run_directory(demo_root, tmp_path, method):
+    torch.manual_seed(0)
+    cfg = tiny_config(demo_root, tmp_path / method, method=method, iterations=16,
+                      **{"data.num_labels": 4, "data.scale_range": "[1.0,1.0]"})
+    summary = Trainer(cfg).fit()
+    out = tmp_path / method
+    for name in ("config.yaml", "metrics.jsonl", "summary.json", "checkpoints/last.pt", "checkpoints/best.pt"):
+        assert (out / name).is_file(), name
+    written = json.loads((out / "summary.json").read_text())
+    for key in ("miou", "per_class_iou", "protocol", "iterations", "images_per_second"):
+        assert key in written
+    assert written["iterations"] == 16 and written["protocol"] == "whole" and 0 <= summary["miou"] <= 1
+    train = [r for r in read_metrics(out) if r["type"] == "train"]
+    assert len(train) == 16
+    # the supervised loss falls: the last steps' mean is below the first steps'
+    first = sum(r["sup"] for r in train[:4]) / 4
+    last = sum(r["sup"] for r in train[-4:]) / 4
+    assert last < first
+    if method != "supervised":
+        assert "unsup" in train[0]
+    if method == "prcl":
+        assert all(r["prcl"] > 0 for r in train) and "variance" in train[0]
+        assert load_checkpoint(out / "checkpoints/last.pt")["probability_head"] is not None
+
+
+def _weights(path):
+    state = load_checkpoint(path)
+    return {part: state[part] for part in ("student", "teacher", "probability_head")}
+
+
+def test_resume_gives_the_same_weights_as_one_run(demo_root, tmp_path, monkeypatch):
+    Trainer(tiny_config(demo_root, tmp_path / "straight", iterations=4)).fit()
+
+    # The same run, interrupted during step 3 (its checkpoint is from step 2), then resumed.
+    interrupted = Trainer(tiny_config(demo_root, tmp_path / "resumed", iterations=4))
+    real_step, calls = interrupted.method.train_step, {"n": 0}
+
+    def crash_on_third(nets, batch):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+        return real_step(nets, batch)
+
+    monkeypatch.setattr(interrupted.method, "train_step", crash_on_third)
+    with pytest.raises(KeyboardInterrupt):
+        interrupted.fit()
+    trainer = Trainer(tiny_config(demo_root, tmp_path / "resumed", iterations=4), resume="auto")
+    assert trainer.step == 2
+    trainer.fit()
+    a, b = _weights(tmp_path / "straight/checkpoints/last.pt"), _weights(tmp_path / "resumed/checkpoints/last.pt")
+    for part in a:
+        for key, value in a[part].items():
+            torch.testing.assert_close(b[part][key], value, rtol=1e-5, atol=1e-6, msg=f"{part}.{key}")
+    steps = [r["step"] for r in read_metrics(tmp_path / "resumed") if r["type"] == "train"]
+    assert steps == [1, 2, 3, 4]
+
+
+def test_a_finished_run_directory_is_never_overwritten(demo_root, tmp_path):
+    cfg = tiny_config(demo_root, tmp_path / "run", method="supervised", iterations=2)
+    Trainer(cfg).fit()
+    before = (tmp_path / "run/checkpoints/last.pt").read_bytes()
+    code = main(["train", "-c", str(tmp_path / "run/config.yaml")])
+    assert code == 2
+    assert (tmp_path / "run/checkpoints/last.pt").read_bytes() == before
+
+
+def test_non_finite_losses_are_skipped_then_stop_the_run_with_the_checkpoint_intact(demo_root, tmp_path,
+                                                                                     monkeypatch):
+    cfg = tiny_config(demo_root, tmp_path / "run", method="supervised", iterations=12,
+                      **{"train.max_nonfinite_steps": 3})
+    trainer = Trainer(cfg)
+    real_step = trainer.method.train_step
+    calls = {"n": 0}
+
+    def flaky(nets, batch):
+        calls["n"] += 1
+        losses = real_step(nets, batch)
+        if calls["n"] == 3 or calls["n"] > 4:  # one isolated bad step, then a run of bad steps
+            losses["loss"] = losses["loss"] * float("nan")
+        return losses
+
+    monkeypatch.setattr(trainer.method, "train_step", flaky)
+    with pytest.raises(TrainingDiverged, match="non-finite"):
+        trainer.fit()
+    records = read_metrics(tmp_path / "run")
+    skipped = [r["step"] for r in records if r["type"] == "skipped"]
+    assert skipped == [3, 5, 6, 7]
+    state = load_checkpoint(tmp_path / "run/checkpoints/last.pt")
+    # checkpoints written during the bad streak hold the weights of the last good step
+    assert state["step"] == 6 and state["skipped_steps"] == 3
+    assert all(bool(torch.isfinite(v).all()) for v in state["student"].values() if v.is_floating_point())
+
+
+def run_cli(*args):
+    return subprocess.run([sys.executable, "-m", "prcl", *args], capture_output=True, text=True, timeout=300)
+
+
+def test_cli_help_and_usage_errors():
+    result = run_cli("--help")
+    assert result.returncode == 0 and "train" in result.stdout and "demo" in result.stdout
+    assert run_cli("train", "--help").returncode == 0
+    assert run_cli().returncode == 2
+
+
+@pytest.mark.parametrize("override, words", [
+    ("train.iterashuns=5", ["train.iterashuns", "train.iterations"]),
+    ("method.weak_threshold=1.5", ["method.weak_threshold"]),
+    ("data.batch_size=two", ["data.batch_size"]),
+    ("method.name=fixmatch", ["method.name", "prcl"]),
+])
+def test_config_errors_end_with_one_clear_line(tmp_path, override, words):
+    result = run_cli("train", "-c", "configs/demo.yaml", override, f"train.out_dir={tmp_path / 'x'}")
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in result.stderr
+    for word in words:
+        assert word in lines[0]
+    assert not (tmp_path / "x").exists()
+
+
+def test_missing_data_folder_is_a_clear_error(tmp_path):
+    result = run_cli("train", "-c", "configs/demo.yaml", "data.dataset=folder", "data.num_classes=3",
+                     f"data.root={tmp_path / 'nowhere'}", f"train.out_dir={tmp_path / 'x'}")
+    assert result.returncode == 2
+    line = result.stderr.strip().splitlines()
+    assert len(line) == 1 and str(tmp_path / "nowhere") in line[0]
