@@ -470,3 +470,18 @@ def test_reference_checkpoint_round_trip(tmp_path):
     assert torch.equal(fresh_head.fc1, head.fc1)
     with pytest.raises(UserError, match="missing.pth does not exist"):
         load_reference_checkpoint(tmp_path / "missing.pth")
+
+
+def test_encoder_maps_imagenet_normalised_input_to_its_own_normalisation():
+    """tf_efficientnet_lite0 expects mean = std = 0.5; the data pipeline gives ImageNet-normalised input."""
+    from prcl.models import build_encoder
+
+    encoder = build_encoder("tf_efficientnet_lite0", output_stride=16).eval()
+    pixels = torch.rand(1, 3, 64, 64)
+    mean = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
+    std = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+    with torch.no_grad():
+        ours = encoder((pixels - mean) / std)
+        expected = encoder.body((pixels - 0.5) / 0.5)
+    torch.testing.assert_close(ours[1], expected[encoder.deep_index], rtol=1e-3, atol=1e-4)
+    assert "input_scale" not in encoder.state_dict()
