@@ -100,6 +100,9 @@ def test_resume_gives_the_same_weights_as_one_run(demo_root, tmp_path, monkeypat
             torch.testing.assert_close(b[part][key], value, rtol=1e-5, atol=1e-6, msg=f"{part}.{key}")
     steps = [r["step"] for r in read_metrics(tmp_path / "resumed") if r["type"] == "train"]
     assert steps == [1, 2, 3, 4]
+    # resuming a finished run trains nothing and keeps the run's own figures in the summary
+    again = Trainer(tiny_config(demo_root, tmp_path / "resumed", iterations=4), resume="auto").fit()
+    assert again["iterations"] == 4 and again["images_per_second"] > 0 and again["train_seconds"] > 0
 
 
 def test_a_finished_run_directory_is_never_overwritten(demo_root, tmp_path):

@@ -109,6 +109,8 @@ class Trainer:
         self.step = 0
         self.best_miou = -1.0
         self.skipped_steps = 0
+        self.train_seconds = 0.0  # time in training steps, summed over resumed sessions
+        self.trained_steps = 0
         self._prepare_run_dir(resume)
 
     # ----------------------------------------------------------------------------------------- state
@@ -155,6 +157,8 @@ class Trainer:
             "scaler": self.scaler.state_dict(),
             "best_miou": self.best_miou,
             "skipped_steps": self.skipped_steps,
+            "train_seconds": self.train_seconds,
+            "trained_steps": self.trained_steps,
             "rng": capture_rng_state(),
         }
 
@@ -177,6 +181,8 @@ class Trainer:
         self.step = int(state["step"])
         self.best_miou = float(state["best_miou"])
         self.skipped_steps = int(state["skipped_steps"])
+        self.train_seconds = float(state.get("train_seconds", 0.0))
+        self.trained_steps = int(state.get("trained_steps", 0))
         restore_rng_state(state["rng"])
 
     def save(self, name: str) -> None:
@@ -266,14 +272,14 @@ class Trainer:
             * distributed.world_size()
         bar = tqdm(total=total, initial=self.step, disable=not (self.main and cfg.train.progress),
                    desc=cfg.method.name, dynamic_ncols=True)
-        consecutive_bad, train_seconds, trained_steps = 0, 0.0, 0
+        consecutive_bad = 0
         last_result: dict | None = None
         while self.step < total:
             started = time.perf_counter()
             record = self.train_step(next(labeled), next(unlabeled) if unlabeled is not None else None)
-            train_seconds += time.perf_counter() - started
+            self.train_seconds += time.perf_counter() - started
             self.step += 1
-            trained_steps += 1
+            self.trained_steps += 1
             bar.update(1)
             if record is None:
                 self.skipped_steps += 1
@@ -288,7 +294,7 @@ class Trainer:
                         f"optim.uncer_lr or optim.lr, then continue with --resume auto")
             else:
                 consecutive_bad = 0
-                speed = images_per_step * trained_steps / max(train_seconds, 1e-9)
+                speed = images_per_step * self.trained_steps / max(self.train_seconds, 1e-9)
                 if self.step % max(cfg.train.log_every, 1) == 0 or self.step == total:
                     self.log({"type": "train", "step": self.step, **record, "images_per_second": speed,
                               "skipped_steps": self.skipped_steps})
@@ -314,8 +320,9 @@ class Trainer:
             "best_miou": self.best_miou,
             "iterations": self.step,
             "skipped_steps": self.skipped_steps,
-            "images_per_second": images_per_step * trained_steps / train_seconds if train_seconds else None,
-            "train_seconds": train_seconds,
+            "images_per_second": images_per_step * self.trained_steps / self.train_seconds
+            if self.train_seconds else None,
+            "train_seconds": self.train_seconds,
         }
         if self.data.test is not None:
             test = self.evaluate(self.data.test)
