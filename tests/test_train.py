@@ -174,3 +174,24 @@ def test_missing_data_folder_is_a_clear_error(tmp_path):
     assert result.returncode == 2
     line = result.stderr.strip().splitlines()
     assert len(line) == 1 and str(tmp_path / "nowhere") in line[0]
+
+
+def test_eval_and_predict_commands_on_a_trained_checkpoint(demo_root, tmp_path, capsys):
+    cfg = tiny_config(demo_root, tmp_path / "run", iterations=2)
+    summary = Trainer(cfg).fit()
+    checkpoint = tmp_path / "run/checkpoints/last.pt"
+    assert main(["eval", "-c", str(tmp_path / "run/config.yaml"), "--checkpoint", str(checkpoint),
+                 "--out", str(tmp_path / "eval.json")]) == 0
+    table = capsys.readouterr().out
+    assert "mIoU" in table and "brick" in table
+    # the same teacher on the same split gives the same number as training reported
+    assert json.loads((tmp_path / "eval.json").read_text())["miou"] == pytest.approx(summary["miou"], abs=1e-6)
+    image = next((demo_root / "images").glob("test_*.png"))
+    assert main(["predict", "--checkpoint", str(checkpoint), str(image), "--out", str(tmp_path / "pred")]) == 0
+    from PIL import Image
+
+    mask = Image.open(tmp_path / "pred" / f"{image.stem}_mask.png")
+    assert mask.mode == "P" and mask.size == Image.open(image).size
+    assert (tmp_path / "pred" / f"{image.stem}_uncertainty.png").is_file()
+    assert main(["predict", "--checkpoint", str(tmp_path / "missing.pt"), str(image), "--out",
+                 str(tmp_path / "pred2")]) == 2
