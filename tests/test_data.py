@@ -23,7 +23,6 @@ from prcl.data import (
     demo_class_names,
     eval_transform,
     generate_demo_dataset,
-    make_loader,
     make_splits,
     read_id_list,
     read_splits,
@@ -403,44 +402,3 @@ def test_demo_cache_is_idempotent_and_follows_parameters(
     with pytest.raises(UserError, match="not a demo dataset"):
         generate_demo_dataset(tmp_path / "theirs", **kw)
     assert (tmp_path / "theirs" / "notes.txt").read_text() == "keep me"
-
-
-# ----------------------------------------------------------------------------- loaders
-
-
-class _Indices(torch.utils.data.Dataset):
-    def __len__(self) -> int:
-        return 10
-
-    def __getitem__(self, index: int) -> int:
-        return index
-
-
-def test_make_loader_is_seeded_and_infinite_loader_reshuffles() -> None:
-    def order(seed: int) -> list[int]:
-        return torch.cat(list(make_loader(_Indices(), 4, shuffle=True, seed=seed))).tolist()
-
-    assert order(0) == order(0)
-    assert order(0) != order(1)
-    assert sorted(order(0)) == list(range(10))
-    endless = make_loader(_Indices(), 3, shuffle=True, seed=0, drop_last=True, infinite=True)
-    batches = [next(endless) for _ in range(9)]  # 3 batches per pass with drop_last
-    passes = [torch.cat(batches[3 * p : 3 * p + 3]).tolist() for p in range(3)]
-    assert all(len(set(p)) == 9 for p in passes)  # each pass draws without replacement
-    assert passes[0] != passes[1] or passes[1] != passes[2]
-    assert endless.epoch == 3
-    with pytest.raises(UserError, match="batch size 11"):
-        make_loader(_Indices(), 11, drop_last=True, infinite=True)
-
-
-def test_make_loader_with_workers_is_repeatable(demo_root: Path) -> None:
-    splits = read_splits(demo_root / "splits", 6, 0)
-
-    def first_batch() -> torch.Tensor:
-        dataset = FolderDataset(
-            demo_root, splits.unlabeled, with_labels=False, transform=unlabeled_transform(32)
-        )
-        return next(iter(make_loader(dataset, 4, shuffle=True, num_workers=2, seed=5)))["image"]
-
-    first, second = first_batch(), first_batch()
-    assert first.shape == (4, 3, 32, 32) and torch.equal(first, second)

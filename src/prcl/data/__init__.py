@@ -11,7 +11,6 @@ from prcl.data.datasets import (
     read_image,
 )
 from prcl.data.demo import demo_class_names, generate_demo_dataset
-from prcl.data.loaders import InfiniteLoader, make_loader
 from prcl.data.splits import (
     Splits,
     check_splits,
@@ -38,7 +37,6 @@ __all__ = [
     "VOC_CLASS_NAMES",
     "CityscapesDataset",
     "FolderDataset",
-    "InfiniteLoader",
     "SegmentationDataset",
     "Splits",
     "VOCDataset",
@@ -46,7 +44,6 @@ __all__ = [
     "demo_class_names",
     "eval_transform",
     "generate_demo_dataset",
-    "make_loader",
     "make_splits",
     "read_id_list",
     "read_image",

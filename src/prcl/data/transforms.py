@@ -4,7 +4,7 @@ The pipelines take a sample dict ``{"image": tv_tensors.Image uint8 (3, H, W),
 "mask": tv_tensors.Mask int64 (H, W) (optional), ...}`` and return the same keys as plain
 tensors: image float32 (3, h, w) normalised with ImageNet mean/std, mask int64 (h, w) with
 -1 = ignore. Other entries (e.g. ``"id"``) pass through unchanged. Randomness comes from the
-global torch RNG (per DataLoader worker, seeded by :func:`prcl.data.loaders.make_loader`).
+global torch RNG (the trainer seeds it per sample: see :mod:`prcl.engine.sampling`).
 
 Geometric steps move image and mask together (bilinear for the image, nearest for the mask);
 colour jitter and blur touch only the image.
