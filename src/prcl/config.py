@@ -460,8 +460,9 @@ def validate_config(cfg: Config) -> None:
     _at_least("data.num_labels", data.num_labels, 1)
     _at_least("data.num_classes", data.num_classes, 2)
     _at_least("data.crop_size", data.crop_size, 32)
-    _at_least("data.batch_size", data.batch_size, 1)
-    _at_least("data.unlabeled_batch_size", data.unlabeled_batch_size, 1)
+    # BatchNorm (the ASPP pooling branch sees one value per channel and image) needs 2 images.
+    _at_least("data.batch_size", data.batch_size, 2)
+    _at_least("data.unlabeled_batch_size", data.unlabeled_batch_size, 2)
     _at_least("data.num_workers", data.num_workers, 0)
     _scale_pair("data.scale_range", data.scale_range)
     if data.dataset != "demo":
