@@ -16,7 +16,8 @@ import torch
 
 from prcl.config import Config, load_config
 from prcl.data import IMAGENET_MEAN, IMAGENET_STD
-from prcl.engine.trainer import Trainer, write_json
+from prcl.engine.checkpoint import write_json
+from prcl.engine.trainer import Trainer
 
 METHODS = ("supervised", "prcl")
 FIGURE_ROWS = 4
@@ -40,7 +41,8 @@ def _figure(out_dir: Path, cfgs: dict[str, Config], trainers: dict[str, Trainer]
     data = trainers["prcl"].data
     dataset = data.test if data.test is not None else data.valid
     num_classes = cfgs["prcl"].data.num_classes
-    predictors = {m: Predictor.from_checkpoint(out_dir / m / "checkpoints" / "last.pt") for m in METHODS}
+    predictors = {m: Predictor(t.eval_network(), num_classes, t.probability_head_network(), device=t.device)
+                  for m, t in trainers.items()}
     rows = []
     for index in np.linspace(0, len(dataset) - 1, FIGURE_ROWS).round().astype(int):
         sample = dataset[int(index)]

@@ -8,6 +8,7 @@ target, so an interrupted write never leaves a half-written checkpoint in place 
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import tempfile
@@ -60,6 +61,12 @@ def atomic_write(path: str | Path, mode: str = "wb") -> Iterator[IO[Any]]:
         Path(temporary).unlink(missing_ok=True)
         raise
     _fsync_folder(path.parent)
+
+
+def write_json(path: str | Path, payload: Any) -> None:
+    """Write ``payload`` as indented JSON to ``path`` atomically."""
+    with atomic_write(path, "w") as stream:
+        json.dump(payload, stream, indent=2)
 
 
 def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:

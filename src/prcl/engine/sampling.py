@@ -17,7 +17,7 @@ from torch.utils.data import DataLoader, Dataset
 _MIX = 0x9E3779B97F4A7C15
 
 
-def _mixed_seed(*parts: int) -> int:
+def mixed_seed(*parts: int) -> int:
     value = 0
     for part in parts:
         value = (value * _MIX + part + 1) % (2**63 - 1)
@@ -42,7 +42,7 @@ class StepBatchSampler:
     def _index(self, position: int) -> int:
         current = position // self.n
         if current != self._pass:
-            generator = torch.Generator().manual_seed(_mixed_seed(self.seed, current))
+            generator = torch.Generator().manual_seed(mixed_seed(self.seed, current))
             self._pass, self._perm = current, torch.randperm(self.n, generator=generator)
         return int(self._perm[position % self.n])
 
@@ -50,7 +50,7 @@ class StepBatchSampler:
         step = self.start_step
         while True:
             first = (step * self.world_size + self.rank) * self.batch_size
-            yield [(self._index(g), _mixed_seed(self.seed, g, 7)) for g in range(first, first + self.batch_size)]
+            yield [(self._index(g), mixed_seed(self.seed, g, 7)) for g in range(first, first + self.batch_size)]
             step += 1
 
 

@@ -7,12 +7,9 @@ and per evaluation), ``checkpoints/last.pt`` and ``best.pt`` and, at the end, ``
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 import time
 from contextlib import nullcontext
 from pathlib import Path
-from typing import Any
 
 import torch
 import torch.nn as nn
@@ -23,14 +20,14 @@ from tqdm import tqdm
 from prcl.config import Config, config_to_dict, save_config
 from prcl.errors import UserError
 from prcl.methods import Networks, StepInput, build_method
-from prcl.models import ProbabilityHead, build_segmenter, ema_update, make_teacher
+from prcl.models import ProbabilityHead, build_segmenter, ema_update, make_teacher, unwrap_model
 from prcl.models.deeplab import FEATURE_CHANNELS
 
 from . import distributed
-from .checkpoint import capture_rng_state, load_checkpoint, restore_rng_state, save_checkpoint
+from .checkpoint import atomic_write, capture_rng_state, load_checkpoint, restore_rng_state, save_checkpoint, write_json
 from .data_setup import build_run_data
 from .evaluate import evaluate
-from .sampling import _mixed_seed, step_loader
+from .sampling import mixed_seed, step_loader
 from .schedules import contrast_weight, poly_lr, schedule_progress
 
 CHECKPOINT_FORMAT = "prcl-checkpoint-1"
@@ -38,22 +35,6 @@ CHECKPOINT_FORMAT = "prcl-checkpoint-1"
 
 class TrainingDiverged(UserError):
     """Too many non-finite losses in a row."""
-
-
-def write_json(path: Path, payload: Any) -> None:
-    """Write JSON atomically (temp file in the same folder, then rename)."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(payload, f, indent=2)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def unwrap(module: nn.Module) -> nn.Module:
-    return module.module if isinstance(module, DistributedDataParallel) else module
 
 
 def evaluate_model(model: nn.Module, dataset: Dataset, cfg: Config, device: torch.device,
@@ -138,10 +119,8 @@ class Trainer:
             return
         kept = [line for line in path.read_text().splitlines() if line.strip()
                 and json.loads(line).get("step", 0) <= self.step]
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".metrics.", suffix=".tmp")
-        with os.fdopen(fd, "w") as f:
+        with atomic_write(path, "w") as f:
             f.write("".join(line + "\n" for line in kept))
-        os.replace(tmp, path)
 
     def state_dict(self) -> dict:
         head = self.nets.probability_head
@@ -150,9 +129,9 @@ class Trainer:
             "config": config_to_dict(self.cfg),
             "class_names": self.data.class_names,
             "step": self.step,
-            "student": unwrap(self.nets.student).state_dict(),
+            "student": unwrap_model(self.nets.student).state_dict(),
             "teacher": self.nets.teacher.state_dict() if self.nets.teacher is not None else None,
-            "probability_head": unwrap(head).state_dict() if head is not None else None,
+            "probability_head": unwrap_model(head).state_dict() if head is not None else None,
             "optimizers": {name: opt.state_dict() for name, opt in self.optimizers.items()},
             "scaler": self.scaler.state_dict(),
             "best_miou": self.best_miou,
@@ -166,11 +145,11 @@ class Trainer:
         if state.get("format") != CHECKPOINT_FORMAT:
             raise UserError("the checkpoint to resume is not a prcl training checkpoint")
         try:
-            unwrap(self.nets.student).load_state_dict(state["student"])
+            unwrap_model(self.nets.student).load_state_dict(state["student"])
             if self.nets.teacher is not None:
                 self.nets.teacher.load_state_dict(state["teacher"])
             if self.nets.probability_head is not None:
-                unwrap(self.nets.probability_head).load_state_dict(state["probability_head"])
+                unwrap_model(self.nets.probability_head).load_state_dict(state["probability_head"])
             for name, opt in self.optimizers.items():
                 opt.load_state_dict(state["optimizers"][name])
         except (KeyError, RuntimeError, ValueError) as error:
@@ -207,12 +186,13 @@ class Trainer:
         return labeled, unlabeled
 
     def _set_lr(self, progress: float) -> float:
+        """Poly-decay every optimiser's lr; returns the student's."""
         o = self.cfg.optim
+        lrs = {name: poly_lr(self.base_lr[name], progress, o.poly_power, o.min_lr) for name in self.optimizers}
         for name, opt in self.optimizers.items():
-            lr = poly_lr(self.base_lr[name], progress, o.poly_power, o.min_lr)
             for group in opt.param_groups:
-                group["lr"] = lr
-        return poly_lr(self.base_lr["student"], progress, o.poly_power, o.min_lr)
+                group["lr"] = lrs[name]
+        return lrs["student"]
 
     def train_step(self, labeled: dict, unlabeled: dict | None) -> dict[str, float] | None:
         """One optimisation step; None when the loss or a gradient was not finite (step skipped)."""
@@ -221,7 +201,7 @@ class Trainer:
         lr = self._set_lr(progress)
         weight = contrast_weight(self.step, cfg)
         generator = torch.Generator(device).manual_seed(
-            _mixed_seed(cfg.train.seed, self.step, distributed.rank()))
+            mixed_seed(cfg.train.seed, self.step, distributed.rank()))
         batch = StepInput(
             labeled_images=labeled["image"].to(device, non_blocking=True),
             labels=labeled["mask"].to(device, non_blocking=True),
@@ -252,14 +232,19 @@ class Trainer:
             self.scaler.step(opt)
         self.scaler.update()
         if self.nets.teacher is not None:
-            ema_update(self.nets.teacher, unwrap(self.nets.student), self.step, cfg.method.ema_alpha)
-        record = {name: float(value.detach()) for name, value in losses.items()}
+            ema_update(self.nets.teacher, self.nets.student, self.step, cfg.method.ema_alpha)
+        values = torch.stack([value.detach().float() for value in losses.values()]).tolist()  # one sync
+        record = dict(zip(losses, values))
         record.update(lr=lr, contrast_weight=weight, grad_norm=float(grad_norm))
         return record
 
     def eval_network(self) -> nn.Module:
         """The network that is evaluated and exported: the teacher when the method has one."""
-        return self.nets.teacher if self.nets.teacher is not None else unwrap(self.nets.student)
+        return self.nets.teacher if self.nets.teacher is not None else unwrap_model(self.nets.student)
+
+    def probability_head_network(self) -> nn.Module | None:
+        head = self.nets.probability_head
+        return unwrap_model(head) if head is not None else None
 
     def evaluate(self, dataset: Dataset) -> dict:
         return evaluate_model(self.eval_network(), dataset, self.cfg, self.device)

@@ -52,10 +52,8 @@ def format_table(result: dict) -> str:
 
 def run_eval(args) -> dict:
     """`prcl eval`: config + overrides, protocol options from flags, table on stdout, JSON beside."""
-    import json
-
     from prcl.config import apply_overrides, load_config
-    from prcl.engine.trainer import write_json
+    from prcl.engine.checkpoint import write_json
 
     cfg = load_config(args.config, args.overrides)
     extra = []
@@ -73,7 +71,6 @@ def run_eval(args) -> dict:
     out.parent.mkdir(parents=True, exist_ok=True)
     write_json(out, result)
     print(f"results: {out}")
-    json.dumps(result)  # fail here, not later, if something is not serialisable
     return result
 
 

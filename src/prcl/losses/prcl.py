@@ -28,7 +28,6 @@ class ContrastSample:
     pixel_labels: (P,) class of each valid pixel.
     anchors: (A,) anchor positions in [0, P); anchor_classes: (A,) their classes.
     negatives: (A, K - 1) negative positions in [0, P).
-    negative_class_prob: (A, C) probability with which each anchor drew each negative class.
     key_mu, key_var: (P + C, D) key pool, normalised means: the P valid pixels then the C prototypes.
     key_index: (A, K) rows of the pool; column 0 is the anchor's prototype (the positive).
     num_present: number of classes with at least one valid pixel.
@@ -39,7 +38,6 @@ class ContrastSample:
     anchors: torch.Tensor
     anchor_classes: torch.Tensor
     negatives: torch.Tensor
-    negative_class_prob: torch.Tensor
     key_mu: torch.Tensor
     key_var: torch.Tensor
     key_index: torch.Tensor
@@ -113,16 +111,13 @@ def sample_contrast(mu: torch.Tensor, var: torch.Tensor, labels: torch.Tensor, v
     drawn = torch.multinomial(group_prob, num_queries * num_negatives, replacement=True, generator=generator)
     negative_classes = present[drawn].reshape(-1, num_negatives)  # (A, K - 1)
     negatives = order[_uniform_pick(offsets, counts, negative_classes, generator)]
-    negative_class_prob = mu.new_zeros(anchor_groups.numel(), num_classes, dtype=torch.float32)
-    negative_class_prob[:, present] = group_prob
-    negative_class_prob = negative_class_prob.repeat_interleave(num_queries, dim=0)
 
     # Key pool: the valid pixels, then the prototypes; column 0 of each row is the positive.
     key_mu = torch.cat([F.normalize(pixel_mu, dim=1), F.normalize(proto_mu, dim=1)])
     key_var = torch.cat([pixel_var, proto_var])
     key_index = torch.cat([(pixel_labels.numel() + anchor_classes)[:, None], negatives], dim=1)
     return ContrastSample((batch_idx, row_idx, col_idx), pixel_labels, anchors, anchor_classes, negatives,
-                          negative_class_prob, key_mu, key_var, key_index, num_present)
+                          key_mu, key_var, key_index, num_present)
 
 
 class PRCLLoss(nn.Module):

@@ -3,7 +3,7 @@
 from prcl.models.deeplab import ASPP, Segmenter, SegmenterOutput, build_segmenter
 from prcl.models.encoders import Encoder, build_encoder
 from prcl.models.probability_head import ProbabilityHead
-from prcl.models.teacher import ema_decay, ema_update, make_teacher
+from prcl.models.teacher import ema_decay, ema_update, make_teacher, unwrap_model
 from prcl.models.weights import efficientnet_lite0_weights_path, load_encoder_weights
 
 __all__ = [
@@ -19,4 +19,5 @@ __all__ = [
     "ema_update",
     "load_encoder_weights",
     "make_teacher",
+    "unwrap_model",
 ]

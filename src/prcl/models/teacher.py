@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 
-def _unwrap(model: nn.Module) -> nn.Module:
+def unwrap_model(model: nn.Module) -> nn.Module:
     """The module inside DistributedDataParallel / DataParallel / torch.compile wrappers."""
     if isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
         model = model.module
@@ -21,7 +21,7 @@ def _unwrap(model: nn.Module) -> nn.Module:
 
 def make_teacher(student: nn.Module) -> nn.Module:
     """A deep copy of the student with requires_grad False on every parameter."""
-    teacher = copy.deepcopy(_unwrap(student))
+    teacher = copy.deepcopy(unwrap_model(student))
     for parameter in teacher.parameters():
         parameter.requires_grad_(False)
     return teacher
@@ -39,8 +39,8 @@ def ema_update(teacher: nn.Module, student: nn.Module, step: int, alpha: float =
     Buffers are left alone. Returns the decay used.
     """
     decay = ema_decay(step, alpha)
-    teacher_params = list(_unwrap(teacher).named_parameters())
-    student_params = list(_unwrap(student).named_parameters())
+    teacher_params = list(unwrap_model(teacher).named_parameters())
+    student_params = list(unwrap_model(student).named_parameters())
     if [n for n, _ in teacher_params] != [n for n, _ in student_params]:
         raise ValueError("teacher and student have different parameters; build the teacher with make_teacher")
     for (_, t), (_, s) in zip(teacher_params, student_params):
