@@ -1,4 +1,4 @@
-"""PRCL losses against their formulas (METHOD.md section 3)."""
+"""PRCL losses against their formulas (docs/method.md)."""
 
 from __future__ import annotations
 
@@ -219,15 +219,29 @@ def test_pseudo_label_loss_matches_the_weighted_formula():
     labels[2] = -1  # an image with no valid pixel gets weight 0, not NaN
     confidence[2] = 0
     loss = pseudo_label_loss(logits, labels, confidence, threshold=0.5)
-    terms = []
+    weighted, counted = 0.0, 0
     for b in range(2):
         weight = (confidence[b] >= 0.5).sum() / (labels[b] >= 0).sum()
         ce = F.cross_entropy(logits[b : b + 1], labels[b : b + 1], ignore_index=-1, reduction="none")
-        terms.append((weight * ce)[(weight * ce) > 0])
-    expected = torch.cat(terms).mean()
-    assert loss.item() == pytest.approx(expected.item(), rel=1e-6)
+        weighted = weighted + (weight * ce).sum()
+        counted += int((ce > 0).sum())
+    assert loss.item() == pytest.approx((weighted / counted).item(), rel=1e-6)
     loss.backward()
     assert bool(torch.isfinite(logits.grad).all()) and bool((logits.grad[2] == 0).all())
+
+
+def test_pseudo_label_loss_denominator_counts_pixels_of_zero_weight_images():
+    """Hand-computed: every CE is log 2 (two classes, zero logits).
+
+    Image 0: 3 labeled pixels, 2 confident -> w = 2/3. Image 1: 4 labeled pixels, none confident
+    -> w = 0, but its 4 pixels still count: (2/3 * 3 log 2 + 0) / (3 + 4) = 2 log 2 / 7. Dividing by
+    the pixels where w * ce > 0 instead would give 2 log 2 / 3.
+    """
+    logits = torch.zeros(2, 2, 2, 2)
+    labels = torch.tensor([[[0, 1], [1, -1]], [[0, 0], [0, 0]]])
+    confidence = torch.tensor([[[0.99, 0.99], [0.5, 0.0]], [[0.5, 0.5], [0.5, 0.5]]])
+    loss = pseudo_label_loss(logits, labels, confidence, threshold=0.97)
+    assert loss.item() == pytest.approx(2 * math.log(2) / 7, rel=1e-6)
 
 
 def test_pseudo_label_loss_all_masked_is_zero_in_graph_and_upsamples():

@@ -168,14 +168,6 @@ def test_bad_model_settings_raise_user_error(kwargs, fragment):
         build_segmenter(**kwargs)
 
 
-def test_decoder_and_encoder_parameters_partition_the_student():
-    student = build_segmenter("resnet18", num_classes=3)
-    encoder_ids = {id(p) for p in student.encoder_parameters()}
-    decoder_ids = {id(p) for p in student.decoder_parameters()}
-    assert not encoder_ids & decoder_ids
-    assert encoder_ids | decoder_ids == {id(p) for p in student.parameters()}
-
-
 # ---------------------------------------------------------------- probability head
 
 
@@ -221,6 +213,20 @@ def test_probability_head_weight_rows_are_normalised():
         head.fc2[0].mul_(0.25)
     torch.testing.assert_close(head(x), before)
 
+
+
+def test_probability_head_init_is_kaiming_normal_with_default_gain():
+    """kaiming_normal_(a=0): entries of std sqrt(2 / fan_in), so every row norm is near sqrt(2).
+
+    a = sqrt(5) (PyTorch's Linear default) would give std sqrt(1/3 / fan_in), row norms near 0.58.
+    """
+    torch.manual_seed(0)
+    head = ProbabilityHead(304, 256)
+    for weight, fan_in in ((head.fc1, 304), (head.fc2, 256)):
+        norms = weight.detach().norm(dim=1)
+        assert abs(float(norms.mean()) - math.sqrt(2)) < 0.02
+        assert float(norms.min()) > 1.1 and float(norms.max()) < 1.7
+        assert abs(float(weight.detach().std()) - math.sqrt(2 / fan_in)) < 0.005
 
 def test_probability_head_is_stable_for_extreme_inputs():
     head = ProbabilityHead(304, 256)

@@ -12,12 +12,13 @@ def pseudo_label_loss(
     confidence: torch.Tensor,
     threshold: float = 0.97,
 ) -> torch.Tensor:
-    """Per-image confidence-weighted pixel CE (METHOD.md section 3, "Unsupervised").
+    """Per-image confidence-weighted pixel CE, as the reference computes it (docs/method.md).
 
-    Image b gets ``w_b = #(pixels with q >= threshold) / #(pixels with y^ >= 0)``; the loss is the
-    mean of ``w_b * ce`` over the pixels where that product is > 0. An image with no valid pixel gets
-    weight 0 (the reference divides 0 by 0 there); when no pixel is left the loss is a zero that still
-    belongs to the graph.
+    Image b gets ``w_b = #(pixels with q >= threshold) / #(pixels with y^ >= 0)``; the loss is
+    ``sum(w_b * ce)`` divided by the number of pixels where ``ce > 0`` -- not where ``w_b * ce > 0``:
+    an image whose weight is 0 still counts its pixels in the denominator, as in the reference.
+    An image with no valid pixel gets weight 0 (the reference divides 0 by 0 there); when no pixel
+    is left the loss is a zero that still belongs to the graph.
 
     Args:
         logits: (N, C, h, w) student logits; upsampled bilinearly (align_corners=True) to the label
@@ -34,8 +35,7 @@ def pseudo_label_loss(
     labelled = (pseudo_labels >= 0).reshape(batch, -1).sum(1).float()
     weight = torch.where(labelled > 0, confident / labelled.clamp_min(1), torch.zeros_like(labelled))
     ce = F.cross_entropy(logits.float(), pseudo_labels, reduction="none", ignore_index=-1)
-    weighted = weight[:, None, None] * ce
-    # Mean over the pixels where w_b * ce > 0 (both factors are >= 0, so the others add 0 to the sum);
-    # written as sum / count so there is no host sync and an empty selection gives 0, not NaN.
-    kept = (weighted > 0).sum()
-    return weighted.sum() / kept.clamp_min(1)
+    # Ignored pixels have ce = 0 and are not counted. Written as sum / count so there is no host
+    # sync and an empty selection gives 0, not NaN.
+    counted = (ce > 0).sum()
+    return (weight[:, None, None] * ce).sum() / counted.clamp_min(1)

@@ -1,4 +1,4 @@
-"""DeepLabV3+ segmenter with a classifier head and a representation (mu) head (METHOD.md section 1).
+"""DeepLabV3+ segmenter with a classifier head and a representation (mu) head (docs/method.md).
 
 Submodule names follow the authors' release checkpoint (ASPP.convs.N, ASPP.project, project,
 classifier, representation) so their weights map onto ours by renaming the encoder keys only.
@@ -101,15 +101,6 @@ class Segmenter(nn.Module):
         # Order as in the reference: low-level 48 channels first, then the 256 ASPP channels.
         features = torch.cat([self.project(low_level), context], dim=1)
         return SegmenterOutput(self.classifier(features), self.representation(features), features)
-
-    def encoder_parameters(self) -> list[nn.Parameter]:
-        """Parameters of the (pretrained) encoder: the reference trains them at the base learning rate."""
-        return list(self.encoder.parameters())
-
-    def decoder_parameters(self) -> list[nn.Parameter]:
-        """Parameters of ASPP, low-level projection and both heads (10x learning rate in the reference)."""
-        encoder_ids = {id(p) for p in self.encoder.parameters()}
-        return [p for p in self.parameters() if id(p) not in encoder_ids]
 
 
 def build_segmenter(

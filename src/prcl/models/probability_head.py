@@ -1,4 +1,4 @@
-"""Probability head: per-pixel variance of the Gaussian representation (METHOD.md section 1).
+"""Probability head: per-pixel variance of the Gaussian representation (docs/method.md).
 
 Applied on the 304-channel feature F (not detached). Each "linear" layer is a per-pixel linear map
 over channels, computed as a 1x1 convolution whose (out, in) weight matrix has its rows
@@ -32,8 +32,11 @@ class ProbabilityHead(nn.Module):
         self.bn2 = nn.BatchNorm2d(dim, affine=False)
         self.gamma = nn.Parameter(torch.ones(1))  # learnable scale
         self.beta = nn.Parameter(torch.zeros(1))  # learnable shift
-        nn.init.kaiming_normal_(self.fc1, a=math.sqrt(5))
-        nn.init.kaiming_normal_(self.fc2, a=math.sqrt(5))
+        # The reference's init (defaults, a = 0): row norms near sqrt(2). The rows are normalised in
+        # the forward, so the init leaves the outputs alone, but SGD turns a row by about lr / |w|^2
+        # per step: smaller rows would make the soft-frozen head move several times faster.
+        nn.init.kaiming_normal_(self.fc1)
+        nn.init.kaiming_normal_(self.fc2)
 
     @staticmethod
     def _normalised_linear(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
