@@ -2,7 +2,7 @@
 
 A configuration is built in this order, each step overriding the previous one:
 
-1. the defaults below (METHOD.md's reference values; the demo dataset by default);
+1. the defaults below (the reference's values; the demo dataset by default);
 2. a YAML file, which may hold only some keys and may name a ``_base_: other.yaml`` (path relative
    to the file; a list of files is merged in order) whose keys it overrides;
 3. ``key.sub=value`` overrides from the command line, the value parsed as a YAML scalar or list
@@ -12,16 +12,21 @@ For a key that may be null, ``null``, ``~``, ``None`` and ``none`` all mean null
 
 Then every value is checked (type, choice, range) and the derived values are filled in
 (``resolve_config``): ``data.num_classes`` from the dataset, ``data.unlabeled_batch_size`` from
-``data.batch_size``, ``eval.window`` from ``data.crop_size`` and ``eval.stride`` from the window.
+``data.batch_size``, ``eval.window`` from ``data.crop_size`` and ``eval.stride`` from the window,
+the schedule (below), and ``{section.key}`` names in ``train.out_dir``.
 A saved ``config.yaml`` therefore holds the resolved values and loads back to an equal ``Config``.
 Every mistake raises ``prcl.errors.UserError`` with one line naming the key or file.
 
-Schedules: ``prcl.begin_epoch``/``prcl.max_epoch`` keep the reference's epoch units for the lambda
-ramp. Without ``train.epoch_iterations`` the run is treated as ``max_epoch`` epochs long and the
-ramp follows progress continuously: epoch e corresponds to iteration e / max_epoch * iterations
-(so the ramp spans the run as it spans the reference's 200 epochs). With ``train.epoch_iterations``
-set, the epoch is iteration // epoch_iterations and lr and lambda change once per epoch, as in the
-reference.
+Schedules (``prcl.engine.schedules``):
+
+- continuous: without an epoch length, lr and lambda follow ``step / train.iterations``; the
+  lambda ramp treats the run as ``prcl.max_epoch`` epochs.
+- per epoch, as the reference: ``train.epoch_iterations`` gives the epoch length, or
+  ``train.epoch_images`` (the reference's 2000) derives it from ``data.num_labels`` and the
+  global labeled batch (``data.batch_size`` x the number of processes); lr and lambda change once
+  per epoch; the lr schedule spans ``train.epochs`` epochs and ``train.iterations``, when null,
+  is ``epochs x epoch_iterations``. A smaller ``train.iterations`` stops the run early on the same
+  schedule (a smoke test of a paper recipe); a shorter schedule is fewer ``train.epochs``.
 """
 
 from __future__ import annotations
@@ -95,6 +100,9 @@ class MethodConfig:
     strong_threshold: float = 0.8
     mix: Literal["classmix", "cutmix", "cutout", "none"] = "classmix"
     strong_scale_range: list[float] = field(default_factory=lambda: [0.5, 1.5])
+    # separate: the student sees the labeled batch, then the strong view, in two forward passes (the
+    # reference; BatchNorm statistics per batch); joint: one pass over both concatenated.
+    student_passes: Literal["separate", "joint"] = "separate"
 
 
 @dataclass
@@ -124,14 +132,17 @@ class OptimConfig:
 
 @dataclass
 class TrainConfig:
-    # 200 reference epochs of ~2000 labeled images at 16 labeled images per step (2 x 8 GPUs).
-    iterations: int = 25000
+    # Where training stops. null: at the end of the schedule (train.epochs x the epoch length).
+    # The default is the reference's VOC 662 run on 8 GPUs (200 epochs x 84 iterations).
+    iterations: int | None = 16800
+    epochs: int | None = None  # set: the schedules span this many epochs (needs an epoch length)
     epoch_iterations: int | None = None  # set: lr and lambda step once per epoch of this many
+    epoch_images: int | None = None  # set (the reference: 2000): derive epoch_iterations as the reference
     eval_every: int = 1000  # 0: evaluate only at the end
     log_every: int = 20
     checkpoint_every: int = 1000  # 0: checkpoint only at the end
     seed: int = 0
-    out_dir: str = "runs/prcl"
+    out_dir: str = "runs/prcl"  # may name config values, e.g. runs/voc_{data.num_labels}
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     amp: bool = False
     max_nonfinite_steps: int = 10  # stop after this many non-finite losses in a row
@@ -519,7 +530,19 @@ def validate_config(cfg: Config) -> None:
 
     train = cfg.train
     _at_least("train.iterations", train.iterations, 1)
+    _at_least("train.epochs", train.epochs, 1)
     _at_least("train.epoch_iterations", train.epoch_iterations, 1)
+    _at_least("train.epoch_images", train.epoch_images, 1)
+    _check(
+        train.epochs is None or train.epoch_iterations is not None or train.epoch_images is not None,
+        "train.epochs needs an epoch length: set train.epoch_iterations=N, or train.epoch_images=2000 "
+        "to derive it as the reference does",
+    )
+    _check(
+        train.iterations is not None or train.epochs is not None,
+        "train.iterations is null and train.epochs is not set: give train.iterations=N (or train.epochs "
+        "with an epoch length)",
+    )
     _at_least("train.eval_every", train.eval_every, 0)
     _at_least("train.log_every", train.log_every, 1)
     _at_least("train.checkpoint_every", train.checkpoint_every, 0)
@@ -545,8 +568,54 @@ def validate_config(cfg: Config) -> None:
         )
 
 
-def resolve_config(cfg: Config) -> Config:
-    """A copy with the derived values filled in (those left as null): see the module docstring."""
+def launch_world_size() -> int:
+    """Processes of the run being launched: torchrun's WORLD_SIZE, else 1."""
+    try:
+        return max(1, int(os.environ.get("WORLD_SIZE", "1")))
+    except ValueError:
+        raise UserError(f"WORLD_SIZE={os.environ['WORLD_SIZE']!r} is not a number of processes") from None
+
+
+def _resolve_schedule(train: TrainConfig, data: DataConfig, world_size: int) -> TrainConfig:
+    """Fill in ``epoch_iterations`` (from ``epoch_images``) and ``iterations`` (from ``epochs``)."""
+    from prcl.engine.schedules import reference_epoch_iterations
+
+    epoch_iterations = train.epoch_iterations
+    if epoch_iterations is None and train.epoch_images is not None:
+        epoch_iterations = reference_epoch_iterations(data.num_labels, data.batch_size * world_size,
+                                                      train.epoch_images)
+    iterations = train.iterations
+    if train.epochs is not None:
+        length = train.epochs * epoch_iterations
+        if iterations is None:
+            iterations = length
+        _check(
+            iterations <= length,
+            f"train.iterations ({iterations}) is past the end of the schedule, train.epochs x "
+            f"{epoch_iterations} iterations = {length}; set train.iterations=null to run the whole "
+            "schedule, or raise train.epochs",
+        )
+    return dataclasses.replace(train, epoch_iterations=epoch_iterations, iterations=iterations)
+
+
+def _format_out_dir(cfg: Config) -> str:
+    """``train.out_dir`` with config values filled in: ``runs/voc_{data.num_labels}`` -> ``runs/voc_662``."""
+    sections = {item.name: getattr(cfg, item.name) for item in dataclasses.fields(cfg)}
+    try:
+        return cfg.train.out_dir.format(**sections)
+    except (KeyError, AttributeError, IndexError, ValueError) as error:
+        raise UserError(
+            f"train.out_dir {cfg.train.out_dir!r} names {error} in braces, which is not a config key; "
+            "write keys as {section.key}, e.g. runs/voc_{data.num_labels}"
+        ) from None
+
+
+def resolve_config(cfg: Config, world_size: int | None = None) -> Config:
+    """A copy with the derived values filled in (those left as null): see the module docstring.
+
+    ``world_size`` (default: torchrun's WORLD_SIZE, else 1) gives the global batch from which
+    ``train.epoch_images`` derives the epoch length.
+    """
     data = cfg.data
     num_classes = data.num_classes
     if num_classes is None:
@@ -554,11 +623,15 @@ def resolve_config(cfg: Config) -> Config:
     unlabeled = data.unlabeled_batch_size if data.unlabeled_batch_size is not None else data.batch_size
     window = cfg.eval.window if cfg.eval.window is not None else data.crop_size
     stride = cfg.eval.stride if cfg.eval.stride is not None else max(1, window * 2 // 3)
-    return dataclasses.replace(
+    world = launch_world_size() if world_size is None else world_size
+    resolved = dataclasses.replace(
         cfg,
         data=dataclasses.replace(data, num_classes=num_classes, unlabeled_batch_size=unlabeled),
+        train=_resolve_schedule(cfg.train, data, world),
         eval=dataclasses.replace(cfg.eval, window=window, stride=stride),
     )
+    resolved.train.out_dir = _format_out_dir(resolved)
+    return resolved
 
 
 # --------------------------------------------------------------------------------------------

@@ -1,22 +1,79 @@
-"""Learning-rate and contrastive-weight schedules as functions of training progress."""
+"""Learning-rate and contrastive-weight schedules as functions of the step, and the reference's epoch.
+
+Two kinds of schedule, chosen by the config:
+
+- continuous (no ``train.epoch_iterations``): progress is ``step / train.iterations``;
+- per epoch (``train.epoch_iterations`` set, or derived from ``train.epoch_images`` as the
+  reference does): lr and lambda change once per epoch, and the schedule spans ``train.epochs``
+  epochs (``train.iterations`` may stop the run earlier).
+"""
 
 from __future__ import annotations
 
-from prcl.config import Config
+import math
+from typing import TYPE_CHECKING
+
 from prcl.losses import ramp_weight
+
+if TYPE_CHECKING:
+    from prcl.config import Config
+
+
+def reference_epoch_iterations(num_labels: int, global_batch: int, epoch_images: int = 2000) -> int:
+    """Iterations per epoch as the reference's multi-GPU script counts them.
+
+    The reference runs ``iter_num = int(epoch_images / batch / world_size / L)`` passes over its
+    labeled loader per epoch, L being that loader's batches per process, ``ceil(ceil(num_labels /
+    world_size) / batch)``, which equals ``ceil(num_labels / global_batch)``. Both depend on the
+    global labeled batch only, so 8 GPUs x 2 and 2 GPUs x 8 give the same epoch. VOC 662 at a
+    global batch of 16: L = 42, 2 passes, 84 iterations; VOC 1323: 83; Cityscapes 150 at 48: 40.
+
+    Where the formula gives 0 passes (VOC 2646 and 5291 at 16: the reference as released trains
+    nothing there), we run one pass over the labeled set per epoch (our choice, docs/method.md).
+
+    Args:
+        num_labels: labeled images.
+        global_batch: labeled images per step over all processes.
+        epoch_images: the reference's nominal epoch size (2000).
+    """
+    if num_labels < 1 or global_batch < 1 or epoch_images < 1:
+        raise ValueError(f"need positive counts, got {num_labels=}, {global_batch=}, {epoch_images=}")
+    batches = -(-num_labels // global_batch)
+    passes = epoch_images // (global_batch * batches)
+    return max(passes, 1) * batches
+
+
+def schedule_epochs(cfg: Config) -> int | None:
+    """Epochs the schedules span (None for a continuous schedule)."""
+    train = cfg.train
+    if not train.epoch_iterations:
+        return None
+    return train.epochs if train.epochs is not None else math.ceil(train.iterations / train.epoch_iterations)
+
+
+def describe_schedule(cfg: Config, world_size: int = 1) -> str:
+    """One line for the start of a run, e.g. ``schedule: 200 epochs x 84 iterations = 16800, ...``."""
+    train, epochs = cfg.train, schedule_epochs(cfg)
+    batch = (f"global batch {cfg.data.batch_size * world_size} labeled"
+             f" ({world_size} process{'es' if world_size > 1 else ''} x {cfg.data.batch_size})")
+    if epochs is None:
+        return f"schedule: continuous over {train.iterations} iterations, {batch}"
+    length = epochs * train.epoch_iterations
+    stop = "" if train.iterations == length else f"; stopping early at iteration {train.iterations}"
+    return (f"schedule: {epochs} epochs x {train.epoch_iterations} iterations = {length}, lr and lambda "
+            f"stepped per epoch, {batch}{stop}")
 
 
 def schedule_progress(step: int, cfg: Config) -> float:
-    """Training progress in [0, 1] that the schedules see at ``step`` (0-based, before the update).
+    """Training progress in [0, 1] that the lr schedule sees at ``step`` (0-based, before the update).
 
-    Continuous (``step / iterations``) by default; with ``train.epoch_iterations`` set, it moves in
-    whole epochs like the reference, which steps lr and lambda once per epoch.
+    Continuous (``step / iterations``) without an epoch length; with one, it moves in whole epochs
+    like the reference, which steps the lr once per epoch: ``(step // epoch_iterations) / epochs``.
     """
-    iterations = cfg.train.iterations
-    if cfg.train.epoch_iterations:
-        epochs = max(1, -(-iterations // cfg.train.epoch_iterations))
-        return min(step // cfg.train.epoch_iterations / epochs, 1.0)
-    return min(step / iterations, 1.0)
+    epochs = schedule_epochs(cfg)
+    if epochs is None:
+        return min(step / cfg.train.iterations, 1.0)
+    return min(step // cfg.train.epoch_iterations / epochs, 1.0)
 
 
 def poly_lr(base_lr: float, progress: float, power: float = 0.9, min_lr: float = 1e-6) -> float:
@@ -27,8 +84,9 @@ def poly_lr(base_lr: float, progress: float, power: float = 0.9, min_lr: float =
 def contrast_weight(step: int, cfg: Config) -> float:
     """lambda of the PRCL loss at ``step``: the reference ramp in epochs, or a constant.
 
-    The epoch is ``step // train.epoch_iterations`` when that is set (the reference's convention);
-    otherwise the run spans ``prcl.max_epoch`` epochs and the epoch follows progress continuously.
+    The epoch is ``step // train.epoch_iterations`` when there is an epoch length (the reference's
+    convention; the ramp spans ``prcl.max_epoch`` of them); otherwise the run spans
+    ``prcl.max_epoch`` epochs and the epoch follows progress continuously.
     """
     p = cfg.prcl
     if p.lambda_schedule == "constant":

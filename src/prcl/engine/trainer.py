@@ -28,7 +28,7 @@ from .checkpoint import atomic_write, capture_rng_state, load_checkpoint, restor
 from .data_setup import build_run_data
 from .evaluate import evaluate
 from .sampling import mixed_seed, step_loader
-from .schedules import contrast_weight, poly_lr, schedule_progress
+from .schedules import contrast_weight, describe_schedule, poly_lr, schedule_progress
 
 CHECKPOINT_FORMAT = "prcl-checkpoint-1"
 
@@ -257,6 +257,8 @@ class Trainer:
             * distributed.world_size()
         bar = tqdm(total=total, initial=self.step, disable=not (self.main and cfg.train.progress),
                    desc=cfg.method.name, dynamic_ncols=True)
+        if self.main and cfg.train.progress:
+            bar.write(describe_schedule(cfg, distributed.world_size()))
         consecutive_bad = 0
         last_result: dict | None = None
         while self.step < total:
