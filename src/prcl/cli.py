@@ -9,8 +9,12 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from prcl.errors import UserError
+
+if TYPE_CHECKING:
+    from prcl.data import SegmentationDataset
 
 
 def _add_config(parser: argparse.ArgumentParser, required: bool = True) -> None:
@@ -44,19 +48,133 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 
 def cmd_splits(args: argparse.Namespace) -> int:
-    from prcl.data import FolderDataset, check_splits, make_splits, read_id_list, read_splits, write_splits
-
     if args.action == "make":
-        train = read_id_list(args.train_list) if args.train_list else FolderDataset.list_ids(args.root)
-        valid = read_id_list(args.valid_list) if args.valid_list else []
-        folder = write_splits(args.out, args.num_labels, args.seed, make_splits(train, valid, args.num_labels, args.seed))
-        print(f"wrote {folder}")
+        _splits_make(args)
+    elif args.published:
+        _splits_check_published(args)
     else:
-        splits = read_splits(args.out, args.num_labels, args.seed)
-        image_path = FolderDataset(args.root, [], with_labels=False).image_path if args.root else None
-        check_splits(splits, image_path=image_path)
-        print(f"ok: {len(splits.labeled)} labeled, {len(splits.unlabeled)} unlabeled, {len(splits.valid)} valid")
+        _splits_check_folder(args)
     return 0
+
+
+def _splits_make(args: argparse.Namespace) -> None:
+    """Write ``<out>/<num_labels>/<seed>/`` from --train-list or the images of a folder dataset."""
+    from prcl.data import FolderDataset, make_splits, read_id_list, write_splits
+
+    if args.published:
+        raise UserError("--published is for `prcl splits check`; `make` writes your own splits")
+    if args.out is None or args.num_labels is None:
+        raise UserError("`prcl splits make` needs --out FOLDER and --num-labels N")
+    if args.train_list is None and (args.root is None or args.dataset != "folder"):
+        raise UserError(
+            "`prcl splits make` needs --train-list FILE, or --root of a folder dataset "
+            "(images/ and masks/) whose images it lists"
+        )
+    train = read_id_list(args.train_list) if args.train_list else FolderDataset.list_ids(args.root)
+    valid = read_id_list(args.valid_list) if args.valid_list else []
+    splits = make_splits(train, valid, args.num_labels, args.seed)
+    print(f"wrote {write_splits(args.out, args.num_labels, args.seed, splits)}")
+
+
+def _splits_check_folder(args: argparse.Namespace) -> None:
+    """Check ``<out>/<num_labels>/<seed>/`` (and, with --root, that its files exist)."""
+    from prcl.data import FolderDataset, Splits, check_splits, read_splits
+
+    if args.out is None or args.num_labels is None:
+        raise UserError(
+            "`prcl splits check` needs --out FOLDER and --num-labels N (your split files), "
+            "or --published (the shipped lists)"
+        )
+    splits = read_splits(args.out, args.num_labels, args.seed)
+    if args.root is None:
+        check_splits(splits)
+    elif args.dataset == "folder":
+        check_splits(splits, image_path=FolderDataset(args.root, [], with_labels=False).image_path)
+    else:
+        check_splits(splits)  # duplicates and overlaps, before the per-folder file checks
+        train, valid = _splits_datasets(args.dataset, args.root)
+        check_splits(Splits(splits.labeled, splits.unlabeled, []), train.image_path, mask_path=train.mask_path)
+        check_splits(Splits([], [], splits.valid), valid.image_path, mask_path=valid.mask_path)
+    print(f"ok: {len(splits.labeled)} labeled, {len(splits.unlabeled)} unlabeled, {len(splits.valid)} valid")
+
+
+def _splits_check_published(args: argparse.Namespace) -> None:
+    """Print the shipped lists; with --root, check each against the dataset on disk.
+
+    One line per split on stdout; if any split has missing files or wrong counts, a UserError
+    names the first such split (main() prints it and exits 2).
+    """
+    from prcl.data.published import PUBLISHED_COUNTS
+
+    datasets = list(PUBLISHED_COUNTS) if args.dataset == "folder" else [args.dataset]
+    if args.root is not None and args.dataset == "folder":
+        raise UserError("--published with --root needs --dataset voc or --dataset cityscapes")
+    for dataset in datasets:
+        published = PUBLISHED_COUNTS[dataset]
+        if args.num_labels is not None and args.num_labels not in published:
+            raise UserError(
+                f"--num-labels {args.num_labels} has no published {dataset} split (published "
+                f"counts: {', '.join(map(str, published))}); pick one, or use --out for your own"
+            )
+    if args.root is None:
+        print("published splits shipped with prcl (U2PL, Apache-2.0; see prcl/data/published_splits/README.md):")
+    failures: list[str] = []
+    for dataset in datasets:
+        datasets_on_disk = _splits_datasets(dataset, args.root) if args.root is not None else None
+        counts = PUBLISHED_COUNTS[dataset] if args.num_labels is None else (args.num_labels,)
+        for num_labels in counts:
+            problem = _splits_check_one_published(dataset, num_labels, datasets_on_disk)
+            if problem:
+                failures.append(problem)
+    if failures:
+        more = f" ({len(failures)} splits failed in all)" if len(failures) > 1 else ""
+        raise UserError(f"{failures[0]}{more}")
+
+
+def _splits_check_one_published(
+    dataset: str, num_labels: int, on_disk: tuple[SegmentationDataset, SegmentationDataset] | None
+) -> str | None:
+    """Print one split's line; return the error text (None when it is fine or not checked)."""
+    from prcl.data import Splits, check_splits
+    from prcl.data.published import TRAIN_SIZES, published_splits
+    from prcl.data.splits import describe_missing, missing_files
+
+    splits = published_splits(dataset, num_labels)
+    sizes = f"{len(splits.labeled)} labeled, {len(splits.unlabeled)} unlabeled, {len(splits.valid)} valid"
+    name = f"published {dataset} split {num_labels}"
+    wrong = []
+    if len(splits.labeled) != num_labels:
+        wrong.append(f"labeled list holds {len(splits.labeled)} ids, expected {num_labels}")
+    if len(splits.labeled) + len(splits.unlabeled) != TRAIN_SIZES[dataset]:
+        wrong.append(f"labeled + unlabeled is not the {TRAIN_SIZES[dataset]} train images")
+    try:
+        check_splits(splits)  # duplicates, labeled/unlabeled overlap, val ids in train
+    except UserError as error:
+        wrong.append(str(error))
+    if wrong:
+        print(f"{dataset} {num_labels}: {sizes}: wrong")
+        return f"{name}: {'; '.join(wrong)}; the shipped lists are damaged, reinstall prcl"
+    if on_disk is None:
+        print(f"{dataset} {num_labels}: {sizes}")
+        return None
+    train, valid = on_disk
+    missing = missing_files(Splits(splits.labeled, splits.unlabeled, []), train.image_path, train.mask_path)
+    missing += missing_files(Splits([], [], splits.valid), valid.image_path, valid.mask_path)
+    if not missing:
+        print(f"{dataset} {num_labels}: {sizes}: ok")
+        return None
+    print(f"{dataset} {num_labels}: {sizes}: {len(missing)} files missing")
+    return f"{name}: {describe_missing(missing)}; check data.root, see docs/datasets.md"
+
+
+def _splits_datasets(dataset: str, root: str) -> tuple[SegmentationDataset, SegmentationDataset]:
+    """(train, valid) datasets of ``dataset`` at ``root``, for their image_path and mask_path."""
+    from prcl.data import CityscapesDataset, VOCDataset
+
+    if dataset == "voc":
+        voc = VOCDataset(root, [])
+        return voc, voc
+    return CityscapesDataset(root, [], split="train"), CityscapesDataset(root, [], split="val")
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -96,10 +214,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("splits", help="write or check split files")
     p.add_argument("action", choices=["make", "check"])
-    p.add_argument("--out", required=True, help="splits folder (holds <num_labels>/<seed>/)")
-    p.add_argument("--num-labels", type=int, required=True)
+    p.add_argument("--out", help="splits folder (holds <num_labels>/<seed>/); not needed with --published")
+    p.add_argument("--num-labels", type=int, help="labeled images (with --published: default every published count)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--root", help="folder dataset root (images/ and masks/) to list or check ids")
+    p.add_argument("--dataset", choices=["folder", "voc", "cityscapes"], default="folder",
+                   help="layout under --root: folder (images/, masks/), voc (VOCdevkit/VOC2012) or cityscapes")
+    p.add_argument("--root", help="dataset root, to list ids (make) or check that the files exist (check)")
+    p.add_argument("--published", action="store_true",
+                   help="check: use the shipped published (U2PL) lists; without --root just list them")
     p.add_argument("--train-list", help="file of train ids (default: all images under --root)")
     p.add_argument("--valid-list", help="file of valid ids")
     p.set_defaults(func=cmd_splits)

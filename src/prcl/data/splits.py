@@ -114,13 +114,15 @@ def check_splits(
     splits: Splits,
     image_path: Callable[[str], Path] | None = None,
     allow_valid_in_train: bool = False,
+    mask_path: Callable[[str], Path] | None = None,
 ) -> None:
     """Raise ``UserError`` on a broken split; return ``None`` when it is fine.
 
     Checks: no id twice within a list; no id both labeled and unlabeled; (unless
-    ``allow_valid_in_train``) no valid id among the train ids; and, when ``image_path`` is given
-    (e.g. ``dataset.image_path``), that every id's image file exists -- the error names the first
-    missing id and the path where its image was expected.
+    ``allow_valid_in_train``) no valid id among the train ids; when ``image_path`` is given
+    (e.g. ``dataset.image_path``), that every id's image file exists; and when ``mask_path`` is
+    given, that every labeled and valid id's mask file exists. Missing files are reported on one
+    line: how many, then the first few ids with the paths where their files were expected.
     """
     for name in (*SPLIT_NAMES, "test"):
         _raise_on_duplicates(getattr(splits, name), f"{name} split")
@@ -139,15 +141,51 @@ def check_splits(
                 f"{len(leaked)} valid ids are also train ids (first: {leaked[0]!r}); "
                 "validation images must not be trained on"
             )
-    if image_path is not None:
-        for name in (*SPLIT_NAMES, "test"):
-            for image_id in getattr(splits, name):
+    missing = missing_files(splits, image_path, mask_path)
+    if missing:
+        raise UserError(f"{describe_missing(missing)}; check data.root or the split files")
+
+
+@dataclass(frozen=True)
+class MissingFile:
+    """One file a split names that is not on disk: which list, which id, image or mask, where."""
+
+    split: str
+    image_id: str
+    kind: str
+    path: Path
+
+
+def missing_files(
+    splits: Splits,
+    image_path: Callable[[str], Path] | None = None,
+    mask_path: Callable[[str], Path] | None = None,
+) -> list[MissingFile]:
+    """Files the split names that do not exist, in list order (labeled, unlabeled, valid, test).
+
+    With ``image_path`` every id's image is looked for; with ``mask_path`` the mask of every
+    labeled and valid id (unlabeled and test ids need no mask). Without either: an empty list.
+    """
+    missing: list[MissingFile] = []
+    for name in (*SPLIT_NAMES, "test"):
+        for image_id in getattr(splits, name):
+            if image_path is not None:
                 path = Path(image_path(image_id))
                 if not path.is_file():
-                    raise UserError(
-                        f"{name} split names image {image_id!r} but {path} does not exist; "
-                        "check data.root or the split files"
-                    )
+                    missing.append(MissingFile(name, image_id, "image", path))
+            if mask_path is not None and name in ("labeled", "valid"):
+                path = Path(mask_path(image_id))
+                if not path.is_file():
+                    missing.append(MissingFile(name, image_id, "mask", path))
+    return missing
+
+
+def describe_missing(missing: Sequence[MissingFile], first: int = 3) -> str:
+    """One line: how many files are missing and the first ``first`` of them with their paths."""
+    shown = "; ".join(f"{m.split} {m.kind} of {m.image_id!r}: {m.path}" for m in missing[:first])
+    more = f"; and {len(missing) - first} more" if len(missing) > first else ""
+    noun = "file is" if len(missing) == 1 else "files are"
+    return f"{len(missing)} {noun} missing ({shown}{more})"
 
 
 def _raise_on_duplicates(ids: Sequence[str], what: str) -> None:
