@@ -278,21 +278,37 @@ class CityscapesDataset(SegmentationDataset):
         transform: Transform | None = None,
     ) -> None:
         super().__init__(ids, with_labels, transform)
-        self.root = Path(root).expanduser()
+        self.root = self.find_root(root, split, with_labels)
         self.split = split
-        how = (
-            "download leftImg8bit_trainvaltest and gtFine_trainvaltest from "
-            "cityscapes-dataset.com and set data.root to the folder holding them"
-        )
-        _require_folder(self.root / "leftImg8bit" / split, "Cityscapes image", how)
-        if with_labels:
-            _require_folder(self.root / "gtFine" / split, "Cityscapes label", how)
         lut = np.full(256, -2, dtype=np.int64)  # -2 marks values that are not labelIds
         lut[:34] = IGNORE_INDEX
         lut[FILE_IGNORE_VALUE] = IGNORE_INDEX
         for label_id, train_id in CITYSCAPES_LABEL_TO_TRAIN_ID.items():
             lut[label_id] = train_id
         self._label_to_train_id = lut
+
+    @staticmethod
+    def find_root(root: str | os.PathLike, split: str = "train", with_labels: bool = True) -> Path:
+        """The folder holding ``leftImg8bit/<split>`` (and ``gtFine/<split>``); UserError naming what is there.
+
+        ``root`` may also be a folder containing ``cityscapes/``.
+        """
+        given = Path(root).expanduser()
+        needed = ["leftImg8bit"] + (["gtFine"] if with_labels else [])
+        for candidate in (given, given / "cityscapes"):
+            if all((candidate / name / split).is_dir() for name in needed):
+                return candidate
+        if not given.is_dir():
+            raise UserError(f"Cityscapes folder not found: {given}; set data.root to the folder holding "
+                            "leftImg8bit/ and gtFine/ (see docs/datasets.md), or use data.dataset=demo")
+        found = sorted(p.name for p in given.iterdir() if p.is_dir())[:6]
+        missing = [f"{name}/{split}" for name in needed if not (given / name / split).is_dir()]
+        raise UserError(
+            f"{given} is not a Cityscapes folder: {' and '.join(missing)} not found (it holds "
+            f"{', '.join(found) or 'no folders'}); data.root must hold leftImg8bit/{{train,val}}/<city>/ and "
+            "gtFine/{train,val}/<city>/ from leftImg8bit_trainvaltest.zip and gtFine_trainvaltest.zip "
+            "(see docs/datasets.md)"
+        )
 
     @staticmethod
     def parse_id(image_id: str) -> tuple[str, str]:

@@ -19,10 +19,14 @@ from prcl.data import (
     generate_demo_dataset,
     read_id_list,
     read_splits,
+    split_dir,
     train_transform,
     unlabeled_transform,
 )
+from prcl.data.published import PUBLISHED_COUNTS, published_splits, published_valid
 from prcl.errors import UserError
+
+from . import distributed
 
 
 @dataclass
@@ -44,8 +48,36 @@ def _splits_root(cfg: Config, root: Path) -> Path:
                     f"<num_labels>/<split_seed>/labeled_filename.txt (write one with `prcl splits`)")
 
 
+def read_run_splits(cfg: Config, root: Path) -> Splits:
+    """The split lists of a run.
+
+    VOC and Cityscapes without ``data.splits``: the published lists for ``data.num_labels``
+    (shipped with prcl). Otherwise the files under ``<data.splits>/<num_labels>/<split_seed>/``;
+    for VOC and Cityscapes a folder without ``valid_filename.txt`` validates on the published val
+    list (e.g. the PRCL release's Cityscapes 150 split, whose own valid list names test images).
+    """
+    data = cfg.data
+    if data.dataset in PUBLISHED_COUNTS and not data.splits:
+        return published_splits(data.dataset, data.num_labels)
+    folder = split_dir(_splits_root(cfg, root), data.num_labels, data.split_seed)
+    if data.dataset in PUBLISHED_COUNTS and folder.is_dir() and not (folder / "valid_filename.txt").exists():
+        return Splits(read_id_list(folder / "labeled_filename.txt"), read_id_list(folder / "unlabeled_filename.txt"),
+                      published_valid(data.dataset))
+    return read_splits(folder.parent.parent, data.num_labels, data.split_seed)
+
+
 def demo_root(cfg: Config) -> Path:
-    """Generate (or reuse) the embedded demo dataset the config describes."""
+    """Generate (or reuse) the embedded demo dataset the config describes.
+
+    Under torchrun the first process writes it while the others wait, then they all reuse it.
+    """
+    if distributed.is_main():
+        _generate_demo(cfg)
+    distributed.barrier()
+    return _generate_demo(cfg)
+
+
+def _generate_demo(cfg: Config) -> Path:
     d = cfg.data.demo
     return generate_demo_dataset(cfg.data.root, num_train=d.num_train, num_valid=d.num_valid, num_test=d.num_test,
                                  image_size=d.image_size, num_classes=d.num_classes, seed=d.seed,
@@ -53,7 +85,7 @@ def demo_root(cfg: Config) -> Path:
 
 
 def build_run_data(cfg: Config) -> RunData:
-    """The four datasets with their transforms; every split id is checked against its image file."""
+    """The four datasets with their transforms; every split id is checked against its image (and mask) file."""
     data = cfg.data
     labeled_tf = train_transform(data.crop_size, tuple(data.scale_range))
     unlabeled_tf = unlabeled_transform(data.crop_size)
@@ -67,7 +99,7 @@ def build_run_data(cfg: Config) -> RunData:
                 raise UserError("data.root is not set: point it at a folder with images/ and masks/")
             root = Path(data.root).expanduser()
             names = [f"class_{k}" for k in range(data.num_classes)]
-        splits = read_splits(_splits_root(cfg, root), data.num_labels, data.split_seed)
+        splits = read_run_splits(cfg, root)
         if (root / "splits" / "test_filename.txt").is_file():
             test_ids = read_id_list(root / "splits" / "test_filename.txt")
 
@@ -76,14 +108,14 @@ def build_run_data(cfg: Config) -> RunData:
     elif data.dataset == "voc":
         root = VOCDataset.find_root(data.root)
         names = list(VOCDataset.class_names)
-        splits = read_splits(_splits_root(cfg, root), data.num_labels, data.split_seed)
+        splits = read_run_splits(cfg, root)
 
         def make(ids, labels, tf):
             return VOCDataset(root, ids, with_labels=labels, transform=tf)
     else:  # cityscapes
         root = Path(data.root).expanduser()
         names = list(CityscapesDataset.class_names)
-        splits = read_splits(_splits_root(cfg, root), data.num_labels, data.split_seed)
+        splits = read_run_splits(cfg, root)
 
         def make(ids, labels, tf, split="train"):
             return CityscapesDataset(root, ids, with_labels=labels, split=split, transform=tf)
@@ -93,7 +125,8 @@ def build_run_data(cfg: Config) -> RunData:
     valid = (make(splits.valid, True, eval_transform(), split="val") if data.dataset == "cityscapes"
              else make(splits.valid, True, eval_transform()))
     check_splits(splits)
-    check_splits(Splits(splits.labeled, splits.unlabeled, []), image_path=labeled.image_path)
-    check_splits(Splits([], [], splits.valid), image_path=valid.image_path)
+    check_splits(Splits(splits.labeled, splits.unlabeled, []), image_path=labeled.image_path,
+                 mask_path=labeled.mask_path)
+    check_splits(Splits([], [], splits.valid), image_path=valid.image_path, mask_path=valid.mask_path)
     test = make(test_ids, True, eval_transform()) if test_ids else None
     return RunData(labeled, unlabeled, valid, test, names, root)
