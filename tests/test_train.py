@@ -185,6 +185,13 @@ def test_eval_and_predict_commands_on_a_trained_checkpoint(demo_root, tmp_path, 
                  "--out", str(tmp_path / "eval.json")]) == 0
     table = capsys.readouterr().out
     assert "mIoU" in table and "brick" in table
+    miou_line = next(line for line in table.splitlines() if line.startswith("mIoU"))
+    assert "protocol whole" in miou_line and "split valid" in miou_line and "teacher" in miou_line
+    assert "the reference's mean over all classes" in table
+    assert main(["eval", "-c", str(tmp_path / "run/config.yaml"), "--checkpoint", str(checkpoint),
+                 "--split", "test", "--use", "student", "--out", str(tmp_path / "eval-test.json")]) == 0
+    miou_line = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("mIoU"))
+    assert "split test" in miou_line and "student" in miou_line
     # the same teacher on the same split gives the same number as training reported
     assert json.loads((tmp_path / "eval.json").read_text())["miou"] == pytest.approx(summary["miou"], abs=1e-6)
     image = next((demo_root / "images").glob("test_*.png"))
@@ -196,3 +203,20 @@ def test_eval_and_predict_commands_on_a_trained_checkpoint(demo_root, tmp_path, 
     assert (tmp_path / "pred" / f"{image.stem}_uncertainty.png").is_file()
     assert main(["predict", "--checkpoint", str(tmp_path / "missing.pt"), str(image), "--out",
                  str(tmp_path / "pred2")]) == 2
+
+
+@pytest.mark.parametrize("all_classes, expected", [
+    (0.5, "is the same"),
+    (0.4, "differs: 40.00"),
+    (None, "undefined here (NaN): 1 classes never occur (c)"),
+])
+def test_eval_table_says_whether_the_reference_all_class_mean_differs(all_classes, expected):
+    from prcl.infer.commands import format_table
+
+    per_class = [0.5, 0.5, None] if all_classes is None else [0.5, 0.5, 0.5 if all_classes == 0.5 else 0.2]
+    result = {"class_names": ["a", "b", "c"], "per_class_iou": per_class, "miou": 0.5,
+              "miou_all_classes": all_classes, "protocol": "random-crop", "split": "valid",
+              "network": "teacher", "images": 3}
+    table = format_table(result)
+    assert "(protocol random-crop, split valid, teacher, 3 images)" in table
+    assert expected in table.splitlines()[-1]

@@ -1,4 +1,4 @@
-"""Evaluation: confusion matrix, mIoU, and the inference protocols (METHOD.md section 4).
+"""Evaluation: confusion matrix, mIoU, and the inference protocols (docs/method.md).
 
 Protocols:
 

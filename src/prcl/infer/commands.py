@@ -36,18 +36,36 @@ def evaluate_checkpoint(cfg: Config, checkpoint: str | Path, split: str = "valid
     result["class_names"] = data.class_names
     result["checkpoint"] = str(checkpoint)
     result["split"] = split
+    result["network"] = use
     return result
 
 
 def format_table(result: dict) -> str:
-    """Per-class IoU table (percent) followed by the mIoU."""
+    """Per-class IoU table (percent), the mIoU with what was scored, and the reference's mean beside it."""
     names = result["class_names"]
     width = max(12, *(len(n) for n in names)) + 2
     lines = [f"{'class':<{width}}{'IoU':>8}"]
     for name, iou in zip(names, result["per_class_iou"]):
         lines.append(f"{name:<{width}}{'-' if iou is None or math.isnan(iou) else f'{100 * iou:.2f}':>8}")
-    lines.append(f"{'mIoU':<{width}}{100 * result['miou']:>8.2f}   ({result['protocol']}, {result['images']} images)")
+    scored = ", ".join(str(part) for part in (
+        f"protocol {result['protocol']}", f"split {result.get('split', 'valid')}", result.get("network", "teacher"),
+        f"{result['images']} images") if part)
+    lines.append(f"{'mIoU':<{width}}{100 * result['miou']:>8.2f}   ({scored})")
+    lines.append(_all_class_note(result))
     return "\n".join(lines)
+
+
+def _all_class_note(result: dict) -> str:
+    """Whether the reference's mean over all classes differs from our mean over the classes present."""
+    all_classes = result.get("miou_all_classes")
+    if all_classes is None:
+        absent = [name for name, iou in zip(result["class_names"], result["per_class_iou"]) if iou is None]
+        return (f"the reference's mean over all classes is undefined here (NaN): "
+                f"{len(absent)} classes never occur ({', '.join(absent[:3])})")
+    if abs(all_classes - result["miou"]) < 5e-5:
+        return "the reference's mean over all classes is the same"
+    return (f"the reference's mean over all classes differs: {100 * all_classes:.2f} (a class only "
+            f"predicted, never labeled, counts there as IoU 0)")
 
 
 def run_eval(args) -> dict:

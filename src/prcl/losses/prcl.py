@@ -1,4 +1,4 @@
-"""The PRCL contrastive loss (METHOD.md section 3), vectorised over anchors, negatives and classes.
+"""The PRCL contrastive loss (docs/method.md), vectorised over anchors, negatives and classes.
 
 Two steps, kept apart so each can be read and tested on its own:
 - ``sample_contrast``: no gradient. Valid pixels, distribution prototypes, hard anchors and

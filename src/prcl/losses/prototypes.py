@@ -37,7 +37,7 @@ def all_reduce_statistics(*tensors: torch.Tensor) -> None:
 def distribution_prototypes(
     mu: torch.Tensor, var: torch.Tensor, labels: torch.Tensor, num_classes: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Distribution prototype of every class (METHOD.md section 3), exact under data parallelism.
+    """Distribution prototype of every class (docs/method.md), exact under data parallelism.
 
     ``var_c = 1 / sum_i(1/var_i)`` and ``mu_c = sum_i (var_c / var_i) * mu_i`` over the class's
     valid pixels i. The sums are all-reduced over ranks, so every rank gets the global prototype.

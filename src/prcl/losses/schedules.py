@@ -1,4 +1,4 @@
-"""Weight of the contrastive loss over training (METHOD.md section 3)."""
+"""Weight of the contrastive loss over training (docs/method.md)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Mean teacher: an exponential moving average of the student's parameters (METHOD.md section 1).
+"""Mean teacher: an exponential moving average of the student's parameters (docs/method.md).
 
 Only parameters are averaged; buffers (BN running statistics) are not: the teacher keeps its own,
 updated by its own forward passes in train mode.
