@@ -99,7 +99,11 @@ def main() -> None:
     rows = {}
     for what in ("student", "compiled", "chunked", "reference"):
         result = subprocess.run([sys.executable, __file__, "--only", what, "--device", args.device,
-                                 "--repeats", str(args.repeats)], capture_output=True, text=True, check=True)
+                                 "--repeats", str(args.repeats)], capture_output=True, text=True)
+        if result.returncode != 0:
+            last = (result.stderr.strip().splitlines() or ["no output"])[-1]
+            print(f"{what}: failed ({last})", file=sys.stderr)
+            continue
         rows[what] = json.loads(result.stdout.strip().splitlines()[-1])
     student = rows["student"]["seconds"]
     print(f"device: {args.device}, torch {torch.__version__}, threads {torch.get_num_threads()}")

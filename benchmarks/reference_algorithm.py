@@ -69,5 +69,6 @@ def reference_prcl_loss(mu, var, labels, valid, prob, num_queries=256, num_negat
             keys_mu = torch.cat([proto_mu[i].expand(num_queries, 1, dim), neg_mu], 1)
             keys_var = torch.cat([proto_var[i].expand(num_queries, 1, dim), neg_var], 1)
         logits = _mls(anchor_mu.unsqueeze(1), keys_mu, anchor_var.unsqueeze(1), keys_var)
-        loss = loss + F.cross_entropy(logits / temperature, torch.zeros(num_queries, dtype=torch.long))
+        positive = torch.zeros(num_queries, dtype=torch.long, device=logits.device)  # the prototype is key 0
+        loss = loss + F.cross_entropy(logits / temperature, positive)
     return loss / present

@@ -1,0 +1,139 @@
+"""Full training steps (teacher, strong view, student, losses, backward, optimisers, EMA) per setting.
+
+Each setting is a method with its switches (``method:passes[:amp]``, e.g. ``prcl:separate``,
+``mean_teacher:joint``, ``prcl:separate:amp``); every setting builds a fresh ``Trainer`` (the
+trainer the ``prcl train`` command runs) on a tiny demo run directory and feeds it random batches of
+the real size on the device: ResNet-101, ``--crop`` (321), ``--batch`` labeled + ``--batch``
+unlabeled images, 21 classes, labels of 3 blocky classes per image. Reported per setting: the
+first step (it compiles the PRCL score kernel where torch.compile is used), the median of the
+timed steps, images per second (labeled + unlabeled), and peak GPU memory on CUDA. The share of
+the contrast is 1 - t(mean_teacher) / t(prcl) for the same passes and precision.
+
+    python benchmarks/bench_train_step.py --device cpu --batch 2 --steps 5
+    python benchmarks/bench_train_step.py --device cuda --batch 8 --steps 20 --amp both
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+NUM_CLASSES = 21
+
+
+def batch(size: int, crop: int, generator: torch.Generator) -> tuple[dict, dict]:
+    """Labeled (image, mask) and unlabeled (image) batches: 3 classes per image in 4x4 blocks."""
+    images = torch.randn(size, 3, crop, crop, generator=generator)
+    classes = torch.stack([torch.randperm(NUM_CLASSES, generator=generator)[:3] for _ in range(size)])
+    blocks = torch.randint(0, 3, (size, 4, 4), generator=generator)
+    coarse = torch.gather(classes, 1, blocks.reshape(size, -1)).reshape(size, 1, 4, 4).float()
+    masks = F.interpolate(coarse, size=(crop, crop), mode="nearest")[:, 0].long()
+    return {"image": images, "mask": masks}, {"image": torch.randn(size, 3, crop, crop, generator=generator)}
+
+
+def run_setting(setting: str, args: argparse.Namespace, root: Path) -> dict:
+    from prcl.config import load_config
+    from prcl.engine.trainer import Trainer
+
+    method, passes, *rest = setting.split(":")
+    amp = rest == ["amp"]
+    out_dir = root / setting.replace(":", "_")
+    cfg = load_config(None, [
+        "data.dataset=demo", f"data.root={root / 'data'}", "data.demo.num_train=16", "data.demo.num_valid=2",
+        "data.demo.num_test=0", "data.num_labels=4", "data.split_seed=0", f"data.num_classes={NUM_CLASSES}",
+        f"data.crop_size={args.crop}", f"data.batch_size={args.batch}", "data.num_workers=0",
+        "model.encoder=resnet101", "model.weights=null", f"method.name={method}",
+        f"method.student_passes={passes}", f"prcl.kernel={args.kernel}", f"train.amp={str(amp).lower()}",
+        f"train.device={args.device}", f"train.out_dir={out_dir}", "train.progress=false",
+        "train.iterations=1000",
+    ])
+    torch.manual_seed(0)
+    trainer = Trainer(cfg)
+    device = trainer.device
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    generator = torch.Generator().manual_seed(0)
+    batches = [batch(args.batch, args.crop, generator) for _ in range(2)]
+    times = []
+    for step in range(args.warmup + args.steps):
+        if step == args.warmup and device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+        labeled, unlabeled = batches[step % 2]
+        sync()
+        started = time.perf_counter()
+        record = trainer.train_step(labeled, unlabeled if method != "supervised" else None)
+        sync()
+        times.append(time.perf_counter() - started)
+        trainer.step += 1
+        if record is None:
+            raise RuntimeError(f"{setting}: non-finite step {step}")
+    seconds = statistics.median(times[args.warmup:])
+    images = args.batch * (1 if method == "supervised" else 2)
+    return {
+        "setting": setting, "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        "batch": f"{args.batch}+{args.batch}", "crop": args.crop, "first_step_s": round(times[0], 3),
+        "step_s": round(seconds, 4), "images_per_s": round(images / seconds, 2),
+        "peak_gpu_gib": round(torch.cuda.max_memory_allocated(device) / 2**30, 2) if device.type == "cuda" else None,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--batch", type=int, default=2, help="labeled images per step (and as many unlabeled)")
+    parser.add_argument("--crop", type=int, default=321)
+    parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--kernel", default="auto", choices=["auto", "compiled", "chunked"])
+    parser.add_argument("--amp", choices=["off", "on", "both"], default="off")
+    parser.add_argument("--settings", nargs="+",
+                        default=["mean_teacher:separate", "prcl:separate", "mean_teacher:joint", "prcl:joint"])
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="measure every setting this many times, in alternating order; report the median")
+    parser.add_argument("--json", help="append one JSON line per measurement to this file")
+    args = parser.parse_args()
+    settings = []
+    for setting in args.settings:
+        if args.amp in ("off", "both"):
+            settings.append(setting)
+        if args.amp in ("on", "both"):
+            settings.append(setting + ":amp")
+    measured: dict[str, list[dict]] = {setting: [] for setting in settings}
+    with tempfile.TemporaryDirectory() as root:
+        for round_index in range(args.rounds):
+            order = settings if round_index % 2 == 0 else settings[::-1]  # no setting always goes first
+            for setting in order:
+                result = run_setting(setting, args, Path(root))
+                measured[setting].append(result)
+                print(json.dumps(result), flush=True)
+                if args.json:
+                    with open(args.json, "a") as f:
+                        f.write(json.dumps(result) + "\n")
+    results = []
+    for setting, runs in measured.items():
+        best = dict(runs[0], step_s=statistics.median(r["step_s"] for r in runs))
+        best["images_per_s"] = round(runs[0]["images_per_s"] * runs[0]["step_s"] / best["step_s"], 2)
+        best["rounds"] = [r["step_s"] for r in runs]
+        results.append(best)
+    by_name = {r["setting"]: r for r in results}
+    print(f"\n{results[0]['device']}, batch {results[0]['batch']}, crop {args.crop}, median of {args.rounds} rounds")
+    print("| setting | step s | images/s | first step s | peak GPU GiB | contrast share | step s per round |")
+    print("|---|---:|---:|---:|---:|---:|---|")
+    for r in results:
+        twin = by_name.get(r["setting"].replace("prcl:", "mean_teacher:", 1))
+        share = f"{1 - twin['step_s'] / r['step_s']:.2f}" if r["setting"].startswith("prcl:") and twin else "-"
+        print(f"| {r['setting']} | {r['step_s']:.3f} | {r['images_per_s']:.1f} | {r['first_step_s']:.1f} | "
+              f"{r['peak_gpu_gib'] if r['peak_gpu_gib'] is not None else '-'} | {share} | "
+              f"{', '.join(f'{t:.3f}' for t in r['rounds'])} |")
+    sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    main()
