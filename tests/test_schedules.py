@@ -126,3 +126,20 @@ def test_the_schedule_line_a_run_prints():
     assert "200 epochs x 84 iterations = 16800" in line and "8 processes x 2" in line
     assert "stopping early at iteration 100" in line
     assert "stopping early" not in describe_schedule(_voc_662(), world_size=8)
+
+
+@pytest.mark.parametrize("name, crop, scales, strong, batch, protocol", [
+    ("voc_blended.yaml", 321, [0.5, 1.5], [0.5, 1.5], 2, "whole"),
+    ("voc_classic.yaml", 321, [0.5, 1.5], [0.5, 1.5], 2, "whole"),
+    ("cityscapes.yaml", 512, [1.0, 1.0], [0.5, 2.0], 6, "sliding"),
+    ("cityscapes_150.yaml", 512, [1.0, 1.0], [0.5, 2.0], 6, "sliding"),
+])
+def test_paper_configs_hold_the_release_recipe(name, crop, scales, strong, batch, protocol):
+    cfg = load_config(CONFIGS / name)
+    assert (cfg.data.crop_size, cfg.data.scale_range, cfg.method.strong_scale_range) == (crop, scales, strong)
+    assert (cfg.data.batch_size, cfg.data.unlabeled_batch_size, cfg.eval.protocol) == (batch, batch, protocol)
+    assert (cfg.model.encoder, cfg.model.output_stride, cfg.method.name) == ("resnet101", 16, "prcl")
+    assert (cfg.method.student_passes, cfg.method.ema_alpha) == ("separate", 0.99)
+    assert (cfg.optim.lr, cfg.optim.uncer_lr, cfg.prcl.temperature) == (3.2e-3, 5e-5, 100.0)
+    assert (cfg.prcl.num_queries, cfg.prcl.num_negatives, cfg.prcl.max_epoch) == (256, 512, 200)
+    assert (cfg.train.epochs, cfg.train.epoch_images) == (200, 2000)
