@@ -117,6 +117,15 @@ class PRCLConfig:
     begin_epoch: float = 0.0
     max_epoch: float = 200.0
     kernel: Literal["auto", "compiled", "chunked"] = "auto"
+    # Options beyond the released method (docs/method.md); the defaults keep it.
+    variance_scale: float = 1.0  # the probability head's variances are multiplied by this (1/D: see docs)
+    prototype_variance: Literal["fused", "mean"] = "fused"  # mean: does not shrink with the pixel count
+    deterministic: bool = False  # no probability head: every variance 0.5 x variance_scale (point contrast)
+    global_prototypes: bool = False  # GDP: per-class Gaussians carried over training
+    gdp_decay: float = 0.0  # GDP: forgetting of the accumulated statistics per step (0: accumulate)
+    virtual_negatives: int = 0  # VN: samples per other class and anchor from its prototype Gaussian
+    vn_radius: float = 1.0
+    vn_variance: Literal["global", "zero"] = "global"
 
 
 @dataclass
@@ -510,6 +519,10 @@ def validate_config(cfg: Config) -> None:
         f"prcl.min_value ({prcl.min_value}) must not exceed prcl.max_value ({prcl.max_value})",
     )
     _check(math.isfinite(prcl.ramp_mult), f"prcl.ramp_mult must be a finite number, got {prcl.ramp_mult}")
+    _positive("prcl.variance_scale", prcl.variance_scale)
+    _check(0.0 <= prcl.gdp_decay < 1.0, f"prcl.gdp_decay must be in [0, 1), got {prcl.gdp_decay}")
+    _at_least("prcl.virtual_negatives", prcl.virtual_negatives, 0)
+    _non_negative("prcl.vn_radius", prcl.vn_radius)
     _non_negative("prcl.begin_epoch", prcl.begin_epoch)
     _check(
         math.isfinite(prcl.max_epoch) and prcl.max_epoch > prcl.begin_epoch,

@@ -132,6 +132,7 @@ class Trainer:
             "student": unwrap_model(self.nets.student).state_dict(),
             "teacher": self.nets.teacher.state_dict() if self.nets.teacher is not None else None,
             "probability_head": unwrap_model(head).state_dict() if head is not None else None,
+            "method": self.method.state_dict(),
             "optimizers": {name: opt.state_dict() for name, opt in self.optimizers.items()},
             "scaler": self.scaler.state_dict(),
             "best_miou": self.best_miou,
@@ -152,6 +153,7 @@ class Trainer:
                 unwrap_model(self.nets.probability_head).load_state_dict(state["probability_head"])
             for name, opt in self.optimizers.items():
                 opt.load_state_dict(state["optimizers"][name])
+            self.method.load_state_dict(state.get("method") or {})
         except (KeyError, RuntimeError, ValueError) as error:
             raise UserError(f"the checkpoint does not match this config (model.encoder, data.num_classes or "
                             f"method.name differ?): {str(error).splitlines()[0]}") from None
@@ -206,7 +208,8 @@ class Trainer:
             labeled_images=labeled["image"].to(device, non_blocking=True),
             labels=labeled["mask"].to(device, non_blocking=True),
             unlabeled_images=unlabeled["image"].to(device, non_blocking=True) if unlabeled is not None else None,
-            progress=progress, contrast_weight=weight, generator=generator)
+            progress=progress, contrast_weight=weight, generator=generator,
+            probe=(self.step + 1) % cfg.train.log_every == 0 or self.step + 1 == cfg.train.iterations)
         self.nets.student.train()
         if self.nets.probability_head is not None:
             self.nets.probability_head.train()

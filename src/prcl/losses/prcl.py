@@ -16,7 +16,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .mls import mutual_likelihood_score
-from .prototypes import distribution_prototypes
+from .prototypes import GlobalPrototypes, class_statistics, prototypes_from_statistics
 from .scores import KERNELS, gathered_mls
 
 
@@ -67,8 +67,17 @@ def _group_layout(groups: torch.Tensor, num_groups: int) -> tuple[torch.Tensor, 
 def sample_contrast(mu: torch.Tensor, var: torch.Tensor, labels: torch.Tensor, valid: torch.Tensor,
                     prob: torch.Tensor, num_queries: int = 256, num_negatives: int = 512,
                     temperature: float = 100.0, strong_threshold: float = 0.8,
-                    generator: torch.Generator | None = None) -> ContrastSample | None:
+                    generator: torch.Generator | None = None, *, prototype_variance: str = "fused",
+                    global_prototypes: GlobalPrototypes | None = None, virtual_negatives: int = 0,
+                    vn_radius: float = 1.0, vn_variance: str = "global") -> ContrastSample | None:
     """Draw anchors and negatives for the PRCL loss. Shapes as in ``PRCLLoss.forward``.
+
+    Options beyond the AAAI method (docs/method.md): ``prototype_variance`` ("fused", the
+    reference, or "mean", which does not shrink with the class's pixel count); ``global_prototypes``
+    (GDP: the batch statistics are fused into this state, whose prototypes then serve as positives
+    and for negative-class sampling); ``virtual_negatives`` per other class and anchor, drawn from
+    the (global) prototype Gaussians at radius ``vn_radius``, with key variance the prototype's
+    ("global") or 0 ("zero").
 
     Returns None when fewer than two classes are present or no class has a hard pixel.
     Prototypes are all-reduced over ranks, so every rank must call this at the same step.
@@ -81,7 +90,14 @@ def sample_contrast(mu: torch.Tensor, var: torch.Tensor, labels: torch.Tensor, v
     pixel_var = var.permute(0, 2, 3, 1)[batch_idx, row_idx, col_idx].float()
 
     # Every rank takes part in the prototype all-reduce before any early exit.
-    proto_mu, proto_var = distribution_prototypes(pixel_mu, pixel_var, pixel_labels, num_classes)
+    statistics = class_statistics(pixel_mu, pixel_var, pixel_labels, num_classes)
+    if global_prototypes is not None:
+        global_prototypes.update(*statistics)
+        proto_mu, proto_var = global_prototypes.prototypes(prototype_variance)
+        has_prototype = global_prototypes.seen()
+    else:
+        proto_mu, proto_var = prototypes_from_statistics(*statistics, variance=prototype_variance)
+        has_prototype = statistics[2] > 0
 
     order = torch.argsort(pixel_labels, stable=True)  # valid pixels sorted by class
     offsets, counts = _group_layout(pixel_labels[order], num_classes)
@@ -112,12 +128,48 @@ def sample_contrast(mu: torch.Tensor, var: torch.Tensor, labels: torch.Tensor, v
     negative_classes = present[drawn].reshape(-1, num_negatives)  # (A, K - 1)
     negatives = order[_uniform_pick(offsets, counts, negative_classes, generator)]
 
-    # Key pool: the valid pixels, then the prototypes; column 0 of each row is the positive.
-    key_mu = torch.cat([F.normalize(pixel_mu, dim=1), F.normalize(proto_mu, dim=1)])
-    key_var = torch.cat([pixel_var, proto_var])
-    key_index = torch.cat([(pixel_labels.numel() + anchor_classes)[:, None], negatives], dim=1)
+    # Key pool: the valid pixels, then the prototypes (, then the virtual negatives); column 0 of
+    # each row is the positive.
+    key_mu = [F.normalize(pixel_mu, dim=1), F.normalize(proto_mu, dim=1)]
+    key_var = [pixel_var, proto_var]
+    key_index = [(pixel_labels.numel() + anchor_classes)[:, None], negatives]
+    if virtual_negatives > 0:
+        virtual_mu, virtual_var = _virtual_negatives(proto_mu, proto_var, has_prototype, anchor_classes,
+                                                     virtual_negatives, vn_radius, vn_variance, generator)
+        first = pixel_labels.numel() + num_classes
+        key_mu.append(F.normalize(virtual_mu.flatten(0, 1), dim=1))
+        key_var.append(virtual_var.flatten(0, 1))
+        per_anchor = virtual_mu.shape[1]
+        key_index.append(first + torch.arange(anchors.numel() * per_anchor, device=mu.device).reshape(-1, per_anchor))
     return ContrastSample((batch_idx, row_idx, col_idx), pixel_labels, anchors, anchor_classes, negatives,
-                          key_mu, key_var, key_index, num_present)
+                          torch.cat(key_mu), torch.cat(key_var), torch.cat(key_index, dim=1), num_present)
+
+
+def _virtual_negatives(proto_mu: torch.Tensor, proto_var: torch.Tensor, has_prototype: torch.Tensor,
+                       anchor_classes: torch.Tensor, per_class: int, radius: float, variance: str,
+                       generator: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Virtual negatives: for each anchor, ``per_class`` samples of every other class's prototype Gaussian.
+
+    Sample ``mu_k + radius * eps * sqrt(var_k)``, eps ~ N(0, I) (unnormalised; the caller
+    normalises them like every key).
+    Args:
+        proto_mu, proto_var: (C, D) prototypes; has_prototype: (C,) bool classes to draw from.
+        anchor_classes: (A,) class of each anchor (each has a prototype).
+    Returns:
+        ``virtual_mu`` (A, M, D) and ``virtual_var`` (A, M, D), M = per_class x (classes with a
+        prototype - 1); the variance is the prototype's (``variance="global"``) or 0 (``"zero"``).
+    """
+    if variance not in ("global", "zero"):
+        raise ValueError(f"variance must be 'global' or 'zero', got {variance!r}")
+    classes = has_prototype.nonzero().squeeze(1)  # (Cs,)
+    others = classes[None, :].expand(anchor_classes.numel(), -1)
+    others = others[others != anchor_classes[:, None]].reshape(anchor_classes.numel(), -1)  # (A, Cs - 1)
+    drawn_classes = others.repeat_interleave(per_class, dim=1)  # (A, M)
+    mean, spread = proto_mu[drawn_classes], proto_var[drawn_classes]
+    eps = torch.randn(mean.shape, device=mean.device, generator=generator)
+    virtual_mu = mean + radius * eps * spread.sqrt()
+    virtual_var = spread if variance == "global" else torch.zeros_like(spread)
+    return virtual_mu, virtual_var
 
 
 class PRCLLoss(nn.Module):
@@ -129,21 +181,36 @@ class PRCLLoss(nn.Module):
     pixels of other classes, their classes drawn with probabilities ``softmax_k(MLS(proto_c, proto_k) / T)``.
     Mean over anchors, sum over classes, divided by the number of classes present. Prototypes and
     negatives carry no gradient; only anchors do.
+
+    Options beyond the released method (defaults keep it; docs/method.md): ``prototype_variance``,
+    ``global_prototypes`` with ``gdp_decay`` (needs ``num_classes``), ``virtual_negatives`` with
+    ``vn_radius`` and ``vn_variance``; see :func:`sample_contrast`.
     """
 
     def __init__(self, num_queries: int = 256, num_negatives: int = 512, temperature: float = 100.0,
-                 strong_threshold: float = 0.8, kernel: str = "auto") -> None:
+                 strong_threshold: float = 0.8, kernel: str = "auto", *, prototype_variance: str = "fused",
+                 global_prototypes: bool = False, num_classes: int | None = None, dim: int = 256,
+                 gdp_decay: float = 0.0, virtual_negatives: int = 0, vn_radius: float = 1.0,
+                 vn_variance: str = "global") -> None:
         super().__init__()
         if kernel not in KERNELS:
             raise ValueError(f"kernel must be one of {KERNELS}, got {kernel!r}")
+        if global_prototypes and num_classes is None:
+            raise ValueError("global_prototypes needs num_classes")
         self.num_queries = num_queries
         self.num_negatives = num_negatives
         self.temperature = temperature
         self.strong_threshold = strong_threshold
         self.kernel = kernel
+        self.prototype_variance = prototype_variance
+        self.global_prototypes = GlobalPrototypes(num_classes, dim, gdp_decay) if global_prototypes else None
+        self.virtual_negatives = virtual_negatives
+        self.vn_radius = vn_radius
+        self.vn_variance = vn_variance
 
     def forward(self, mu: torch.Tensor, var: torch.Tensor, labels: torch.Tensor, valid: torch.Tensor,
-                prob: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+                prob: torch.Tensor, generator: torch.Generator | None = None,
+                return_details: bool = False) -> torch.Tensor | tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """
         Args:
             mu: (N, D, H, W) representation means (unnormalised).
@@ -152,20 +219,35 @@ class PRCLLoss(nn.Module):
             valid: (N, H, W) bool pixels allowed in the loss (labeled, or confident pseudo-label).
             prob: (N, C, H, W) student class probabilities (no gradient is taken through them).
             generator: optional torch.Generator on the tensors' device for the sampling.
+            return_details: also return ``{"variance_gap_loss": ...}``, the loss of the same
+                sample with every mean made equal: what the variances alone decide.
         Returns:
             scalar loss; a zero that belongs to the graph when fewer than two classes are present
             (or none has a hard pixel).
         """
         sample = sample_contrast(mu, var, labels, valid, prob.detach(), self.num_queries, self.num_negatives,
-                                 self.temperature, self.strong_threshold, generator)
+                                 self.temperature, self.strong_threshold, generator,
+                                 prototype_variance=self.prototype_variance, global_prototypes=self.global_prototypes,
+                                 virtual_negatives=self.virtual_negatives, vn_radius=self.vn_radius,
+                                 vn_variance=self.vn_variance)
         if sample is None:
-            return (mu.sum() + var.sum()) * 0.0
+            zero = (mu.sum() + var.sum()) * 0.0
+            return (zero, {}) if return_details else zero
         # Only anchors carry gradient: gather them from the maps themselves.
         at = tuple(index[sample.anchors] for index in sample.pixel_index)
         anchor_mu = F.normalize(mu.permute(0, 2, 3, 1)[at].float(), dim=1)  # (A, D)
         anchor_var = var.permute(0, 2, 3, 1)[at].float()
-        scores = gathered_mls(anchor_mu, anchor_var, sample.key_mu, sample.key_var, sample.key_index,
-                              self.kernel) / self.temperature
+        loss = self._info_nce(anchor_mu, anchor_var, sample.key_mu, sample.key_var, sample)
+        if not return_details:
+            return loss
+        with torch.no_grad():
+            gap = self._info_nce(torch.zeros_like(anchor_mu), anchor_var, torch.zeros_like(sample.key_mu),
+                                 sample.key_var, sample)
+        return loss, {"variance_gap_loss": gap}
+
+    def _info_nce(self, anchor_mu, anchor_var, key_mu, key_var, sample: ContrastSample) -> torch.Tensor:
+        """InfoNCE of the anchors (A, D) against their keys, the prototype (column 0) positive."""
+        scores = gathered_mls(anchor_mu, anchor_var, key_mu, key_var, sample.key_index, self.kernel) / self.temperature
         target = torch.zeros(scores.shape[0], dtype=torch.long, device=scores.device)
         per_anchor = F.cross_entropy(scores, target, reduction="none")
         # Every anchor class has num_queries anchors: mean per class, summed, over the classes present.

@@ -26,6 +26,7 @@ class StepInput:
     unlabeled_images: (Bu, 3, H, W) or None for methods without unlabeled data.
     progress: training progress in [0, 1] seen by the schedules; contrast_weight: lambda.
     generator: torch.Generator on the device for the method's own sampling.
+    probe: this step is logged; a method may add diagnostics that cost extra work.
     """
 
     labeled_images: torch.Tensor
@@ -34,6 +35,7 @@ class StepInput:
     progress: float
     contrast_weight: float
     generator: torch.Generator | None = None
+    probe: bool = False
 
 
 class Method:
@@ -46,6 +48,13 @@ class Method:
 
     def train_step(self, nets: Networks, batch: StepInput) -> dict[str, torch.Tensor]:
         raise NotImplementedError
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """State the method carries across steps (saved in checkpoints); none by default."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        """Restore what :meth:`state_dict` returned."""
 
 
 def upsample(logits: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:

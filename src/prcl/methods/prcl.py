@@ -6,6 +6,7 @@ import torch
 
 from prcl.config import Config
 from prcl.losses import PRCLLoss, pseudo_label_loss
+from prcl.models.deeplab import REPRESENTATION_DIM
 
 from .base import Networks, StepInput, nearest_resize, supervised_loss
 from .mean_teacher import MeanTeacher
@@ -13,24 +14,39 @@ from .mean_teacher import MeanTeacher
 
 class PRCL(MeanTeacher):
     name = "prcl"
-    uses_probability_head = True
 
     def __init__(self, cfg: Config) -> None:
         super().__init__(cfg)
+        p = cfg.prcl
         self.weak_threshold = cfg.method.weak_threshold
-        self.contrast = PRCLLoss(num_queries=cfg.prcl.num_queries, num_negatives=cfg.prcl.num_negatives,
-                                 temperature=cfg.prcl.temperature, strong_threshold=cfg.method.strong_threshold,
-                                 kernel=cfg.prcl.kernel)
+        self.variance_scale = p.variance_scale
+        self.deterministic = p.deterministic
+        self.uses_probability_head = not p.deterministic
+        # A point contrast: every variance equal, so prototypes are plain means with that variance.
+        prototype_variance = "mean" if p.deterministic else p.prototype_variance
+        self.contrast = PRCLLoss(num_queries=p.num_queries, num_negatives=p.num_negatives,
+                                 temperature=p.temperature, strong_threshold=cfg.method.strong_threshold,
+                                 kernel=p.kernel, prototype_variance=prototype_variance,
+                                 global_prototypes=p.global_prototypes, num_classes=cfg.data.num_classes,
+                                 dim=REPRESENTATION_DIM, gdp_decay=p.gdp_decay,
+                                 virtual_negatives=p.virtual_negatives, vn_radius=p.vn_radius,
+                                 vn_variance=p.vn_variance)
 
     def train_step(self, nets: Networks, batch: StepInput) -> dict[str, torch.Tensor]:
         outputs, strong_labels, strong_confidence = self.student_pass(nets, batch)
         logits = torch.cat([out.logits for out in outputs])
         mu = torch.cat([out.mu for out in outputs])
-        # The probability head runs on each pass's feature F, so its BatchNorm sees the same batches.
-        var = torch.cat([nets.probability_head(out.features) for out in outputs])
         num_labeled = batch.labeled_images.shape[0]
         sup = supervised_loss(logits[:num_labeled], batch.labels)
         unsup = pseudo_label_loss(logits[num_labeled:], strong_labels, strong_confidence, self.un_threshold)
+
+        if self.deterministic:
+            head_var = None
+            var = torch.full_like(mu, 0.5 * self.variance_scale, dtype=torch.float32)
+        else:
+            # The probability head runs on each pass's feature F, so its BatchNorm sees the same batches.
+            head_var = torch.cat([nets.probability_head(out.features) for out in outputs])
+            var = head_var * self.variance_scale if self.variance_scale != 1.0 else head_var
 
         # Contrast on the stride-4 maps of labeled and unlabeled images together.
         size = mu.shape[-2:]
@@ -39,8 +55,49 @@ class PRCL(MeanTeacher):
         valid = labels >= 0
         valid[num_labeled:] &= confidence >= self.weak_threshold
         prob = torch.softmax(logits.detach().float(), dim=1)
-        contrast = self.contrast(mu, var, labels, valid, prob, generator=batch.generator)
+        if batch.probe:
+            contrast, details = self.contrast(mu, var, labels, valid, prob, generator=batch.generator,
+                                              return_details=True)
+        else:
+            contrast, details = self.contrast(mu, var, labels, valid, prob, generator=batch.generator), {}
 
         loss = sup + unsup + batch.contrast_weight * contrast
-        return {"loss": loss, "sup": sup.detach(), "unsup": unsup.detach(), "prcl": contrast.detach(),
-                "variance": var.detach().mean()}
+        losses = {"loss": loss, "sup": sup.detach(), "unsup": unsup.detach(), "prcl": contrast.detach()}
+        if head_var is not None:
+            losses["variance"] = head_var.detach().mean()
+        if batch.probe:
+            losses.update(self._probes(sup, contrast, batch.contrast_weight, details,
+                                       [out.features for out in outputs]))
+        return losses
+
+    @staticmethod
+    def _probes(sup: torch.Tensor, contrast: torch.Tensor, weight: float, details: dict[str, torch.Tensor],
+                features: list[torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Is the contrast alive? Two numbers, at logged steps only.
+
+        ``prcl_gap_share``: the loss of the same sample with every mean made equal, over the loss:
+        near 1, the variances alone decide the InfoNCE and the means hardly matter.
+        ``prcl_grad_ratio``: |d(lambda L_prcl)/dF| / |d L_sup/dF| on the shared 304-channel feature F
+        (both passes): how strongly the contrast pulls on what the classifier reads.
+        """
+        probes = {}
+        if "variance_gap_loss" in details:
+            value = contrast.detach()
+            gap = details["variance_gap_loss"]
+            probes["prcl_gap_share"] = torch.where(value > 0, gap / value.clamp_min(1e-12), torch.zeros_like(gap))
+
+        def norm(loss: torch.Tensor) -> torch.Tensor:
+            grads = torch.autograd.grad(loss, features, retain_graph=True, allow_unused=True)
+            return torch.sqrt(sum((g.float().square().sum() for g in grads if g is not None), torch.zeros(())))
+
+        if torch.is_grad_enabled() and sup.requires_grad and contrast.requires_grad:
+            probes["prcl_grad_ratio"] = weight * norm(contrast) / norm(sup).clamp_min(1e-12)
+        return probes
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """The global prototypes' statistics when GDP is on (saved in checkpoints)."""
+        return self.contrast.state_dict()
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        if state:
+            self.contrast.load_state_dict(state)
