@@ -1,0 +1,32 @@
+"""`prcl demo` end to end at a tiny size: three runs that differ only in method.name, one report."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import yaml
+from PIL import Image
+
+from prcl.demo import METHODS, run_demo
+
+
+def test_demo_trains_three_methods_and_reports_them(tmp_path):
+    overrides = [f"data.root={tmp_path / 'data'}", "data.demo.image_size=64", "data.crop_size=64",
+                 "data.demo.num_train=24", "data.demo.num_valid=4", "data.demo.num_test=4", "data.num_workers=0",
+                 "prcl.num_queries=8", "prcl.num_negatives=16", "prcl.kernel=chunked",
+                 "train.iterations=2", "train.eval_every=0", "train.progress=false"]
+    report = run_demo(tmp_path / "demo", overrides=overrides, seed=3)
+    assert METHODS == ("supervised", "mean_teacher", "prcl")
+    written = json.loads((tmp_path / "demo/report.json").read_text())
+    for method in METHODS:
+        assert 0 <= written[f"{method}_miou"] <= 100 and method in written["valid_miou"]
+    assert written["gain_over_mean_teacher"] == pytest.approx(report["prcl_miou"] - report["mean_teacher_miou"])
+    configs = {m: yaml.safe_load((tmp_path / "demo" / m / "config.yaml").read_text()) for m in METHODS}
+    for method in METHODS:  # only the method and its folder differ
+        for section, values in configs[method].items():
+            for key, value in values.items():
+                if (section, key) not in (("method", "name"), ("train", "out_dir")):
+                    assert value == configs["prcl"][section][key], (method, section, key)
+    figure = Image.open(written["figure"])
+    assert figure.width == 6 * 64 * 2  # image, label, three predictions, uncertainty
