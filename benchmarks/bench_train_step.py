@@ -53,7 +53,7 @@ def run_setting(setting: str, args: argparse.Namespace, root: Path) -> dict:
         "model.encoder=resnet101", "model.weights=null", f"method.name={method}",
         f"method.student_passes={passes}", f"prcl.kernel={args.kernel}", f"train.amp={str(amp).lower()}",
         f"train.device={args.device}", f"train.out_dir={out_dir}", "train.progress=false",
-        "train.iterations=1000",
+        "train.iterations=1000", *args.set,
     ])
     torch.manual_seed(0)
     trainer = Trainer(cfg)
@@ -97,6 +97,8 @@ def main() -> None:
                         default=["mean_teacher:separate", "prcl:separate", "mean_teacher:joint", "prcl:joint"])
     parser.add_argument("--rounds", type=int, default=1,
                         help="measure every setting this many times, in alternating order; report the median")
+    parser.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE",
+                        help="config overrides for every setting, e.g. train.channels_last=false")
     parser.add_argument("--json", help="append one JSON line per measurement to this file")
     args = parser.parse_args()
     settings = []

@@ -220,3 +220,18 @@ def test_eval_table_says_whether_the_reference_all_class_mean_differs(all_classe
     table = format_table(result)
     assert "(protocol random-crop, split valid, teacher, 3 images)" in table
     assert expected in table.splitlines()[-1]
+
+
+def test_channels_last_changes_the_layout_not_the_training(demo_root, tmp_path):
+    """Two steps with NHWC networks and inputs give the weights of two steps in NCHW."""
+    trainers = {}
+    for layout in ("true", "false"):
+        torch.manual_seed(0)
+        trainers[layout] = Trainer(tiny_config(demo_root, tmp_path / layout, method="mean_teacher", iterations=2,
+                                               **{"train.channels_last": layout}))
+        trainers[layout].fit()
+    conv = trainers["true"].nets.student.classifier[0].weight
+    assert conv.is_contiguous(memory_format=torch.channels_last) and not conv.is_contiguous()
+    nhwc, nchw = _weights(tmp_path / "true/checkpoints/last.pt"), _weights(tmp_path / "false/checkpoints/last.pt")
+    for key, value in nchw["student"].items():
+        torch.testing.assert_close(nhwc["student"][key], value, rtol=1e-4, atol=1e-5, msg=key)

@@ -154,6 +154,7 @@ class TrainConfig:
     out_dir: str = "runs/prcl"  # may name config values, e.g. runs/voc_{data.num_labels}
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     amp: bool = False
+    channels_last: bool = True  # NHWC memory layout for the networks and their inputs (faster convolutions)
     max_nonfinite_steps: int = 10  # stop after this many non-finite losses in a row
     progress: bool = True
 

@@ -68,6 +68,9 @@ class Trainer:
         if distributed.is_distributed() and self.device.type == "cuda":
             student = nn.SyncBatchNorm.convert_sync_batchnorm(student)
             head = nn.SyncBatchNorm.convert_sync_batchnorm(head) if head is not None else None
+        # channels_last: convolutions read NHWC, faster on CPUs (oneDNN) and tensor cores alike.
+        self.memory_format = torch.channels_last if cfg.train.channels_last else torch.contiguous_format
+        student = student.to(memory_format=self.memory_format)
         teacher = make_teacher(student) if self.method.uses_teacher else None
         if distributed.is_distributed():
             ids = [self.device.index] if self.device.type == "cuda" else None
@@ -205,9 +208,10 @@ class Trainer:
         generator = torch.Generator(device).manual_seed(
             mixed_seed(cfg.train.seed, self.step, distributed.rank()))
         batch = StepInput(
-            labeled_images=labeled["image"].to(device, non_blocking=True),
+            labeled_images=labeled["image"].to(device, non_blocking=True, memory_format=self.memory_format),
             labels=labeled["mask"].to(device, non_blocking=True),
-            unlabeled_images=unlabeled["image"].to(device, non_blocking=True) if unlabeled is not None else None,
+            unlabeled_images=unlabeled["image"].to(device, non_blocking=True, memory_format=self.memory_format)
+            if unlabeled is not None else None,
             progress=progress, contrast_weight=weight, generator=generator,
             probe=(self.step + 1) % cfg.train.log_every == 0 or self.step + 1 == cfg.train.iterations)
         self.nets.student.train()
