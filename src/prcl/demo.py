@@ -53,6 +53,8 @@ def _figure(out_dir: Path, cfgs: dict[str, Config], trainers: dict[str, Trainer]
         image, label = sample["image"], sample["mask"].numpy()
         predictions = {m: p.predict(image) for m, p in predictors.items()}
         uncertainty = predictions["prcl"].uncertainty
+        if uncertainty is None:  # prcl.deterministic: no probability head, no uncertainty to show
+            uncertainty = np.zeros(label.shape, dtype=np.float32)
         rows.append([denormalize(image, IMAGENET_MEAN, IMAGENET_STD), colorize(label, num_classes),
                      *(colorize(predictions[m].mask, num_classes) for m in METHODS), heatmap(uncertainty)])
     path = out_dir / "figure.png"
