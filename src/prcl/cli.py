@@ -78,7 +78,8 @@ def _splits_make(args: argparse.Namespace) -> None:
 
 def _splits_check_folder(args: argparse.Namespace) -> None:
     """Check ``<out>/<num_labels>/<seed>/`` (and, with --root, that its files exist)."""
-    from prcl.data import FolderDataset, Splits, check_splits, read_splits
+    from prcl.data import FolderDataset, check_splits, read_splits
+    from prcl.data.splits import describe_missing, missing_split_files
 
     if args.out is None or args.num_labels is None:
         raise UserError(
@@ -92,9 +93,9 @@ def _splits_check_folder(args: argparse.Namespace) -> None:
         check_splits(splits, image_path=FolderDataset(args.root, [], with_labels=False).image_path)
     else:
         check_splits(splits)  # duplicates and overlaps, before the per-folder file checks
-        train, valid = _splits_datasets(args.dataset, args.root)
-        check_splits(Splits(splits.labeled, splits.unlabeled, []), train.image_path, mask_path=train.mask_path)
-        check_splits(Splits([], [], splits.valid), valid.image_path, mask_path=valid.mask_path)
+        missing = missing_split_files(splits, *_splits_datasets(args.dataset, args.root))
+        if missing:
+            raise UserError(f"{describe_missing(missing)}; check --root or the split files (docs/datasets.md)")
     print(f"ok: {len(splits.labeled)} labeled, {len(splits.unlabeled)} unlabeled, {len(splits.valid)} valid")
 
 
@@ -135,9 +136,9 @@ def _splits_check_one_published(
     dataset: str, num_labels: int, on_disk: tuple[SegmentationDataset, SegmentationDataset] | None
 ) -> str | None:
     """Print one split's line; return the error text (None when it is fine or not checked)."""
-    from prcl.data import Splits, check_splits
+    from prcl.data import check_splits
     from prcl.data.published import TRAIN_SIZES, published_splits
-    from prcl.data.splits import describe_missing, missing_files
+    from prcl.data.splits import describe_missing, missing_split_files
 
     splits = published_splits(dataset, num_labels)
     sizes = f"{len(splits.labeled)} labeled, {len(splits.unlabeled)} unlabeled, {len(splits.valid)} valid"
@@ -157,9 +158,7 @@ def _splits_check_one_published(
     if on_disk is None:
         print(f"{dataset} {num_labels}: {sizes}")
         return None
-    train, valid = on_disk
-    missing = missing_files(Splits(splits.labeled, splits.unlabeled, []), train.image_path, train.mask_path)
-    missing += missing_files(Splits([], [], splits.valid), valid.image_path, valid.mask_path)
+    missing = missing_split_files(splits, *on_disk)
     if not missing:
         print(f"{dataset} {num_labels}: {sizes}: ok")
         return None

@@ -11,6 +11,7 @@ import os
 import tempfile
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import Protocol
 from pathlib import Path
 
 import numpy as np
@@ -178,6 +179,21 @@ def missing_files(
                 if not path.is_file():
                     missing.append(MissingFile(name, image_id, "mask", path))
     return missing
+
+
+class FileLayout(Protocol):
+    """Where a dataset keeps an id's files (e.g. a ``SegmentationDataset``)."""
+
+    def image_path(self, image_id: str) -> Path: ...
+
+    def mask_path(self, image_id: str) -> Path: ...
+
+
+def missing_split_files(splits: Splits, train: FileLayout, valid: FileLayout) -> list[MissingFile]:
+    """Missing files of a split: labeled and unlabeled ids looked up in ``train``, valid ids in
+    ``valid`` (Cityscapes keeps them in another folder); masks of labeled and valid ids too."""
+    return (missing_files(Splits(splits.labeled, splits.unlabeled, []), train.image_path, train.mask_path)
+            + missing_files(Splits([], [], splits.valid), valid.image_path, valid.mask_path))
 
 
 def describe_missing(missing: Sequence[MissingFile], first: int = 3) -> str:

@@ -24,6 +24,7 @@ from prcl.data import (
     unlabeled_transform,
 )
 from prcl.data.published import PUBLISHED_COUNTS, published_splits, published_valid
+from prcl.data.splits import describe_missing, missing_split_files
 from prcl.errors import UserError
 
 from . import distributed
@@ -59,11 +60,12 @@ def read_run_splits(cfg: Config, root: Path) -> Splits:
     data = cfg.data
     if data.dataset in PUBLISHED_COUNTS and not data.splits:
         return published_splits(data.dataset, data.num_labels)
-    folder = split_dir(_splits_root(cfg, root), data.num_labels, data.split_seed)
+    splits_root = _splits_root(cfg, root)
+    folder = split_dir(splits_root, data.num_labels, data.split_seed)
     if data.dataset in PUBLISHED_COUNTS and folder.is_dir() and not (folder / "valid_filename.txt").exists():
         return Splits(read_id_list(folder / "labeled_filename.txt"), read_id_list(folder / "unlabeled_filename.txt"),
                       published_valid(data.dataset))
-    return read_splits(folder.parent.parent, data.num_labels, data.split_seed)
+    return read_splits(splits_root, data.num_labels, data.split_seed)
 
 
 def demo_root(cfg: Config) -> Path:
@@ -71,10 +73,9 @@ def demo_root(cfg: Config) -> Path:
 
     Under torchrun the first process writes it while the others wait, then they all reuse it.
     """
-    if distributed.is_main():
-        _generate_demo(cfg)
+    root = _generate_demo(cfg) if distributed.is_main() else None
     distributed.barrier()
-    return _generate_demo(cfg)
+    return root if root is not None else _generate_demo(cfg)
 
 
 def _generate_demo(cfg: Config) -> Path:
@@ -125,8 +126,8 @@ def build_run_data(cfg: Config) -> RunData:
     valid = (make(splits.valid, True, eval_transform(), split="val") if data.dataset == "cityscapes"
              else make(splits.valid, True, eval_transform()))
     check_splits(splits)
-    check_splits(Splits(splits.labeled, splits.unlabeled, []), image_path=labeled.image_path,
-                 mask_path=labeled.mask_path)
-    check_splits(Splits([], [], splits.valid), image_path=valid.image_path, mask_path=valid.mask_path)
+    missing = missing_split_files(splits, labeled, valid)
+    if missing:
+        raise UserError(f"{describe_missing(missing)}; check data.root or the split files")
     test = make(test_ids, True, eval_transform()) if test_ids else None
     return RunData(labeled, unlabeled, valid, test, names, root)

@@ -199,6 +199,10 @@ class Trainer:
                 group["lr"] = lrs[name]
         return lrs["student"]
 
+    def _logged(self, step: int) -> bool:
+        """Whether the step that ends at count ``step`` (1-based) is written to metrics.jsonl."""
+        return step % self.cfg.train.log_every == 0 or step == self.cfg.train.iterations
+
     def train_step(self, labeled: dict, unlabeled: dict | None) -> dict[str, float] | None:
         """One optimisation step; None when the loss or a gradient was not finite (step skipped)."""
         cfg, device = self.cfg, self.device
@@ -213,7 +217,7 @@ class Trainer:
             unlabeled_images=unlabeled["image"].to(device, non_blocking=True, memory_format=self.memory_format)
             if unlabeled is not None else None,
             progress=progress, contrast_weight=weight, generator=generator,
-            probe=(self.step + 1) % cfg.train.log_every == 0 or self.step + 1 == cfg.train.iterations)
+            probe=self._logged(self.step + 1))
         self.nets.student.train()
         if self.nets.probability_head is not None:
             self.nets.probability_head.train()
@@ -289,7 +293,7 @@ class Trainer:
             else:
                 consecutive_bad = 0
                 speed = images_per_step * self.trained_steps / max(self.train_seconds, 1e-9)
-                if self.step % max(cfg.train.log_every, 1) == 0 or self.step == total:
+                if self._logged(self.step):
                     self.log({"type": "train", "step": self.step, **record, "images_per_second": speed,
                               "skipped_steps": self.skipped_steps})
                 bar.set_postfix(loss=f"{record['loss']:.3f}", lr=f"{record['lr']:.2e}", img_s=f"{speed:.1f}")
