@@ -1,35 +1,27 @@
-"""Configuration: defaults, YAML + overrides, _base_ presets, error messages, round trip."""
+"""Configuration: defaults, YAML + overrides, _base_ presets, error messages, round trip, atomic writes."""
 
-import dataclasses
+import pickle
 from pathlib import Path
 
 import pytest
 
-from prcl.config import Config, apply_overrides, config_to_dict, load_config, resolve_config, save_config
+from prcl.config import (
+    Config,
+    apply_overrides,
+    config_from_dict,
+    config_to_dict,
+    load_config,
+    resolve_config,
+    save_config,
+    validate_config,
+)
 from prcl.errors import UserError
+from prcl.io import atomic_write
 
 
 def write(path: Path, text: str) -> Path:
     path.write_text(text, encoding="utf-8")
     return path
-
-
-def test_defaults_are_the_reference_values():
-    cfg = Config()
-    assert cfg.data.dataset == "demo"
-    assert (cfg.data.num_labels, cfg.data.split_seed, cfg.data.crop_size, cfg.data.batch_size) == (662, 3407, 321, 2)
-    assert cfg.data.scale_range == [0.5, 1.5]
-    assert (cfg.model.encoder, cfg.model.output_stride) == ("resnet101", 16)
-    method = cfg.method
-    assert (method.name, method.ema_alpha, method.mix) == ("prcl", 0.99, "classmix")
-    assert (method.un_threshold, method.weak_threshold, method.strong_threshold) == (0.97, 0.7, 0.8)
-    prcl = cfg.prcl
-    assert (prcl.temperature, prcl.num_queries, prcl.num_negatives) == (100.0, 256, 512)
-    assert (prcl.max_value, prcl.min_value, prcl.ramp_mult, prcl.begin_epoch, prcl.max_epoch) == (1.0, 0.0, -5.0, 0, 200)
-    optim = cfg.optim
-    assert (optim.lr, optim.uncer_lr, optim.momentum, optim.nesterov) == (3.2e-3, 5e-5, 0.9, True)
-    assert (optim.weight_decay, optim.poly_power, optim.min_lr) == (5e-4, 0.9, 1e-6)
-    assert (cfg.train.amp, cfg.train.max_nonfinite_steps, cfg.eval.protocol, cfg.eval.scales) == (False, 10, "whole", [1.0])
 
 
 def test_load_without_file_gives_resolved_defaults():
@@ -137,7 +129,7 @@ def test_round_trip(tmp_path):
     assert load_config(path, []) == cfg
     assert config_to_dict(load_config(path, [])) == config_to_dict(cfg)
     assert [p.name for p in path.parent.iterdir()] == ["config.yaml"]  # no temporary file left behind
-    save_config(dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, seed=5)), path)  # replaces
+    save_config(cfg.model_copy(update={"train": cfg.train.model_copy(update={"seed": 5})}), path)  # replaces
     assert load_config(path, []).train.seed == 5
 
 
@@ -175,3 +167,128 @@ def test_apply_overrides_returns_a_new_checked_config():
     assert cfg.method.name == "prcl"  # the input is untouched
     with pytest.raises(UserError, match="did you mean 'method.name'"):
         apply_overrides(cfg, ["method.nmae=prcl"])
+
+
+def test_unknown_nested_key_suggests_the_dotted_key_from_a_file_and_an_override(tmp_path):
+    path = write(tmp_path / "nested.yaml", "data:\n  demo:\n    imge_size: 64\n")
+    with pytest.raises(UserError) as error:
+        load_config(path, [])
+    message = str(error.value)
+    assert "unknown config key 'data.demo.imge_size'" in message and "nested.yaml" in message
+    assert "did you mean 'data.demo.image_size'?" in message and "\n" not in message
+    with pytest.raises(UserError, match=r"'data\.demo\.num_trian' \(override 'data\.demo\.num_trian=5'\); "
+                                        r"did you mean 'data\.demo\.num_train'\?"):
+        load_config(None, ["data.demo.num_trian=5"])
+    with pytest.raises(UserError, match="did you mean 'train.amp'"):  # a misspelt section
+        load_config(None, ["trian.amp=true"])
+
+
+def test_wrong_type_in_a_file_names_the_dotted_key_and_the_file(tmp_path):
+    path = write(tmp_path / "types.yaml", "data:\n  demo:\n    num_classes: many\n")
+    with pytest.raises(UserError) as error:
+        load_config(path, [])
+    message = str(error.value)
+    assert message.startswith("config key 'data.demo.num_classes' expects int, got 'many' in ")
+    assert message.endswith("types.yaml") and "\n" not in message
+    with pytest.raises(UserError, match=r"'model\.output_stride' must be one of 8, 16, got 32 in .*stride\.yaml"):
+        load_config(write(tmp_path / "stride.yaml", "model:\n  output_stride: 32\n"), [])
+    with pytest.raises(UserError, match=r"'eval\.scales\[1\]' expects float, got 'x'"):
+        load_config(None, ["eval.scales=[1.0, x]"])
+    with pytest.raises(UserError, match=r"'train\.out_dir' expects str, got 2024 in .*out\.yaml"):
+        load_config(write(tmp_path / "out.yaml", "train:\n  out_dir: 2024\n"), [])  # only overrides keep text
+    with pytest.raises(UserError, match=r"'optim\.lr' expects float, got True"):
+        load_config(None, ["optim.lr=true"])
+
+
+def test_range_error_from_a_file_names_the_file(tmp_path):
+    path = write(tmp_path / "range.yaml", "data:\n  crop_size: 16\n")
+    with pytest.raises(UserError, match=r"data\.crop_size must be >= 32, got 16 in .*range\.yaml"):
+        load_config(path, [])
+    with pytest.raises(UserError, match=r"eval\.scales must list at least one scale"):
+        load_config(None, ["eval.scales=[]"])
+    with pytest.raises(UserError, match=r"prcl\.min_value \(2\.0\) must not exceed prcl\.max_value"):
+        load_config(None, ["prcl.min_value=2"])
+    with pytest.raises(UserError, match=r"eval\.stride \(65\) must not exceed eval\.window \(64\)"):
+        load_config(None, ["eval.window=64", "eval.stride=65"])
+    with pytest.raises(UserError, match="optim.nesterov=true needs optim.momentum > 0"):
+        load_config(None, ["optim.momentum=0"])
+
+
+def test_numbers_and_nulls():
+    cfg = load_config(None, ["train.iterations=1e4", "optim.lr=1", "prcl.temperature=5e-1", "data.root=None",
+                             "model.weights=none", "data.num_classes=~", "data.splits=null"])
+    assert cfg.train.iterations == 10_000 and isinstance(cfg.train.iterations, int)
+    assert cfg.optim.lr == 1.0 and isinstance(cfg.optim.lr, float) and cfg.prcl.temperature == 0.5
+    assert cfg.data.root is None and cfg.model.weights is None and cfg.data.splits is None
+    assert cfg.data.num_classes == cfg.data.demo.num_classes  # null, then derived
+    assert load_config(None, ["method.mix=none"]).method.mix == "none"  # a choice, not null
+    with pytest.raises(UserError, match=r"'train\.iterations' expects int, got 1\.5"):
+        load_config(None, ["train.iterations=1.5"])
+    with pytest.raises(UserError, match=r"'data\.crop_size' expects int, got True"):
+        load_config(None, ["data.crop_size=true"])
+    with pytest.raises(UserError, match=r"'train\.amp' expects bool, got 1"):
+        load_config(None, ["train.amp=1"])
+
+
+def test_null_section_header_keeps_the_defaults_and_non_mapping_sections_fail(tmp_path):
+    assert load_config(write(tmp_path / "empty_section.yaml", "data:\ntrain:\n  seed: 3\n"), []).train.seed == 3
+    with pytest.raises(UserError, match=r"'data\.demo' is a section: give its keys .*got \[1, 2\] in .*list\.yaml"):
+        load_config(write(tmp_path / "list.yaml", "data:\n  demo: [1, 2]\n"), [])
+    with pytest.raises(UserError, match="must be a name such as 'data'"):
+        config_from_dict({3: {}}, "ckpt.pt")
+
+
+def test_base_cycle_and_base_list(tmp_path):
+    write(tmp_path / "one.yaml", "_base_: two.yaml\ntrain:\n  seed: 1\n")
+    write(tmp_path / "two.yaml", "_base_: [three.yaml]\n")
+    write(tmp_path / "three.yaml", "_base_: one.yaml\n")
+    with pytest.raises(UserError) as error:
+        load_config(tmp_path / "one.yaml", [])
+    message = str(error.value)
+    assert "in a cycle" in message and message.count("one.yaml") == 2 and "three.yaml" in message
+    write(tmp_path / "lr.yaml", "optim:\n  lr: 1e-2\ntrain:\n  seed: 4\n")
+    write(tmp_path / "seed.yaml", "train:\n  seed: 5\n")
+    cfg = load_config(write(tmp_path / "both.yaml", "_base_: [lr.yaml, seed.yaml]\n"), [])
+    assert (cfg.optim.lr, cfg.train.seed) == (1e-2, 5)  # merged in order
+    with pytest.raises(UserError, match="must be a file name or a list of file names"):
+        load_config(write(tmp_path / "bad_base.yaml", "_base_: 3\n"), [])
+
+
+def test_config_yaml_round_trip_writes_lists_inline_and_pickles(tmp_path):
+    cfg = load_config(None, ["eval.scales=[0.5,1.0,1.5]", "train.out_dir=runs/{data.num_labels}_{method.name}",
+                             "data.dataset=voc", "data.root=/data/voc", "train.epochs=3", "train.epoch_images=2000",
+                             "train.iterations=null"])
+    assert cfg.train.out_dir == "runs/662_prcl" and cfg.train.iterations == 3 * cfg.train.epoch_iterations
+    path = tmp_path / "config.yaml"
+    save_config(cfg, path)
+    text = path.read_text(encoding="utf-8")
+    assert "scales: [0.5, 1.0, 1.5]" in text and "scale_range: [0.5, 1.5]" in text and "data:\n  dataset: voc" in text
+    loaded = load_config(path, [])
+    assert loaded == cfg and config_to_dict(loaded) == config_to_dict(cfg)
+    assert config_from_dict(config_to_dict(cfg), "ckpt.pt") == cfg
+    assert pickle.loads(pickle.dumps(cfg)) == cfg
+    validate_config(cfg)
+    loaded.train.out_dir = "elsewhere"  # sections stay mutable; the original is not shared
+    assert cfg.train.out_dir == "runs/662_prcl"
+
+
+def test_out_dir_with_an_unknown_name_is_a_user_error():
+    with pytest.raises(UserError, match=r"train\.out_dir 'runs/\{data\.nope\}' names"):
+        load_config(None, ["train.out_dir=runs/{data.nope}"])
+
+
+def test_atomic_write_replaces_or_keeps_the_file_and_leaves_no_temporary(tmp_path):
+    path = tmp_path / "sub" / "file.txt"
+    with atomic_write(path) as stream:
+        stream.write("old ü\n")
+    assert path.read_text(encoding="utf-8") == "old ü\n"
+    with pytest.raises(RuntimeError, match="boom"):
+        with atomic_write(path) as stream:
+            stream.write("half of the new")
+            assert [p.name for p in path.parent.iterdir() if p.name.startswith(".file.txt.")]  # the temporary
+            raise RuntimeError("boom")
+    assert path.read_text(encoding="utf-8") == "old ü\n"
+    assert [p.name for p in path.parent.iterdir()] == ["file.txt"]
+    with atomic_write(path, "wb") as stream:
+        stream.write(b"\x00new")
+    assert path.read_bytes() == b"\x00new" and [p.name for p in path.parent.iterdir()] == ["file.txt"]

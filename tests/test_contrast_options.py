@@ -14,7 +14,7 @@ from prcl.losses.prcl import _virtual_negatives
 from prcl.losses.prototypes import class_statistics
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from test_train import tiny_config  # noqa: E402
+from tiny_run import tiny_config  # noqa: E402
 
 
 def _two_classes(mu0, mu1, var=0.5, pixels=32, hard=None):
@@ -154,6 +154,7 @@ def test_deterministic_scores_are_a_scaled_negative_squared_distance():
     torch.testing.assert_close(scores, -distance / (4 * c * dim) - 0.5 * math.log(2 * c), rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_gdp_state_survives_checkpoint_and_resume(tmp_path):
     from prcl.engine.checkpoint import load_checkpoint
     from prcl.engine.trainer import Trainer
@@ -186,6 +187,7 @@ def _gdp_worker(rank, world_size, init_file, mu, var, labels, out):
     dist.destroy_process_group()
 
 
+@pytest.mark.slow
 def test_gdp_state_is_identical_on_two_ranks_and_equals_one_process(tmp_path):
     import torch.multiprocessing as mp
 

@@ -30,7 +30,7 @@ from prcl.data import (
     unlabeled_transform,
     write_splits,
 )
-from prcl.data.demo import DemoParams
+from prcl.data.demo_dataset import DemoParams
 from prcl.errors import UserError
 
 # /work/shared/reference-splits beside the repository, or wherever PRCL_REFERENCE_SPLITS points
@@ -40,7 +40,7 @@ REFERENCE_SPLITS = Path(
     )
 )
 DEMO_KW = dict(
-    num_train=24, num_valid=8, num_test=4, image_size=48, num_classes=6, seed=3, num_labels=6
+    num_train=24, num_valid=8, num_test=4, image_size=48, num_classes=6, seed=3, num_labels=6, split_seeds=0
 )
 
 
@@ -357,7 +357,8 @@ def test_demo_is_deterministic(demo_root: Path, tmp_path: Path) -> None:
 
 def test_demo_colour_alone_does_not_separate_classes(tmp_path: Path) -> None:
     root = generate_demo_dataset(
-        tmp_path / "d", num_train=40, num_valid=20, num_test=0, image_size=64, num_labels=4
+        tmp_path / "d", num_train=40, num_valid=20, num_test=0, image_size=64, num_classes=6, seed=0,
+        num_labels=4, split_seeds=0,
     )
 
     def pixels(role: str, count: int) -> tuple[np.ndarray, np.ndarray]:

@@ -10,6 +10,8 @@ from PIL import Image
 
 from prcl.demo import METHODS, run_demo
 
+pytestmark = pytest.mark.slow  # every test here trains or runs the demo
+
 
 def test_demo_trains_three_methods_and_reports_them(tmp_path):
     overrides = [f"data.root={tmp_path / 'data'}", "data.demo.image_size=64", "data.crop_size=64",

@@ -2,7 +2,17 @@
 
 from __future__ import annotations
 
+import json
 import math
+import os
+import runpy
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -11,13 +21,27 @@ from torch import nn
 
 from prcl.engine.evaluate import (
     ConfusionMatrix,
+    average_views,
     crop_for_protocol,
+    dense_maps,
     evaluate,
-    predict_probabilities,
-    sliding_window,
+    evaluate_model,
 )
 
 NUM_CLASSES = 4
+
+
+def predict_probabilities(model, image: torch.Tensor, num_classes: int, *views, **options) -> torch.Tensor:
+    """The evaluation path's probabilities: the model's dense maps averaged over the views."""
+    return average_views(dense_maps(model, num_classes), image, *views, **options)
+
+
+def _eval_config(num_classes: int, protocol: str = "whole", window=None, stride=None, flip=False, scales=(1.0,)):
+    """The fields of a prcl Config that evaluate_model reads."""
+    return SimpleNamespace(
+        data=SimpleNamespace(num_classes=num_classes, num_workers=0),
+        eval=SimpleNamespace(protocol=protocol, window=window, stride=stride, flip=flip, scales=list(scales)),
+    )
 
 
 def _hand_example() -> ConfusionMatrix:
@@ -92,12 +116,12 @@ def test_sliding_window_equals_whole_image_for_translation_equivariant_model(siz
 def test_sliding_window_averages_overlaps_with_count_map() -> None:
     # map = 1 everywhere in each window: the average must be exactly 1 whatever the overlap count.
     image = torch.zeros(1, 3, 30, 41)
-    out = sliding_window(lambda x: torch.ones(x.shape[0], 1, *x.shape[-2:]), image, 16, 5)
+    out = average_views(lambda x: torch.ones(x.shape[0], 1, *x.shape[-2:]), image, "sliding", 16, 5)
     torch.testing.assert_close(out, torch.ones(1, 1, 30, 41))
     # map = each window's left offset (read from an x-coordinate image): windows start at 0, 2, 4,
     # so columns 0-1 see {0}, 2-3 {0, 2}, 4-5 {2, 4}, 6-7 {4}; a pixel gets its windows' mean.
     columns = torch.arange(8.0).view(1, 1, 1, 8).expand(1, 3, 4, 8)
-    left = sliding_window(lambda x: x[:, :1, :, :1].expand(-1, -1, *x.shape[-2:]), columns, (4, 4), (2, 2))
+    left = average_views(lambda x: x[:, :1, :, :1].expand(-1, -1, *x.shape[-2:]), columns, "sliding", 4, 2)
     assert left[0, 0, 0].tolist() == [0, 0, 1, 1, 3, 3, 4, 4]
 
 
@@ -139,7 +163,7 @@ def test_low_resolution_logits_are_upsampled_and_scales_averaged() -> None:
     torch.testing.assert_close(multi_scale_flat, predict_probabilities(strided, flat, NUM_CLASSES))
 
 
-def test_predict_probabilities_checks_class_count_and_protocol() -> None:
+def test_dense_maps_check_class_count_and_views_check_protocol() -> None:
     with pytest.raises(ValueError, match="expected 5"):
         predict_probabilities(_conv_model(), torch.randn(1, 3, 8, 8), 5)
     with pytest.raises(ValueError, match="crop_for_protocol"):
@@ -189,21 +213,23 @@ class _PerfectModel(nn.Module):
 
 
 @pytest.mark.parametrize("protocol", ["whole", "sliding", "center", "random-crop"])
-def test_evaluate_perfect_model_scores_one(protocol: str) -> None:
+def test_evaluate_model_perfect_model_scores_one(protocol: str) -> None:
     torch.manual_seed(0)
-    labels = [torch.randint(0, 3, (1, 18, 22)), torch.randint(0, 3, (1, 25, 17))]
-    labels[0][0, 0, :5] = -1
-    batches = [(label[:, None].expand(1, 3, *label.shape[-2:]).clamp(min=0).float(), label) for label in labels]
+    labels = [torch.randint(0, 3, (18, 22)), torch.randint(0, 3, (25, 17))]
+    labels[0][0, :5] = -1
+    dataset = [{"image": label[None].expand(3, *label.shape).clamp(min=0).float(), "mask": label} for label in labels]
     model = _PerfectModel(NUM_CLASSES)
     model.train()
-    result = evaluate(model, batches, NUM_CLASSES, "cpu", protocol, window=12, stride=8, flip=True)
+    cfg = _eval_config(NUM_CLASSES, protocol, window=12, stride=8, flip=True)
+    result = evaluate_model(model, dataset, cfg, "cpu")
     assert result["miou"] == pytest.approx(1.0)
     assert result["pixel_accuracy"] == pytest.approx(1.0)
     assert result["per_class_iou"][:3] == pytest.approx([1.0, 1.0, 1.0])
     assert result["per_class_iou"][3] is None  # class 3 never occurs
     assert result["miou_all_classes"] is None
     assert result["protocol"] == protocol and result["images"] == 2
-    assert model.modes and not any(model.modes) and model.training  # eval during, restored after
+    assert result["flip"] is True and result["scales"] == [1.0]
+    assert model.modes and not any(model.modes) and not model.training  # scored (and left) in eval mode
 
 
 def test_evaluate_accepts_dict_batches_and_counts_errors() -> None:
@@ -214,3 +240,125 @@ def test_evaluate_accepts_dict_batches_and_counts_errors() -> None:
     # class 0: 1 / (1 + 4 - 1) = 1/4; class 1: 0 / 3
     assert result["per_class_iou"] == pytest.approx([0.25, 0.0])
     assert result["miou"] == pytest.approx(0.125) and result["miou_all_classes"] == pytest.approx(0.125)
+
+
+# --------------------------------------------------------------------------------------------
+# distributed evaluation: 2 gloo processes on CPU
+# --------------------------------------------------------------------------------------------
+
+_WORKER = '''
+import json, os, sys
+
+import torch
+from torch import nn
+from types import SimpleNamespace
+
+from prcl.engine.evaluate import evaluate_model
+
+NUM_IMAGES, NUM_CLASSES = 7, 3  # an odd count: the ranks score 4 and 3 images
+PROTOCOLS = {"whole": None, "random-crop": 6}
+
+
+class Images:
+    """7 deterministic (image, mask) items; records which indices it served."""
+
+    def __init__(self):
+        generator = torch.Generator().manual_seed(0)
+        self.items = []
+        for _ in range(NUM_IMAGES):
+            mask = torch.randint(0, NUM_CLASSES, (10, 12), generator=generator)
+            mask[0, :3] = -1
+            self.items.append({"image": torch.randn(3, 10, 12, generator=generator), "mask": mask})
+        self.served = []
+
+    def __len__(self):
+        return NUM_IMAGES
+
+    def __getitem__(self, index):
+        self.served.append(int(index))
+        return self.items[index]
+
+
+class CountingConv(nn.Conv2d):
+    calls = 0
+
+    def forward(self, x):
+        self.calls += x.shape[0]
+        return super().forward(x)
+
+
+def build():
+    torch.manual_seed(0)
+    return CountingConv(3, NUM_CLASSES, 1), Images()
+
+
+def config(protocol):
+    return SimpleNamespace(
+        data=SimpleNamespace(num_classes=NUM_CLASSES, num_workers=0),
+        eval=SimpleNamespace(protocol=protocol, window=PROTOCOLS[protocol], stride=None, flip=False, scales=[1.0]),
+    )
+
+
+def run():
+    """Each protocol's result, and the indices served / model calls of the 'whole' pass."""
+    model, dataset = build()
+    results, seen = {}, {}
+    for protocol in PROTOCOLS:
+        dataset.served.clear()
+        model.calls = 0
+        results[protocol] = evaluate_model(model, dataset, config(protocol), "cpu")
+        seen[protocol] = {"indices": list(dataset.served), "calls": model.calls}
+    return results, seen
+
+
+if __name__ == "__main__":
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo")
+    results, seen = run()
+    with open(sys.argv[1], "w") as handle:
+        json.dump({"rank": dist.get_rank(), "results": results, "seen": seen}, handle)
+    dist.destroy_process_group()
+'''
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_distributed_evaluation_scores_each_image_once(tmp_path: Path) -> None:
+    worker = tmp_path / "worker.py"
+    worker.write_text(textwrap.dedent(_WORKER))
+    port, world = _free_port(), 2
+    started = time.perf_counter()
+    processes = []
+    for rank in range(world):
+        env = dict(os.environ, MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
+                   WORLD_SIZE=str(world), LOCAL_RANK=str(rank), OMP_NUM_THREADS="1")
+        processes.append(subprocess.Popen([sys.executable, str(worker), str(tmp_path / f"rank{rank}.json")],
+                                          env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+    try:
+        outputs = [process.communicate(timeout=60)[0] for process in processes]
+    finally:
+        for process in processes:
+            process.kill()
+    assert [process.returncode for process in processes] == [0, 0], "\n".join(outputs)
+    ranks = [json.loads((tmp_path / f"rank{rank}.json").read_text()) for rank in range(world)]
+    print(f"2-process evaluation: {time.perf_counter() - started:.1f} s")
+
+    # Each rank scores its rank-strided share, once: together every index exactly once.
+    served = [r["seen"]["whole"]["indices"] for r in ranks]
+    assert served == [[0, 2, 4, 6], [1, 3, 5]]
+    assert [r["seen"]["whole"]["calls"] for r in ranks] == [4, 3]
+
+    single_results, single_seen = runpy.run_path(str(worker), run_name="worker")["run"]()  # no process group
+    assert single_seen["whole"] == {"indices": list(range(7)), "calls": 7}
+    for protocol, single in single_results.items():
+        assert single["images"] == 7
+        for r in ranks:  # every rank returns the single-process result (random crops are per image)
+            assert r["results"][protocol] == single
+    assert 0 < single_results["whole"]["miou"] < 1
+    assert single_results["random-crop"]["pixel_accuracy"] != single_results["whole"]["pixel_accuracy"]

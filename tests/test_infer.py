@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from PIL import Image
 
 from prcl.config import config_to_dict, load_config
 from prcl.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from prcl.engine.checkpoint import save_checkpoint
+from prcl.engine.evaluate import average_views, dense_maps, evaluate_model
 from prcl.errors import UserError
 from prcl.infer import Predictor, colorize, denormalize, heatmap, make_grid, overlay, palette
 from prcl.models import ProbabilityHead, build_segmenter, make_teacher
@@ -186,6 +189,39 @@ def test_sliding_predictor_keeps_the_input_size(trained: dict) -> None:
     prediction = predictor.predict(_picture(50, 70))
     assert prediction.mask.shape == (50, 70) and prediction.uncertainty.shape == (50, 70)
     np.testing.assert_allclose(prediction.probabilities.sum(0), 1.0, atol=1e-5)
+
+
+@torch.no_grad()
+def test_whole_image_maps_are_upsampled_softmax_and_mean_variance(trained: dict) -> None:
+    model, head = trained["teacher"].eval(), trained["head"].eval()
+    x = torch.randn(3, 50, 70)
+    prediction = Predictor(model, NUM_CLASSES, probability_head=head).predict(x)
+    output = model(x[None])
+    size = (50, 70)
+    logits = F.interpolate(output.logits, size=size, mode="bilinear", align_corners=True)
+    variance = F.interpolate(head(output.features).mean(1, keepdim=True), size=size, mode="bilinear",
+                             align_corners=True)
+    np.testing.assert_allclose(prediction.probabilities, logits.softmax(1)[0].numpy(), atol=1e-6)
+    np.testing.assert_allclose(prediction.uncertainty, variance[0, 0].numpy(), atol=1e-6)
+
+
+@torch.no_grad()
+def test_predictor_and_evaluation_share_the_path(trained: dict) -> None:
+    model = trained["teacher"]
+    views = {"protocol": "sliding", "window": 32, "stride": 20, "flip": True, "scales": (0.75, 1.0)}
+    predictor = Predictor(model, NUM_CLASSES, probability_head=trained["head"], **views)
+    pictures = [torch.randn(3, 38, 45), torch.randn(3, 29, 34)]
+    predictions = [predictor.predict(picture) for picture in pictures]
+    # The same probabilities as the evaluation path's maps averaged over the same views.
+    evaluated = average_views(dense_maps(model.eval(), NUM_CLASSES), pictures[0][None], **views)[0]
+    np.testing.assert_allclose(predictions[0].probabilities, evaluated.numpy(), atol=1e-6)
+    # Evaluating against the Predictor's own masks with the same views scores every pixel right.
+    dataset = [{"image": picture, "mask": torch.from_numpy(prediction.mask)}
+               for picture, prediction in zip(pictures, predictions)]
+    cfg = SimpleNamespace(data=SimpleNamespace(num_classes=NUM_CLASSES, num_workers=0),
+                          eval=SimpleNamespace(**{**views, "scales": list(views["scales"])}))
+    result = evaluate_model(model, dataset, cfg, "cpu")
+    assert result["pixel_accuracy"] == 1.0 and result["images"] == 2
 
 
 def test_from_checkpoint_errors_name_the_file(trained: dict, tmp_path: Path) -> None:

@@ -14,7 +14,6 @@ from prcl.losses import (
     gathered_mls,
     mutual_likelihood_score,
     pseudo_label_loss,
-    ramp_weight,
     sample_contrast,
 )
 
@@ -197,6 +196,7 @@ def test_gathered_scores_gradcheck_and_match_the_formula():
         lambda m, v: gathered_mls(m, v, key_mu, key_var, index, kernel="chunked"), (anchor_mu, anchor_var))
 
 
+@pytest.mark.slow
 def test_compiled_kernel_matches_chunked_kernel():
     mu, var, labels, valid, prob = random_maps(n=2, d=32, h=16, w=16)
     results = []
@@ -253,14 +253,6 @@ def test_pseudo_label_loss_all_masked_is_zero_in_graph_and_upsamples():
     assert pseudo_label_loss(logits, labels, torch.ones(2, 8, 8)).item() > 0
 
 
-def test_ramp_values_from_method():
-    expected = {0: 1.0, 50: 0.7316, 100: 0.2865, 150: 0.0601, 199: 0.0071}
-    for epoch, value in expected.items():
-        assert ramp_weight(epoch) == pytest.approx(value, abs=5e-5)
-    assert ramp_weight(400) == pytest.approx(ramp_weight(200))
-    assert ramp_weight(10, begin_epoch=20) == 1.0
-
-
 def _prototype_worker(rank, world_size, init_file, mu, var, labels, out):
     import torch.distributed as dist
 
@@ -272,6 +264,7 @@ def _prototype_worker(rank, world_size, init_file, mu, var, labels, out):
     dist.destroy_process_group()
 
 
+@pytest.mark.slow
 def test_prototypes_are_exact_under_data_parallelism(tmp_path):
     """Two ranks holding half the pixels each get the prototype of all the pixels."""
     import torch.multiprocessing as mp

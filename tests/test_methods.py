@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import copy
+import json
+import math
 
 import pytest
 import torch
 
 from prcl.config import load_config
-from prcl.methods import Networks, StepInput, build_method
+from prcl.errors import UserError
+from prcl.methods import Method, StepInput, build_method
+from prcl.methods.base import supervised_loss
+from prcl.methods.prcl import contrast_mask
 from prcl.methods.base import teacher_pseudo_labels
-from prcl.models import ProbabilityHead, build_segmenter, make_teacher
+from prcl.models import build_segmenter
 
 
 def _running_stats(module: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -23,15 +28,14 @@ def _step(passes: str, method: str = "prcl", seed: int = 0):
                              "prcl.num_queries=8", "prcl.num_negatives=16", "prcl.kernel=chunked",
                              "method.strong_scale_range=[1.0,1.0]"])
     torch.manual_seed(seed)
-    student = build_segmenter("resnet18", num_classes=3).train()
-    nets = Networks(student, make_teacher(student), ProbabilityHead(304).train())
+    chosen = build_method(cfg)
+    nets = chosen.build_networks(build_segmenter("resnet18", num_classes=3).train())
     before = copy.deepcopy(nets)
     g = torch.Generator().manual_seed(seed)
     batch = StepInput(labeled_images=torch.randn(2, 3, 64, 64, generator=g),
                       labels=torch.randint(0, 3, (2, 64, 64), generator=g),
                       unlabeled_images=torch.randn(2, 3, 64, 64, generator=g) + 1.0,
-                      progress=0.0, contrast_weight=1.0, generator=torch.Generator().manual_seed(7))
-    chosen = build_method(cfg)
+                      step=0, generator=torch.Generator().manual_seed(7))
     with torch.no_grad():
         losses = chosen.train_step(nets, batch)
     assert torch.isfinite(losses["loss"])
@@ -42,31 +46,143 @@ def _step(passes: str, method: str = "prcl", seed: int = 0):
 def test_separate_passes_update_batchnorm_like_two_manual_passes(method):
     before, after, batch, chosen = _step("separate", method)
     # The same step by hand: teacher pseudo-labels, the same strong view, then two student passes.
-    teacher = copy.deepcopy(before.teacher)
+    teacher = copy.deepcopy(before["teacher"]).train()
     pseudo_labels, confidence = teacher_pseudo_labels(teacher, batch.unlabeled_images)
     strong, _, _ = chosen.strong_view(batch.unlabeled_images, pseudo_labels, confidence,
                                       generator=torch.Generator().manual_seed(7))
-    student = before.student
+    student = before["student"]
     with torch.no_grad():
         out_labeled = student(batch.labeled_images)
         out_strong = student(strong)
         if method == "prcl":
-            before.probability_head(out_labeled.features)
-            before.probability_head(out_strong.features)
+            before["probability_head"](out_labeled.features)
+            before["probability_head"](out_strong.features)
     for name, value in _running_stats(student).items():
-        torch.testing.assert_close(_running_stats(after.student)[name], value, msg=name)
-    assert int(after.student.classifier[1].num_batches_tracked) == 2  # running statistics updated twice
+        torch.testing.assert_close(_running_stats(after["student"])[name], value, msg=name)
+    assert int(after["student"].classifier[1].num_batches_tracked) == 2  # running statistics updated twice
     if method == "prcl":
-        for name, value in _running_stats(before.probability_head).items():
-            torch.testing.assert_close(_running_stats(after.probability_head)[name], value, msg=name)
+        for name, value in _running_stats(before["probability_head"]).items():
+            torch.testing.assert_close(_running_stats(after["probability_head"])[name], value, msg=name)
 
 
 def test_joint_pass_gives_other_batchnorm_statistics_than_separate_passes():
     _, separate, _, _ = _step("separate")
     _, joint, _, _ = _step("joint")
-    assert int(joint.student.classifier[1].num_batches_tracked) == 1
-    separate_stats, joint_stats = _running_stats(separate.student), _running_stats(joint.student)
+    assert int(joint["student"].classifier[1].num_batches_tracked) == 1
+    separate_stats, joint_stats = _running_stats(separate["student"]), _running_stats(joint["student"])
     differing = [name for name in separate_stats
                  if separate_stats[name].dtype.is_floating_point
                  and not torch.allclose(separate_stats[name], joint_stats[name], atol=1e-6)]
     assert len(differing) > len(separate_stats) // 3  # every BN layer's statistics differ, not a few
+
+
+# --------------------------------------------------------------------------------------------
+# the trainer runs any method through the Method interface
+# --------------------------------------------------------------------------------------------
+
+
+class EntropyMinimisation(Method):
+    """A toy fourth method: labels plus the student's entropy on unlabeled images, with its own
+    optimiser group, a counter carried across steps (and checkpoints), and a post-step update."""
+
+    name = "entropy"
+    uses_unlabeled = True
+
+    def __init__(self, cfg):
+        super().__init__(cfg)
+        self.updates = torch.zeros((), dtype=torch.int64)
+
+    def optimizer_groups(self, nets):
+        head = [p for p in nets["student"].classifier.parameters()]
+        rest = [p for n, p in nets["student"].named_parameters() if p.requires_grad and not n.startswith("classifier")]
+        return [{"name": "student", "lr": self.cfg.optim.lr, "params": rest},
+                {"name": "classifier", "lr": self.cfg.optim.lr / 10, "params": head}]
+
+    def train_step(self, nets, batch):
+        out = nets["student"](torch.cat([batch.labeled_images, batch.unlabeled_images]))
+        num_labeled = batch.labeled_images.shape[0]
+        sup = supervised_loss(out.logits[:num_labeled], batch.labels)
+        prob = out.logits[num_labeled:].float().softmax(dim=1)
+        entropy = -(prob * prob.clamp_min(1e-8).log()).sum(1).mean()
+        return {"loss": sup + 0.1 * entropy, "sup": sup.detach(), "entropy": entropy.detach()}
+
+    def after_step(self, nets, step):
+        self.updates += 1
+
+    def state_dict(self):
+        return {"updates": self.updates.clone()}
+
+    def load_state_dict(self, state):
+        self.updates = state["updates"].clone()
+
+
+@pytest.mark.slow
+def test_a_new_method_runs_through_the_unchanged_trainer(demo_root, tmp_path, monkeypatch):
+    from prcl.engine.checkpoint import load_checkpoint
+    from prcl.engine.trainer import Trainer
+    from prcl.methods import METHODS
+    from tiny_run import tiny_overrides
+
+    monkeypatch.setitem(METHODS, "entropy", EntropyMinimisation)
+    out = tmp_path / "run"
+    cfg = load_config(None, tiny_overrides(demo_root, out, method="entropy", iterations=3))
+    trainer = Trainer(cfg)
+    assert set(trainer.nets) == {"student"}
+    assert [g["name"] for g in trainer.optimizer.param_groups] == ["student", "classifier"]
+    summary = trainer.fit()
+    assert summary["method"] == "entropy" and summary["iterations"] == 3
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    train = [r for r in records if r["type"] == "train"]
+    assert len(train) == 3 and all(r["entropy"] > 0 for r in train)
+    state = load_checkpoint(out / "checkpoints" / "last.pt")
+    assert int(state["method"]["updates"]) == 3  # after_step ran once per step, saved with the run
+    lrs = [g["lr"] for g in state["optimizer"]["param_groups"]]
+    assert lrs[1] == pytest.approx(lrs[0] / 10)  # each group decays from its own base lr
+    # the representation head reads into no loss: frozen, so data parallelism needs no unused-parameter search
+    assert not any(p.requires_grad for p in trainer.nets["student"].representation.parameters())
+    # resuming restores the method's own state
+    resumed = Trainer(load_config(None, tiny_overrides(demo_root, out, method="entropy", iterations=4)),
+                      resume="auto")
+    assert int(resumed.method.updates) == 3
+    resumed.fit()
+    assert int(load_checkpoint(out / "checkpoints" / "last.pt")["method"]["updates"]) == 4
+
+
+def test_unknown_method_is_refused_with_the_registered_names():
+    with pytest.raises(UserError, match=r"'method\.name' must be one of supervised, mean_teacher, prcl, got 'entropy'"):
+        load_config(None, ["method.name=entropy"])
+
+
+# --------------------------------------------------------------------------------------------
+# which pixels each loss uses, on a hand-made case
+# --------------------------------------------------------------------------------------------
+
+
+def test_contrast_mask_keeps_labeled_pixels_and_confident_pseudo_labels():
+    # one labeled image, two strong views; 1 x 3 maps
+    labels = torch.tensor([[[0, -1, 2]],       # labeled: the middle pixel is ignore
+                           [[1, 1, -1]],       # strong view 1: the last pixel was cut out by the mix
+                           [[2, 0, 0]]])       # strong view 2
+    confidence = torch.tensor([[[0.9, 0.69, 0.99]],
+                               [[0.7, 0.2, 1.0]]])
+    valid = contrast_mask(labels, confidence, weak_threshold=0.7)
+    expected = torch.tensor([[[True, False, True]],    # labels alone decide on labeled images
+                             [[True, False, False]],   # 0.69 < 0.7; the cut-out pixel stays out at 0.99
+                             [[True, False, True]]])   # exactly 0.7 passes, 0.2 does not
+    assert torch.equal(valid, expected)
+
+
+def test_pseudo_label_and_supervised_losses_count_only_their_pixels():
+    from prcl.losses import pseudo_label_loss
+
+    # two classes, 1 x 4 image; logits favour class 0 everywhere with log-odds log 3 (p = 0.75)
+    logits = torch.log(torch.tensor([0.75, 0.25]))[None, :, None, None].expand(1, 2, 1, 4).clone()
+    pseudo = torch.tensor([[[0, 1, 0, -1]]])
+    confidence = torch.tensor([[[0.98, 0.99, 0.5, 0.0]]])
+    # confident pixels (q >= 0.97) among those with a pseudo-label: 2 of 3 -> weight 2/3; cross-entropy
+    # over the pixels with ce > 0 (all three labeled): (-log .75 - log .25 - log .75) / 3
+    ce = (-2 * math.log(0.75) - math.log(0.25)) / 3
+    assert float(pseudo_label_loss(logits, pseudo, confidence, threshold=0.97)) == pytest.approx(2 / 3 * ce, rel=1e-5)
+    labels = torch.tensor([[-1, 1, -1, 0]])[:, None, :].expand(1, 1, 4)
+    expected = (-math.log(0.25) - math.log(0.75)) / 2  # the two labeled pixels only
+    assert float(supervised_loss(logits, labels)) == pytest.approx(expected, rel=1e-5)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pytest
 
 from prcl.cli import main
 from prcl.data.published import published_splits

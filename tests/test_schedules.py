@@ -8,7 +8,13 @@ from pathlib import Path
 import pytest
 
 from prcl.config import load_config
-from prcl.engine.schedules import contrast_weight, poly_lr, reference_epoch_iterations, schedule_progress
+from prcl.engine.schedules import (
+    contrast_weight,
+    poly_lr,
+    ramp_weight,
+    reference_epoch_iterations,
+    schedule_progress,
+)
 from prcl.errors import UserError
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
@@ -90,6 +96,14 @@ def test_continuous_schedule_without_epoch_length():
     cfg = load_config(None, ["train.iterations=1000"])
     assert schedule_progress(500, cfg) == 0.5
     assert contrast_weight(500, cfg) == pytest.approx(0.2865, abs=5e-5)  # epoch 100 of the 200-epoch ramp
+
+
+def test_ramp_values_from_method():
+    expected = {0: 1.0, 50: 0.7316, 100: 0.2865, 150: 0.0601, 199: 0.0071}
+    for epoch, value in expected.items():
+        assert ramp_weight(epoch) == pytest.approx(value, abs=5e-5)
+    assert ramp_weight(400) == pytest.approx(ramp_weight(200))
+    assert ramp_weight(10, begin_epoch=20) == 1.0
 
 
 def _documented_rows() -> list[tuple[str, int, int, int]]:

@@ -4,9 +4,8 @@ import pytest
 import torch
 from torchvision.transforms.v2 import functional as TF
 
+from prcl.constants import IMAGENET_MEAN, IMAGENET_STD
 from prcl.data.strong_view import (
-    IMAGENET_MEAN,
-    IMAGENET_STD,
     StrongView,
     class_mix_masks,
     colour_jitter,

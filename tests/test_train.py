@@ -10,34 +10,12 @@ import pytest
 import torch
 
 from prcl.cli import main
-from prcl.config import load_config
 from prcl.engine.checkpoint import load_checkpoint
 from prcl.engine.trainer import Trainer, TrainingDiverged
 
+from tiny_run import tiny_config
 
-@pytest.fixture(scope="module")
-def demo_root(tmp_path_factory):
-    return tmp_path_factory.mktemp("demo-data")
-
-
-def tiny_overrides(demo_root, out_dir, method="prcl", iterations=4, **extra):
-    values = {
-        "data.dataset": "demo", "data.root": str(demo_root), "data.num_labels": 8, "data.split_seed": 0,
-        "data.crop_size": 64, "data.batch_size": 4, "data.unlabeled_batch_size": 4, "data.num_workers": 0,
-        "data.scale_range": "[0.75,1.25]", "data.demo.image_size": 64, "data.demo.num_train": 40,
-        "data.demo.num_valid": 8, "data.demo.num_test": 8, "data.demo.num_classes": 4,
-        "model.encoder": "resnet18", "model.weights": "null", "method.name": method,
-        "prcl.num_queries": 16, "prcl.num_negatives": 32, "prcl.temperature": 0.5, "prcl.kernel": "chunked",
-        "optim.lr": 0.01, "optim.uncer_lr": 0.001,
-        "train.iterations": iterations, "train.eval_every": 0, "train.checkpoint_every": 2, "train.log_every": 1,
-        "train.out_dir": str(out_dir), "train.progress": "false", "train.device": "cpu",
-    }
-    values.update(extra)
-    return [f"{k}={v}" for k, v in values.items()]
-
-
-def tiny_config(demo_root, out_dir, **kwargs):
-    return load_config(None, tiny_overrides(demo_root, out_dir, **kwargs))
+pytestmark = pytest.mark.slow  # every test here trains or runs the demo
 
 
 def read_metrics(out_dir):
@@ -63,16 +41,25 @@ def test_each_method_trains_and_writes_a_complete_run_directory(demo_root, tmp_p
     first = sum(r["sup"] for r in train[:4]) / 4
     last = sum(r["sup"] for r in train[-4:]) / 4
     assert last < first
+    # what every logged step reports: data-loading time and peak memory
+    assert all(0 <= r["data_seconds"] < r["images_per_second"] * 1e6 and r["peak_memory_mb"] > 50 for r in train)
     if method != "supervised":
-        assert "unsup" in train[0]
+        assert "unsup" in train[0] and 0 <= train[0]["unlabeled_above_un_threshold"] <= 1
     if method == "prcl":
         assert all(r["prcl"] > 0 for r in train) and "variance" in train[0]
+        assert 0 <= train[0]["unlabeled_above_weak_threshold"] <= 1
+        # anchors: num_queries (16) per class with hard pixels, among the classes present (4 at most)
+        assert all(r["prcl_anchors"] == 16 * r["prcl_anchor_classes"] for r in train)
+        assert all(1 <= r["prcl_anchor_classes"] <= r["prcl_present_classes"] <= 4 for r in train)
         assert load_checkpoint(out / "checkpoints/last.pt")["probability_head"] is not None
+    else:
+        assert "contrast_weight" not in train[0] and "prcl_anchors" not in train[0]
+        assert "probability_head" not in load_checkpoint(out / "checkpoints/last.pt")
 
 
 def _weights(path):
     state = load_checkpoint(path)
-    return {part: state[part] for part in ("student", "teacher", "probability_head")}
+    return {part: state.get(part) for part in ("student", "teacher", "probability_head")}
 
 
 def test_resume_gives_the_same_weights_as_one_run(demo_root, tmp_path, monkeypatch):
@@ -230,7 +217,7 @@ def test_channels_last_changes_the_layout_not_the_training(demo_root, tmp_path):
         trainers[layout] = Trainer(tiny_config(demo_root, tmp_path / layout, method="mean_teacher", iterations=2,
                                                **{"train.channels_last": layout}))
         trainers[layout].fit()
-    conv = trainers["true"].nets.student.classifier[0].weight
+    conv = trainers["true"].nets["student"].classifier[0].weight
     assert conv.is_contiguous(memory_format=torch.channels_last) and not conv.is_contiguous()
     nhwc, nchw = _weights(tmp_path / "true/checkpoints/last.pt"), _weights(tmp_path / "false/checkpoints/last.pt")
     for key, value in nchw["student"].items():

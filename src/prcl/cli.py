@@ -24,10 +24,14 @@ def _add_config(parser: argparse.ArgumentParser, required: bool = True) -> None:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from prcl.config import load_config
+    from prcl.engine import distributed
     from prcl.engine.trainer import Trainer
 
     cfg = load_config(args.config, args.overrides)
-    summary = Trainer(cfg, resume=args.resume).fit()
+    try:
+        summary = Trainer(cfg, resume=args.resume).fit()
+    finally:
+        distributed.cleanup()  # leave the process group (under torchrun), after an error too
     print(json.dumps({k: summary[k] for k in ("method", "miou", "iterations", "images_per_second")}))
     return 0
 

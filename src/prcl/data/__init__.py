@@ -10,7 +10,7 @@ from prcl.data.datasets import (
     VOCDataset,
     read_image,
 )
-from prcl.data.demo import demo_class_names, generate_demo_dataset
+from prcl.data.demo_dataset import demo_class_names, generate_demo_dataset
 from prcl.data.splits import (
     Splits,
     check_splits,

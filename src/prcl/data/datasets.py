@@ -25,11 +25,9 @@ from PIL import Image
 from torch.utils.data import Dataset
 from torchvision import tv_tensors
 
+from prcl.constants import IGNORE_INDEX
 from prcl.data.splits import read_id_list
 from prcl.errors import UserError
-
-IGNORE_INDEX = -1
-"""Label value of ignored pixels in every tensor this package produces."""
 
 FILE_IGNORE_VALUE = 255
 """Label value of ignored pixels in mask files (VOC boundaries, Cityscapes void)."""

@@ -8,7 +8,6 @@ and surrounding whitespace are ignored.
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -17,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from prcl.errors import UserError
+from prcl.io import atomic_write
 
 SPLIT_NAMES = ("labeled", "unlabeled", "valid")
 
@@ -52,18 +52,11 @@ def read_id_list(path: str | os.PathLike) -> list[str]:
 
 
 def write_id_list(path: str | os.PathLike, ids: Iterable[str]) -> Path:
-    """Write one id per line (with a final newline), atomically (temp file, then rename)."""
+    """Write one id per line (with a final newline), atomically (``prcl.io.atomic_write``)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     text = "".join(f"{i}\n" for i in ids)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_write(path, "w") as stream:
+        stream.write(text)
     return path
 
 

@@ -1,7 +1,8 @@
 """Strong view of the unlabeled batch, built on the tensors' device for the whole batch at once.
 
-METHOD section 2, step 3. The same geometry is applied to the images, the teacher's pseudo-labels
-and its confidences; colour operations touch the images only:
+docs/method.md, "The training step" (step 3) and "Data pipelines". The same geometry is applied
+to the images, the teacher's pseudo-labels and its confidences; colour operations touch the images
+only:
 
 1. random rescale (one scale per image) and crop back to (H, W), by one batched ``grid_sample``:
    bilinear for images, nearest for pseudo-labels and confidences. Where the rescaled image is
@@ -26,10 +27,9 @@ import math
 import torch
 import torch.nn.functional as F
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+from prcl.constants import IGNORE_INDEX, IMAGENET_MEAN, IMAGENET_STD
+
 MIX_MODES = ("classmix", "cutmix", "cutout", "none")
-IGNORE_INDEX = -1
 
 # ITU-R 601 luma weights, as in torchvision's rgb_to_grayscale.
 _GREY_WEIGHTS = (0.2989, 0.587, 0.114)
@@ -97,10 +97,10 @@ def random_rescale_crop(
     images = F.grid_sample(
         images, grid.to(images.dtype), mode=image_interpolation, padding_mode=image_padding, align_corners=False
     )
-    # Labels are shifted by one so that the zero padding becomes -1 after the shift back.
-    targets = torch.stack([(pseudo_labels + 1).float(), confidence.float()], dim=1)
+    # Labels are shifted so that ignore is 0: the zero padding becomes ignore after the shift back.
+    targets = torch.stack([(pseudo_labels - IGNORE_INDEX).float(), confidence.float()], dim=1)
     targets = F.grid_sample(targets, grid, mode="nearest", padding_mode="zeros", align_corners=False)
-    pseudo_labels = targets[:, 0].round().long() - 1
+    pseudo_labels = targets[:, 0].round().long() + IGNORE_INDEX
     confidence = targets[:, 1].to(confidence.dtype)
     return images, pseudo_labels, confidence
 

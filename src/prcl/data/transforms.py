@@ -21,20 +21,27 @@ from torchvision import tv_tensors
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F
 
-from prcl.data.datasets import IGNORE_INDEX
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+from prcl.constants import IGNORE_INDEX, IMAGENET_MEAN, IMAGENET_STD
 
 BLUR_SIGMA = (0.15, 1.15)
 BLUR_KERNEL_SIZE = 2 * math.ceil(3 * BLUR_SIGMA[1]) + 1  # covers +-3 sigma of the widest blur
 
 
-def _pair(size: int | Sequence[int]) -> tuple[int, int]:
-    if isinstance(size, int):
-        return size, size
-    height, width = size
-    return int(height), int(width)
+def as_pair(value: int | Sequence[int] | None, name: str = "size") -> tuple[int, int]:
+    """``(height, width)`` from one int (a square) or a pair; both must be positive.
+
+    ``name`` is what the error messages call the value. None, a sequence that is not a pair and a
+    side below 1 raise ValueError.
+    """
+    if value is None:
+        raise ValueError(f"{name} is required (an int or a (height, width) pair), got None")
+    sides = (value, value) if isinstance(value, int) else tuple(int(v) for v in value)
+    if len(sides) != 2:
+        raise ValueError(f"{name} must be an int or a (height, width) pair, got {value}")
+    height, width = sides
+    if height < 1 or width < 1:
+        raise ValueError(f"{name} must be positive, got {value}")
+    return height, width
 
 
 class _V2Compat(v2.Transform):
@@ -79,7 +86,7 @@ class PadToSize(_V2Compat):
 
     def __init__(self, size: int | Sequence[int], mask_fill: int = IGNORE_INDEX) -> None:
         super().__init__()
-        self.size = _pair(size)
+        self.size = as_pair(size)
         self.mask_fill = mask_fill
 
     def make_params(self, flat_inputs: list[Any]) -> dict[str, Any]:
@@ -122,13 +129,13 @@ def train_transform(
     scale_range: tuple[float, float] = (0.5, 1.5),
     strong: bool = True,
 ) -> v2.Transform:
-    """Labeled pipeline (METHOD 4): rescale, pad + random crop, [colour jitter p=0.8,
-    blur p=0.5], horizontal flip p=0.5, normalisation.
+    """Labeled pipeline (docs/method.md, "Data pipelines"): rescale, pad + random crop,
+    [colour jitter p=0.8, blur p=0.5], horizontal flip p=0.5, normalisation.
 
     ``strong=False`` leaves out colour jitter and blur (geometry and normalisation only).
     Output: image float32 (3, crop_h, crop_w), mask int64 (crop_h, crop_w), -1 = ignore.
     """
-    size = _pair(crop_size)
+    size = as_pair(crop_size, "crop_size")
     steps: list[v2.Transform] = [RandomRescale(scale_range), PadToSize(size), v2.RandomCrop(size)]
     if strong:
         steps += [
@@ -146,7 +153,7 @@ def train_transform(
 def unlabeled_transform(crop_size: int | Sequence[int]) -> v2.Transform:
     """Unlabeled pipeline: pad + random crop at scale 1, then normalisation (the strong view is
     made later, batched on the device). Output image float32 (3, crop_h, crop_w)."""
-    size = _pair(crop_size)
+    size = as_pair(crop_size, "crop_size")
     return v2.Compose([PadToSize(size), v2.RandomCrop(size), normalise()])
 
 

@@ -2,18 +2,16 @@
 
 A checkpoint is a dict of tensors, dicts, lists, numbers, strings and None, written with
 ``torch.save`` and read back with ``torch.load(weights_only=True)`` (no arbitrary pickles).
-Writes go to a temporary file in the target folder, are flushed to disk, then renamed over the
-target, so an interrupted write never leaves a half-written checkpoint in place of a good one.
+Writes go through :func:`prcl.io.atomic_write` (a temporary file in the target folder, flushed to
+disk, then renamed over the target), so an interrupted write never leaves a half-written checkpoint
+in place of a good one.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import random
-import tempfile
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import IO, Any
 
@@ -21,46 +19,12 @@ import numpy as np
 import torch
 
 from prcl.errors import UserError
-
-_UMASK = os.umask(0)
-os.umask(_UMASK)
+from prcl.io import atomic_write as _atomic_write
 
 
-def _fsync_folder(folder: Path) -> None:
-    """Make a rename durable (POSIX); silently skipped where folders cannot be opened."""
-    try:
-        handle = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(handle)
-    except OSError:
-        pass
-    finally:
-        os.close(handle)
-
-
-@contextmanager
-def atomic_write(path: str | Path, mode: str = "wb") -> Iterator[IO[Any]]:
-    """Open a temporary file next to ``path``; on success fsync it and rename it onto ``path``.
-
-    On any exception the temporary file is removed and ``path`` is left as it was. Creates the
-    folder. The file gets the usual permissions (0666 minus the umask).
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, mode) as stream:
-            yield stream
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.chmod(temporary, 0o666 & ~_UMASK)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-    _fsync_folder(path.parent)
+def atomic_write(path: str | Path, mode: str = "wb") -> AbstractContextManager[IO[Any]]:
+    """:func:`prcl.io.atomic_write`, binary by default (checkpoints, images)."""
+    return _atomic_write(path, mode)
 
 
 def write_json(path: str | Path, payload: Any) -> None:

@@ -14,20 +14,30 @@ Crops never pad: an image smaller than the window keeps its size along that side
 
 Multi-scale and flip testing average softmax probabilities: each view is resized / flipped back
 to the input size (bilinear, align_corners=True) before averaging.
+
+One path serves training, ``prcl eval`` and the Predictor: :func:`dense_maps` (model -> softmax
+probabilities at the input size, plus optional extra maps) -> :func:`average_views` (scales x
+flips x sliding windows) -> argmax -> :class:`ConfusionMatrix`. :func:`evaluate_model` scores a
+dataset; under torchrun each rank scores every world_size-th image and the counts are summed.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.data import DataLoader, Dataset, Subset
 
-from prcl.engine.distributed import is_distributed, rank
+from prcl.data.transforms import as_pair
+from prcl.engine.distributed import is_distributed, rank, world_size
+
+if TYPE_CHECKING:
+    from prcl.config import Config
 
 PROTOCOLS = ("whole", "sliding", "center", "random-crop")
 INFERENCE_PROTOCOLS = ("whole", "sliding")  # the ones that run the model; the others crop first
@@ -111,17 +121,6 @@ class ConfusionMatrix:
 # --------------------------------------------------------------------------------------------
 
 
-def _pair(value: int | Sequence[int] | None, name: str) -> tuple[int, int]:
-    if value is None:
-        raise ValueError(f"the sliding/crop protocols need a {name}")
-    if isinstance(value, int):
-        value = (value, value)
-    height, width = (int(v) for v in value)
-    if height < 1 or width < 1:
-        raise ValueError(f"{name} must be positive, got {value}")
-    return height, width
-
-
 def _window_starts(size: int, window: int, stride: int) -> list[int]:
     """Window offsets along one side: every ``stride`` pixels, plus one flush with the far edge."""
     if size <= window:
@@ -137,17 +136,46 @@ def as_logits(output: Any) -> torch.Tensor:
     return output if isinstance(output, torch.Tensor) else output.logits
 
 
-def sliding_window(
-    map_fn: MapFn, image: torch.Tensor, window: int | Sequence[int], stride: int | Sequence[int]
-) -> torch.Tensor:
-    """Average ``map_fn`` over overlapping windows.
+def _resize(maps: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
+    if tuple(maps.shape[-2:]) == tuple(size):
+        return maps
+    return F.interpolate(maps, size=tuple(size), mode="bilinear", align_corners=True)
 
-    image (N, 3, H, W); map_fn(crop (N, 3, wh, ww)) -> (N, K, wh, ww) -> (N, K, H, W), each pixel
-    the mean over the windows covering it. An image smaller than the window is padded
-    bottom/right with zeros, and the padding is cut off again.
+
+def dense_maps(
+    model: Callable[[torch.Tensor], Any], num_classes: int, extra: Callable[[Any], torch.Tensor] | None = None
+) -> MapFn:
+    """The model as a dense-map function: x (N, 3, h, w) -> (N, C (+K), h, w) float32.
+
+    ``model(x)`` returns logits (N, C, h', w') at any stride, or an object with ``.logits`` (a
+    SegmenterOutput); they are upsampled bilinearly (align_corners=True) to the input size, then
+    softmaxed. ``extra(output)`` (optional) gives K more maps (N, K, h', w') from the model's output,
+    e.g. the probability head's mean variance; they are upsampled alike and appended after the C
+    probabilities. This is what :func:`average_views` averages, in evaluation and in the Predictor.
     """
-    window_h, window_w = _pair(window, "window")
-    stride_h, stride_w = _pair(stride, "stride")
+
+    def map_fn(x: torch.Tensor) -> torch.Tensor:
+        output = model(x)
+        logits = as_logits(output).float()
+        if logits.shape[1] != num_classes:
+            raise ValueError(f"the model gives {logits.shape[1]} class scores, expected {num_classes}")
+        probabilities = _resize(logits, x.shape[-2:]).softmax(dim=1)
+        if extra is None:
+            return probabilities
+        return torch.cat([probabilities, _resize(extra(output).float(), x.shape[-2:])], dim=1)
+
+    return map_fn
+
+
+def _sliding_window(
+    map_fn: MapFn, image: torch.Tensor, window: tuple[int, int], stride: tuple[int, int]
+) -> torch.Tensor:
+    """``map_fn`` averaged over overlapping windows: image (N, 3, H, W) -> (N, K, H, W).
+
+    Each pixel gets the mean over the windows covering it. An image smaller than the window is
+    padded bottom/right with zeros, and the padding is cut off again.
+    """
+    (window_h, window_w), (stride_h, stride_w) = window, stride
     n, _, height, width = image.shape
     pad_h, pad_w = max(window_h - height, 0), max(window_w - width, 0)
     if pad_h or pad_w:
@@ -175,10 +203,10 @@ def average_views(
     flip: bool = False,
     scales: Sequence[float] = (1.0,),
 ) -> torch.Tensor:
-    """Average a dense map over scales, horizontal flips and (``sliding``) windows.
+    """Average a dense map over scales x horizontal flips x (``sliding``) windows.
 
-    image (N, 3, H, W); map_fn(x (N, 3, h, w)) -> (N, K, h, w) at its input's size (e.g. softmax
-    probabilities). Returns (N, K, H, W) float32: every view is flipped back and resized to
+    image (N, 3, H, W); map_fn(x (N, 3, h, w)) -> (N, K, h, w) at its input's size (e.g.
+    :func:`dense_maps`). Returns (N, K, H, W) float32: every view is flipped back and resized to
     (H, W) bilinearly (align_corners=True) before averaging. ``stride`` None: two thirds of the window.
     """
     if protocol not in INFERENCE_PROTOCOLS:
@@ -187,8 +215,8 @@ def average_views(
             "(crop 'center'/'random-crop' pairs first with crop_for_protocol)"
         )
     if protocol == "sliding":
-        window = _pair(window, "window")
-        stride = _pair(stride, "stride") if stride is not None else tuple(max(1, w * 2 // 3) for w in window)
+        window = as_pair(window, "window")
+        stride = as_pair(stride, "stride") if stride is not None else tuple(max(1, w * 2 // 3) for w in window)
     if not scales:
         raise ValueError("scales must hold at least one scale, e.g. (1.0,)")
     height, width = image.shape[-2:]
@@ -196,59 +224,18 @@ def average_views(
     views = 0
     for scale in scales:
         size = (max(1, int(height * scale + 0.5)), max(1, int(width * scale + 0.5)))
-        scaled = image
-        if size != (height, width):
-            scaled = F.interpolate(image, size=size, mode="bilinear", align_corners=True)
+        scaled = _resize(image, size)
         for flipped in (False, True) if flip else (False,):
             view = scaled.flip(-1) if flipped else scaled
             if protocol == "sliding":
-                out = sliding_window(map_fn, view, window, stride)  # type: ignore[arg-type]
+                out = _sliding_window(map_fn, view, window, stride)  # type: ignore[arg-type]
             else:
                 out = map_fn(view).float()
-            if flipped:
-                out = out.flip(-1)
-            if out.shape[-2:] != (height, width):
-                out = F.interpolate(out, size=(height, width), mode="bilinear", align_corners=True)
+            out = _resize(out.flip(-1) if flipped else out, (height, width))
             total = out if total is None else total + out
             views += 1
     assert total is not None
     return total / views
-
-
-def probability_fn(logits_fn: Callable[[torch.Tensor], Any], num_classes: int) -> MapFn:
-    """Wrap a logits function: x (N, 3, h, w) -> softmax probabilities (N, C, h, w).
-
-    logits_fn(x) returns logits (or an object with ``.logits``) at any stride; they are upsampled
-    bilinearly (align_corners=True) to the input size before the softmax.
-    """
-
-    def map_fn(x: torch.Tensor) -> torch.Tensor:
-        logits = as_logits(logits_fn(x)).float()
-        if logits.shape[1] != num_classes:
-            raise ValueError(f"the model gives {logits.shape[1]} class scores, expected {num_classes}")
-        if logits.shape[-2:] != x.shape[-2:]:
-            logits = F.interpolate(logits, size=x.shape[-2:], mode="bilinear", align_corners=True)
-        return logits.softmax(dim=1)
-
-    return map_fn
-
-
-def predict_probabilities(
-    logits_fn: Callable[[torch.Tensor], Any],
-    image: torch.Tensor,
-    num_classes: int,
-    protocol: str = "whole",
-    window: int | Sequence[int] | None = None,
-    stride: int | Sequence[int] | None = None,
-    flip: bool = False,
-    scales: Sequence[float] = (1.0,),
-) -> torch.Tensor:
-    """Softmax probabilities (N, C, H, W) for image (N, 3, H, W), averaged over scales and flips.
-
-    ``protocol`` is "whole" or "sliding" (crop pairs for "center"/"random-crop" first with
-    :func:`crop_for_protocol`). See :func:`average_views`.
-    """
-    return average_views(probability_fn(logits_fn, num_classes), image, protocol, window, stride, flip, scales)
 
 
 def crop_for_protocol(
@@ -268,7 +255,7 @@ def crop_for_protocol(
         raise ValueError(f"protocol must be one of {', '.join(PROTOCOLS)}, got {protocol!r}")
     if protocol in INFERENCE_PROTOCOLS:
         return image, label
-    window_h, window_w = _pair(window, "window")
+    window_h, window_w = as_pair(window, "window")
     height, width = image.shape[-2:]
     if tuple(label.shape[-2:]) != (height, width):
         raise ValueError(f"image {tuple(image.shape)} and label {tuple(label.shape)} differ in size")
@@ -289,23 +276,14 @@ def crop_for_protocol(
 # --------------------------------------------------------------------------------------------
 
 
-def _unpack(batch: Any) -> tuple[torch.Tensor, torch.Tensor]:
-    """(image, label) from a tuple/list batch or a dict with "image" and "mask" (or "label")."""
-    if isinstance(batch, dict):
-        label = batch["mask"] if "mask" in batch else batch["label"]
-        return batch["image"], label
-    image, label = batch[0], batch[1]
-    return image, label
-
-
 def _finite_or_none(value: float) -> float | None:
     return None if math.isnan(value) else value
 
 
 @torch.no_grad()
 def evaluate(
-    logits_fn: Callable[[torch.Tensor], Any],
-    loader: Iterable[Any],
+    model: Callable[[torch.Tensor], Any],
+    loader: Iterable[dict[str, Any]],
     num_classes: int,
     device: torch.device | str,
     protocol: str = "whole",
@@ -315,13 +293,15 @@ def evaluate(
     scales: Sequence[float] = (1.0,),
     progress: bool = False,
     seed: int = 0,
+    ids: Sequence[int] | None = None,
 ) -> dict[str, Any]:
-    """Score a segmenter over ``loader`` with a global confusion matrix (summed over ranks).
+    """Score ``model`` over this rank's ``loader`` with a confusion matrix summed over ranks.
 
-    The loader yields (image float (N, 3, H, W), label int (N, H, W), -1 = ignore) batches, or
-    dicts with "image" and "mask"; images of different sizes come in batches of one. ``logits_fn``
-    may be a model (put in eval mode for the call, then restored) whose output has ``.logits``.
-    "random-crop" draws its crops from a generator seeded with ``seed + rank``.
+    The loader yields dicts with "image" float (N, 3, H, W) and "mask" int (N, H, W), -1 = ignore
+    (a dataset's items, collated). ``model`` is called as it is (put it in eval mode first; see
+    :func:`evaluate_model`). "random-crop" draws batch k's crop from a generator seeded with
+    ``seed`` and ``ids[k]`` (default k): the dataset index, so the crops do not depend on how the
+    images are split over ranks.
 
     Returns a JSON-ready dict: miou (over classes present in the ground truth), miou_all_classes
     (the reference's mean over all classes; None when a class is absent), per_class_iou (list,
@@ -331,36 +311,24 @@ def evaluate(
         raise ValueError(f"protocol must be one of {', '.join(PROTOCOLS)}, got {protocol!r}")
     device = torch.device(device)
     inference_protocol = protocol if protocol in INFERENCE_PROTOCOLS else "whole"
-    generator = torch.Generator().manual_seed(seed + rank())
+    map_fn = dense_maps(model, num_classes)
     confusion = ConfusionMatrix(num_classes, device)
     images = torch.zeros((), dtype=torch.int64, device=device)
+    batches = loader
+    if progress and rank() == 0:
+        from tqdm import tqdm
 
-    was_training = isinstance(logits_fn, nn.Module) and logits_fn.training
-    if isinstance(logits_fn, nn.Module):
-        logits_fn.eval()
-    try:
-        batches = loader
-        if progress and rank() == 0:
-            from tqdm import tqdm
-
-            batches = tqdm(loader, desc=f"eval ({protocol})", leave=False, dynamic_ncols=True)
-        for batch in batches:
-            image, label = _unpack(batch)
-            image = image.to(device, non_blocking=True).float()
-            label = label.to(device, non_blocking=True).long()
-            if image.dim() == 3:  # a single unbatched sample
-                image = image[None]
-            if label.dim() == 2:
-                label = label[None]
-            image, label = crop_for_protocol(image, label, protocol, window, generator)
-            probabilities = predict_probabilities(
-                logits_fn, image, num_classes, inference_protocol, window, stride, flip, scales
-            )
-            confusion.update(probabilities.argmax(dim=1), label)
-            images += image.shape[0]
-    finally:
-        if was_training:
-            logits_fn.train()  # type: ignore[union-attr]
+        batches = tqdm(loader, desc=f"eval ({protocol})", leave=False, dynamic_ncols=True)
+    for k, batch in enumerate(batches):
+        image = batch["image"].to(device, non_blocking=True).float()
+        label = batch["mask"].to(device, non_blocking=True).long()
+        generator = None
+        if protocol == "random-crop":
+            generator = torch.Generator().manual_seed((seed << 32) + (ids[k] if ids is not None else k))
+        image, label = crop_for_protocol(image, label, protocol, window, generator)
+        probabilities = average_views(map_fn, image, inference_protocol, window, stride, flip, scales)
+        confusion.update(probabilities.argmax(dim=1), label)
+        images += image.shape[0]
 
     confusion.all_reduce()
     if is_distributed():
@@ -375,3 +343,22 @@ def evaluate(
         "scales": [float(s) for s in scales],
         "images": int(images),
     }
+
+
+def evaluate_model(
+    model: nn.Module, dataset: Dataset, cfg: Config, device: torch.device | str, progress: bool = False
+) -> dict[str, Any]:
+    """mIoU of ``model`` on ``dataset`` under ``cfg.eval``'s protocol (the model is left in eval mode).
+
+    ``cfg`` is a prcl Config (reads ``eval.protocol/window/stride/flip/scales``,
+    ``data.num_classes`` and ``data.num_workers``); dataset items are dicts with "image" (3, H, W)
+    and "mask" (H, W). Under a process group each rank scores the images
+    ``range(rank, len(dataset), world_size)``, once each, and the counts are summed over ranks,
+    so every rank returns the same result, with ``images == len(dataset)``. See :func:`evaluate`.
+    """
+    model.eval()
+    ids = range(rank(), len(dataset), world_size())
+    loader = DataLoader(Subset(dataset, ids), batch_size=1, num_workers=cfg.data.num_workers)
+    e = cfg.eval
+    return evaluate(model, loader, cfg.data.num_classes, device, e.protocol, e.window, e.stride, e.flip,
+                    tuple(e.scales), progress=progress, ids=ids)

@@ -13,10 +13,10 @@ from __future__ import annotations
 import math
 from typing import TYPE_CHECKING
 
-from prcl.losses import ramp_weight
+from prcl.errors import UserError
 
 if TYPE_CHECKING:
-    from prcl.config import Config
+    from prcl.config import Config, TrainConfig
 
 
 def reference_epoch_iterations(num_labels: int, global_batch: int, epoch_images: int = 2000) -> int:
@@ -41,6 +41,20 @@ def reference_epoch_iterations(num_labels: int, global_batch: int, epoch_images:
     batches = -(-num_labels // global_batch)
     passes = epoch_images // (global_batch * batches)
     return max(passes, 1) * batches
+
+
+def resolve_schedule(train: TrainConfig, num_labels: int, global_batch: int) -> None:
+    """Fill in ``train.epoch_iterations`` (from ``epoch_images``, as the reference) and ``train.iterations``
+    (from ``epochs``, when null) in place; a ``train.iterations`` past the schedule's end is a UserError."""
+    if train.epoch_iterations is None and train.epoch_images is not None:
+        train.epoch_iterations = reference_epoch_iterations(num_labels, global_batch, train.epoch_images)
+    if train.epochs is not None:
+        length = train.epochs * train.epoch_iterations
+        train.iterations = length if train.iterations is None else train.iterations
+        if train.iterations > length:
+            raise UserError(f"train.iterations ({train.iterations}) is past the end of the schedule, train.epochs x "
+                            f"{train.epoch_iterations} iterations = {length}; set train.iterations=null to run the "
+                            "whole schedule, or raise train.epochs")
 
 
 def schedule_epochs(cfg: Config) -> int | None:
@@ -79,6 +93,29 @@ def schedule_progress(step: int, cfg: Config) -> float:
 def poly_lr(base_lr: float, progress: float, power: float = 0.9, min_lr: float = 1e-6) -> float:
     """``base_lr * (1 - progress)^power``, never below ``min_lr``."""
     return max(base_lr * (1.0 - progress) ** power, min_lr)
+
+
+def ramp_weight(
+    epoch: float,
+    max_epoch: float = 200.0,
+    begin_epoch: float = 0.0,
+    max_value: float = 1.0,
+    min_value: float = 0.0,
+    ramp_mult: float = -5.0,
+) -> float:
+    """Weight of the contrastive loss over training (docs/method.md, "Weight of the contrast (lambda)").
+
+    ``lambda(e) = min_value + (max_value - min_value) * exp(ramp_mult * ((e - begin) / (max - begin))^2)``.
+
+    With the defaults (ramp_mult = -5, min 0, max 1) this is the reference's ramp-down:
+    1.0 at epoch 0, 0.7316 at 50, 0.2865 at 100, 0.0601 at 150, 0.0071 at 199. Before
+    ``begin_epoch`` the weight is ``max_value``; from ``max_epoch`` on it stays at its end value.
+    ``epoch`` may be fractional, so the schedule can follow training progress continuously.
+    """
+    if max_epoch <= begin_epoch:
+        raise ValueError(f"max_epoch ({max_epoch}) must be greater than begin_epoch ({begin_epoch})")
+    progress = min(max(epoch - begin_epoch, 0.0) / (max_epoch - begin_epoch), 1.0)
+    return min_value + (max_value - min_value) * math.exp(ramp_mult * progress * progress)
 
 
 def contrast_weight(step: int, cfg: Config) -> float:

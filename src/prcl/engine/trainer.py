@@ -1,5 +1,9 @@
 """The training loop shared by every method, from a laptop CPU to many GPUs under torchrun.
 
+The trainer knows no method: it builds the student, asks the method (``prcl.methods``) for its
+networks and optimiser groups, moves them to the device, wraps the trained ones for data
+parallelism, and then runs the method's step, the optimiser, and the method's post-step update.
+
 A run directory holds ``config.yaml`` (resolved), ``metrics.jsonl`` (one JSON object per logged step
 and per evaluation), ``checkpoints/last.pt`` and ``best.pt`` and, at the end, ``summary.json``.
 """
@@ -7,6 +11,8 @@ and per evaluation), ``checkpoints/last.pt`` and ``best.pt`` and, at the end, ``
 from __future__ import annotations
 
 import json
+import resource
+import sys
 import time
 from contextlib import nullcontext
 from pathlib import Path
@@ -14,39 +20,35 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 from tqdm import tqdm
 
 from prcl.config import Config, config_to_dict, save_config
 from prcl.errors import UserError
 from prcl.methods import Networks, StepInput, build_method
-from prcl.models import ProbabilityHead, build_segmenter, ema_update, make_teacher, unwrap_model
-from prcl.models.deeplab import FEATURE_CHANNELS
+from prcl.models import build_segmenter, unwrap_model
 
 from . import distributed
 from .checkpoint import atomic_write, capture_rng_state, load_checkpoint, restore_rng_state, save_checkpoint, write_json
 from .data_setup import build_run_data
-from .evaluate import evaluate
+from .evaluate import evaluate_model
 from .sampling import mixed_seed, step_loader
-from .schedules import contrast_weight, describe_schedule, poly_lr, schedule_progress
+from .schedules import describe_schedule, poly_lr, schedule_progress
 
-CHECKPOINT_FORMAT = "prcl-checkpoint-1"
+CHECKPOINT_FORMAT = "prcl-checkpoint-2"
 
 
 class TrainingDiverged(UserError):
     """Too many non-finite losses in a row."""
 
 
-def evaluate_model(model: nn.Module, dataset: Dataset, cfg: Config, device: torch.device,
-                   progress: bool = False) -> dict:
-    """mIoU of ``model`` on ``dataset`` under the config's evaluation protocol (model left in eval mode)."""
-    model.eval()
-    loader = DataLoader(dataset, batch_size=1, num_workers=cfg.data.num_workers)
-    batches = ((batch["image"], batch["mask"]) for batch in loader)
-    e = cfg.eval
-    with torch.no_grad():
-        return evaluate(lambda x: model(x).logits, batches, cfg.data.num_classes, device, protocol=e.protocol,
-                        window=e.window, stride=e.stride, flip=e.flip, scales=tuple(e.scales), progress=progress)
+def peak_memory_mb(device: torch.device) -> dict[str, float]:
+    """Peak resident memory of this process (MB) and, on a GPU, the peak allocated GPU memory."""
+    rss_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # kilobytes on Linux, bytes on macOS
+    peak = {"peak_memory_mb": rss_kb / (1024 * 1024 if sys.platform == "darwin" else 1024)}
+    if device.type == "cuda":
+        peak["gpu_peak_memory_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
+    return peak
 
 
 class Trainer:
@@ -61,34 +63,20 @@ class Trainer:
         self.method = build_method(cfg)
         self.data = build_run_data(cfg)
         torch.manual_seed(cfg.train.seed)
-
-        student = build_segmenter(cfg.model.encoder, cfg.data.num_classes, cfg.model.output_stride,
-                                  weights=cfg.model.weights).to(self.device)
-        head = ProbabilityHead(FEATURE_CHANNELS).to(self.device) if self.method.uses_probability_head else None
-        if distributed.is_distributed() and self.device.type == "cuda":
-            student = nn.SyncBatchNorm.convert_sync_batchnorm(student)
-            head = nn.SyncBatchNorm.convert_sync_batchnorm(head) if head is not None else None
         # channels_last: convolutions read NHWC, faster on CPUs (oneDNN) and tensor cores alike.
         self.memory_format = torch.channels_last if cfg.train.channels_last else torch.contiguous_format
-        student = student.to(memory_format=self.memory_format)
-        teacher = make_teacher(student) if self.method.uses_teacher else None
-        if distributed.is_distributed():
-            ids = [self.device.index] if self.device.type == "cuda" else None
-            student = DistributedDataParallel(student, device_ids=ids,
-                                              find_unused_parameters=not self.method.uses_probability_head)
-            head = DistributedDataParallel(head, device_ids=ids) if head is not None else None
-        self.nets = Networks(student, teacher, head)
+        student = build_segmenter(cfg.model.encoder, cfg.data.num_classes, cfg.model.output_stride,
+                                  weights=cfg.model.weights)
+        self.nets = self._place(self.method.build_networks(student))
 
         o = cfg.optim
-        sgd = dict(momentum=o.momentum, nesterov=o.nesterov, weight_decay=o.weight_decay)
-        self.optimizers = {"student": torch.optim.SGD(student.parameters(), lr=o.lr, **sgd)}
-        self.base_lr = {"student": o.lr}
-        if head is not None:
-            self.optimizers["probability_head"] = torch.optim.SGD(head.parameters(), lr=o.uncer_lr, **sgd)
-            self.base_lr["probability_head"] = o.uncer_lr
-        amp = cfg.train.amp
+        groups = self.method.optimizer_groups({name: unwrap_model(net) for name, net in self.nets.items()})
+        for group in groups:
+            group["base_lr"] = group["lr"]
+        self.optimizer = torch.optim.SGD(groups, lr=o.lr, momentum=o.momentum, nesterov=o.nesterov,
+                                         weight_decay=o.weight_decay)
         self.autocast_dtype = torch.float16 if self.device.type == "cuda" else torch.bfloat16
-        self.scaler = torch.amp.GradScaler(self.device.type, enabled=amp and self.device.type == "cuda")
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=cfg.train.amp and self.device.type == "cuda")
 
         self.step = 0
         self.best_miou = -1.0
@@ -96,6 +84,20 @@ class Trainer:
         self.train_seconds = 0.0  # time in training steps, summed over resumed sessions
         self.trained_steps = 0
         self._prepare_run_dir(resume)
+
+    def _place(self, nets: Networks) -> Networks:
+        """Every network on the device in the run's memory format; under a process group, BatchNorm
+        synchronised over GPUs and each network with trained parameters wrapped in DDP."""
+        placed = {}
+        for name, net in nets.items():
+            net = net.to(self.device, memory_format=self.memory_format)
+            if distributed.is_distributed() and self.device.type == "cuda":
+                net = nn.SyncBatchNorm.convert_sync_batchnorm(net)
+            if distributed.is_distributed() and any(p.requires_grad for p in net.parameters()):
+                net = DistributedDataParallel(net, device_ids=[self.device.index] if self.device.type == "cuda"
+                                              else None)
+            placed[name] = net
+        return placed
 
     # ----------------------------------------------------------------------------------------- state
     def _prepare_run_dir(self, resume: str | None) -> None:
@@ -126,17 +128,15 @@ class Trainer:
             f.write("".join(line + "\n" for line in kept))
 
     def state_dict(self) -> dict:
-        head = self.nets.probability_head
+        """Everything a resumed run needs; each network under its name ("student", "teacher", ...)."""
         return {
             "format": CHECKPOINT_FORMAT,
             "config": config_to_dict(self.cfg),
             "class_names": self.data.class_names,
             "step": self.step,
-            "student": unwrap_model(self.nets.student).state_dict(),
-            "teacher": self.nets.teacher.state_dict() if self.nets.teacher is not None else None,
-            "probability_head": unwrap_model(head).state_dict() if head is not None else None,
+            **{name: unwrap_model(net).state_dict() for name, net in self.nets.items()},
             "method": self.method.state_dict(),
-            "optimizers": {name: opt.state_dict() for name, opt in self.optimizers.items()},
+            "optimizer": self.optimizer.state_dict(),
             "scaler": self.scaler.state_dict(),
             "best_miou": self.best_miou,
             "skipped_steps": self.skipped_steps,
@@ -147,17 +147,14 @@ class Trainer:
 
     def load_state(self, state: dict) -> None:
         if state.get("format") != CHECKPOINT_FORMAT:
-            raise UserError("the checkpoint to resume is not a prcl training checkpoint")
+            raise UserError(f"the checkpoint to resume is not a {CHECKPOINT_FORMAT} training checkpoint "
+                            "(written by another prcl version, or not by `prcl train`)")
         try:
-            unwrap_model(self.nets.student).load_state_dict(state["student"])
-            if self.nets.teacher is not None:
-                self.nets.teacher.load_state_dict(state["teacher"])
-            if self.nets.probability_head is not None:
-                unwrap_model(self.nets.probability_head).load_state_dict(state["probability_head"])
-            for name, opt in self.optimizers.items():
-                opt.load_state_dict(state["optimizers"][name])
+            for name, net in self.nets.items():
+                unwrap_model(net).load_state_dict(state[name])
+            self.optimizer.load_state_dict(state["optimizer"])
             self.method.load_state_dict(state.get("method") or {})
-        except (KeyError, RuntimeError, ValueError) as error:
+        except (KeyError, RuntimeError, ValueError, TypeError, AttributeError) as error:
             raise UserError(f"the checkpoint does not match this config (model.encoder, data.num_classes or "
                             f"method.name differ?): {str(error).splitlines()[0]}") from None
         if state.get("scaler"):
@@ -191,13 +188,11 @@ class Trainer:
         return labeled, unlabeled
 
     def _set_lr(self, progress: float) -> float:
-        """Poly-decay every optimiser's lr; returns the student's."""
+        """Poly-decay every optimiser group's lr from its base; returns the first group's (the student's)."""
         o = self.cfg.optim
-        lrs = {name: poly_lr(self.base_lr[name], progress, o.poly_power, o.min_lr) for name in self.optimizers}
-        for name, opt in self.optimizers.items():
-            for group in opt.param_groups:
-                group["lr"] = lrs[name]
-        return lrs["student"]
+        for group in self.optimizer.param_groups:
+            group["lr"] = poly_lr(group["base_lr"], progress, o.poly_power, o.min_lr)
+        return self.optimizer.param_groups[0]["lr"]
 
     def _logged(self, step: int) -> bool:
         """Whether the step that ends at count ``step`` (1-based) is written to metrics.jsonl."""
@@ -206,9 +201,7 @@ class Trainer:
     def train_step(self, labeled: dict, unlabeled: dict | None) -> dict[str, float] | None:
         """One optimisation step; None when the loss or a gradient was not finite (step skipped)."""
         cfg, device = self.cfg, self.device
-        progress = schedule_progress(self.step, cfg)
-        lr = self._set_lr(progress)
-        weight = contrast_weight(self.step, cfg)
+        lr = self._set_lr(schedule_progress(self.step, cfg))
         generator = torch.Generator(device).manual_seed(
             mixed_seed(cfg.train.seed, self.step, distributed.rank()))
         batch = StepInput(
@@ -216,45 +209,40 @@ class Trainer:
             labels=labeled["mask"].to(device, non_blocking=True),
             unlabeled_images=unlabeled["image"].to(device, non_blocking=True, memory_format=self.memory_format)
             if unlabeled is not None else None,
-            progress=progress, contrast_weight=weight, generator=generator,
-            probe=self._logged(self.step + 1))
-        self.nets.student.train()
-        if self.nets.probability_head is not None:
-            self.nets.probability_head.train()
+            step=self.step, generator=generator, probe=self._logged(self.step + 1))
+        for net in self.nets.values():
+            if any(p.requires_grad for p in net.parameters()):
+                net.train()
         amp = torch.autocast(device.type, dtype=self.autocast_dtype) if cfg.train.amp else nullcontext()
         with amp:
             losses = self.method.train_step(self.nets, batch)
-        for opt in self.optimizers.values():
-            opt.zero_grad(set_to_none=True)
+        self.optimizer.zero_grad(set_to_none=True)
         finite = distributed.all_true(bool(torch.isfinite(losses["loss"])), device)
         if finite:
             self.scaler.scale(losses["loss"]).backward()
-            for opt in self.optimizers.values():
-                self.scaler.unscale_(opt)
-            params = [p for opt in self.optimizers.values() for g in opt.param_groups for p in g["params"]
-                      if p.grad is not None]
+            self.scaler.unscale_(self.optimizer)
+            params = [p for g in self.optimizer.param_groups for p in g["params"] if p.grad is not None]
             grad_norm = torch.nn.utils.clip_grad_norm_(params, float("inf"))
             finite = distributed.all_true(bool(torch.isfinite(grad_norm)), device)
         if not finite:
-            for opt in self.optimizers.values():
-                opt.zero_grad(set_to_none=True)
+            self.optimizer.zero_grad(set_to_none=True)
             return None
-        for opt in self.optimizers.values():
-            self.scaler.step(opt)
+        self.scaler.step(self.optimizer)
         self.scaler.update()
-        if self.nets.teacher is not None:
-            ema_update(self.nets.teacher, self.nets.student, self.step, cfg.method.ema_alpha)
-        values = torch.stack([value.detach().float() for value in losses.values()]).tolist()  # one sync
-        record = dict(zip(losses, values))
-        record.update(lr=lr, contrast_weight=weight, grad_norm=float(grad_norm))
+        self.method.after_step(self.nets, self.step)
+        tensors = {k: v for k, v in losses.items() if isinstance(v, torch.Tensor)}
+        values = torch.stack([v.detach().float().to(device) for v in tensors.values()]).tolist()  # one sync
+        record = {k: float(v) for k, v in losses.items() if not isinstance(v, torch.Tensor)}
+        record.update(zip(tensors, values))
+        record.update(lr=lr, grad_norm=float(grad_norm))
         return record
 
     def eval_network(self) -> nn.Module:
-        """The network that is evaluated and exported: the teacher when the method has one."""
-        return self.nets.teacher if self.nets.teacher is not None else unwrap_model(self.nets.student)
+        """The network that is evaluated and saved for inference (the method decides: teacher or student)."""
+        return self.method.eval_network(self.nets)
 
     def probability_head_network(self) -> nn.Module | None:
-        head = self.nets.probability_head
+        head = self.nets.get("probability_head")
         return unwrap_model(head) if head is not None else None
 
     def evaluate(self, dataset: Dataset) -> dict:
@@ -272,10 +260,16 @@ class Trainer:
             bar.write(describe_schedule(cfg, distributed.world_size()))
         consecutive_bad = 0
         last_result: dict | None = None
+        data_seconds, data_steps = 0.0, 0  # waiting for batches, since the last logged step
         while self.step < total:
             started = time.perf_counter()
-            record = self.train_step(next(labeled), next(unlabeled) if unlabeled is not None else None)
+            labeled_batch = next(labeled)
+            unlabeled_batch = next(unlabeled) if unlabeled is not None else None
+            loaded = time.perf_counter()
+            record = self.train_step(labeled_batch, unlabeled_batch)
             self.train_seconds += time.perf_counter() - started
+            data_seconds += loaded - started
+            data_steps += 1
             self.step += 1
             self.trained_steps += 1
             bar.update(1)
@@ -295,7 +289,9 @@ class Trainer:
                 speed = images_per_step * self.trained_steps / max(self.train_seconds, 1e-9)
                 if self._logged(self.step):
                     self.log({"type": "train", "step": self.step, **record, "images_per_second": speed,
+                              "data_seconds": data_seconds / data_steps, **peak_memory_mb(self.device),
                               "skipped_steps": self.skipped_steps})
+                    data_seconds, data_steps = 0.0, 0
                 bar.set_postfix(loss=f"{record['loss']:.3f}", lr=f"{record['lr']:.2e}", img_s=f"{speed:.1f}")
             evaluate_now = self.step == total or (cfg.train.eval_every and self.step % cfg.train.eval_every == 0)
             if evaluate_now:

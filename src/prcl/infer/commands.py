@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from pathlib import Path
 
@@ -21,7 +20,7 @@ def evaluate_checkpoint(cfg: Config, checkpoint: str | Path, split: str = "valid
     import torch
 
     from prcl.engine.data_setup import build_run_data
-    from prcl.engine.trainer import evaluate_model
+    from prcl.engine.evaluate import evaluate_model
     from prcl.infer import Predictor
 
     data = build_run_data(cfg)
@@ -83,7 +82,7 @@ def run_eval(args) -> dict:
         extra.append(f"eval.scales=[{','.join(str(s) for s in args.scales)}]")
     cfg = apply_overrides(cfg, extra) if extra else cfg
     result = evaluate_checkpoint(cfg, args.checkpoint, split=args.split, use=args.use, device=args.device)
-    result["eval"] = dataclasses.asdict(cfg.eval)
+    result["eval"] = cfg.eval.model_dump()
     print(format_table(result))
     out = Path(args.out) if args.out else Path(args.checkpoint).with_suffix(f".eval-{args.split}.json")
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -17,14 +17,13 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
 from prcl.config import Config, config_from_dict
-from prcl.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from prcl.constants import IMAGENET_MEAN, IMAGENET_STD
 from prcl.engine.checkpoint import load_checkpoint
-from prcl.engine.evaluate import average_views
+from prcl.engine.evaluate import average_views, dense_maps
 from prcl.errors import UserError
 from prcl.models import ProbabilityHead, build_segmenter
 
@@ -81,7 +80,8 @@ class Predictor:
     (N, 256, h, w). Both are moved to ``device`` and put in eval mode. Input pictures are scaled
     to [0, 1] and normalised with ``mean``/``std`` (tensors are taken as already normalised).
     ``protocol`` ("whole" or "sliding"), ``window``, ``stride``, ``flip`` and ``scales`` are as
-    in :func:`prcl.engine.evaluate.average_views`; the uncertainty is averaged over the same views.
+    in :func:`prcl.engine.evaluate.average_views`: the maps of :func:`prcl.engine.evaluate.dense_maps`
+    (probabilities, then the mean variance) averaged over the views, as in evaluation.
     ``class_names`` (optional) names the C classes.
     """
 
@@ -187,28 +187,24 @@ class Predictor:
             image = (image.float() / 255.0 - mean) / std
         return image.float()[None].to(self.device)
 
-    def _maps(self, x: torch.Tensor) -> torch.Tensor:
-        """x (N, 3, h, w) -> (N, C (+1), h, w): probabilities, then the mean variance if there is a head."""
-        output = self.model(x)
-        logits = output.logits.float()
-        logits = F.interpolate(logits, size=x.shape[-2:], mode="bilinear", align_corners=True)
-        maps = [logits.softmax(dim=1)]
-        if self.probability_head is not None:
-            variance = self.probability_head(output.features).float().mean(dim=1, keepdim=True)
-            maps.append(F.interpolate(variance, size=x.shape[-2:], mode="bilinear", align_corners=True))
-        return torch.cat(maps, dim=1)
+    def _mean_variance(self, output: Any) -> torch.Tensor:
+        """The probability head's variance averaged over its dimensions: (N, 1, h, w)."""
+        assert self.probability_head is not None
+        return self.probability_head(output.features).float().mean(dim=1, keepdim=True)
 
     @torch.no_grad()
     def predict(self, image: ImageInput) -> Prediction:
         """Predict one picture: a PIL image, a uint8 (H, W, 3) array, or a normalised float (3, H, W) tensor."""
         self.model.eval()
-        if self.probability_head is not None:
-            self.probability_head.eval()
+        head = self.probability_head
+        if head is not None:
+            head.eval()
+        map_fn = dense_maps(self.model, self.num_classes, extra=self._mean_variance if head is not None else None)
         x = self._to_tensor(image)
-        maps = average_views(self._maps, x, self.protocol, self.window, self.stride, self.flip, self.scales)[0]
+        maps = average_views(map_fn, x, self.protocol, self.window, self.stride, self.flip, self.scales)[0]
         probabilities = maps[: self.num_classes]
         confidence, mask = probabilities.max(dim=0)
-        uncertainty = maps[self.num_classes].cpu().numpy() if self.probability_head is not None else None
+        uncertainty = maps[self.num_classes].cpu().numpy() if head is not None else None
         return Prediction(
             mask=mask.cpu().numpy().astype(np.int64),
             probabilities=probabilities.cpu().numpy(),

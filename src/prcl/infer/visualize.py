@@ -12,9 +12,11 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from prcl.constants import IGNORE_INDEX
+from prcl.data.datasets import FILE_IGNORE_VALUE
 from prcl.engine.checkpoint import atomic_write
 
-IGNORE_VALUES = (-1, 255)
+IGNORE_VALUES = (IGNORE_INDEX, FILE_IGNORE_VALUE)
 
 # A viridis-like ramp (perceptually ordered, luminance rising from dark violet to yellow):
 # (position, RGB) anchors interpolated linearly.
@@ -54,9 +56,9 @@ def palette(num_classes: int) -> np.ndarray:
 
 
 def _ignored(mask: np.ndarray, num_classes: int) -> np.ndarray:
-    ignored = mask == -1
-    if num_classes <= 255:
-        ignored |= mask == 255
+    ignored = mask == IGNORE_INDEX
+    if num_classes <= FILE_IGNORE_VALUE:
+        ignored |= mask == FILE_IGNORE_VALUE
     return ignored
 
 
@@ -95,7 +97,7 @@ def overlay(
     weight = np.full(mask.shape[:2] + (1,), float(alpha))
     if mask.ndim == 2:
         if num_classes is None:
-            kept = mask[(mask != -1) & (mask != 255)]
+            kept = mask[(mask != IGNORE_INDEX) & (mask != FILE_IGNORE_VALUE)]
             num_classes = max(int(kept.max()) + 1 if kept.size else 1, 1)
         colours = colorize(mask, num_classes)
         weight[_ignored(mask.astype(np.int64), num_classes)] = 0.0

@@ -1,10 +1,12 @@
-"""PRCL losses: mutual likelihood score, distribution prototypes, contrastive and pseudo-label losses."""
+"""PRCL losses: mutual likelihood score, distribution prototypes, contrastive and pseudo-label losses.
+
+The weight of the contrastive loss over training (``ramp_weight``) lives in :mod:`prcl.engine.schedules`.
+"""
 
 from .mls import mutual_likelihood_score
 from .prcl import ContrastSample, PRCLLoss, sample_contrast
 from .prototypes import GlobalPrototypes, distribution_prototypes, prototype_statistics
 from .pseudo_label import pseudo_label_loss
-from .schedules import ramp_weight
 from .scores import gathered_mls
 
 __all__ = [
@@ -17,5 +19,4 @@ __all__ = [
     "mutual_likelihood_score",
     "prototype_statistics",
     "pseudo_label_loss",
-    "ramp_weight",
 ]

@@ -219,8 +219,10 @@ class PRCLLoss(nn.Module):
             valid: (N, H, W) bool pixels allowed in the loss (labeled, or confident pseudo-label).
             prob: (N, C, H, W) student class probabilities (no gradient is taken through them).
             generator: optional torch.Generator on the tensors' device for the sampling.
-            return_details: also return ``{"variance_gap_loss": ...}``, the loss of the same
-                sample with every mean made equal: what the variances alone decide.
+            return_details: also return a dict of logged details: ``variance_gap_loss``, the loss
+                of the same sample with every mean made equal (what the variances alone decide);
+                ``anchors``, the anchors drawn; ``anchor_classes``, the classes they were drawn
+                from (num_queries each); ``present_classes``, the classes among the valid pixels.
         Returns:
             scalar loss; a zero that belongs to the graph when fewer than two classes are present
             (or none has a hard pixel).
@@ -243,7 +245,9 @@ class PRCLLoss(nn.Module):
         with torch.no_grad():
             gap = self._info_nce(torch.zeros_like(anchor_mu), anchor_var, torch.zeros_like(sample.key_mu),
                                  sample.key_var, sample)
-        return loss, {"variance_gap_loss": gap}
+        anchor_classes = sample.anchors.numel() // self.num_queries
+        return loss, {"variance_gap_loss": gap, "anchors": float(sample.anchors.numel()),
+                      "anchor_classes": float(anchor_classes), "present_classes": float(sample.num_present)}
 
     def _info_nce(self, anchor_mu, anchor_var, key_mu, key_var, sample: ContrastSample) -> torch.Tensor:
         """InfoNCE of the anchors (A, D) against their keys, the prototype (column 0) positive."""

@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from prcl.constants import IGNORE_INDEX
+
 
 def pseudo_label_loss(
     logits: torch.Tensor,
@@ -34,7 +36,7 @@ def pseudo_label_loss(
     confident = (confidence >= threshold).reshape(batch, -1).sum(1).float()
     labelled = (pseudo_labels >= 0).reshape(batch, -1).sum(1).float()
     weight = torch.where(labelled > 0, confident / labelled.clamp_min(1), torch.zeros_like(labelled))
-    ce = F.cross_entropy(logits.float(), pseudo_labels, reduction="none", ignore_index=-1)
+    ce = F.cross_entropy(logits.float(), pseudo_labels, reduction="none", ignore_index=IGNORE_INDEX)
     # Ignored pixels have ce = 0 and are not counted. Written as sum / count so there is no host
     # sync and an empty selection gives 0, not NaN.
     counted = (ce > 0).sum()

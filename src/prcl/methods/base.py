@@ -1,21 +1,30 @@
-"""What every method shares: the networks it trains and the pieces of a step."""
+"""What every method shares: the interface the trainer runs, the step's input, and small loss pieces.
+
+A method owns its whole step (docs/method.md, "The training step"): which networks it needs and how
+they are built, its optimiser groups, its losses, weights and schedules, its state carried across
+steps, and its update after the optimiser step (the EMA teacher). The trainer knows none of this:
+it moves the networks to the device, wraps the trained ones for data parallelism, steps the
+optimiser and runs :meth:`Method.train_step` / :meth:`Method.after_step`.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from prcl.constants import IGNORE_INDEX
+from prcl.models import unwrap_model
 
-@dataclass
-class Networks:
-    """The trained networks. ``student``/``probability_head`` may be DDP-wrapped; the teacher never is."""
+if TYPE_CHECKING:
+    from prcl.config import Config
 
-    student: nn.Module
-    teacher: nn.Module | None = None
-    probability_head: nn.Module | None = None
+# Named networks of a method: "student" always; "teacher", "probability_head" where the method has them.
+# The trainer may wrap trained ones in DistributedDataParallel; use ``unwrap_model`` to reach the module.
+Networks = dict[str, nn.Module]
 
 
 @dataclass
@@ -23,8 +32,8 @@ class StepInput:
     """One step's data on the device.
 
     labeled_images: (Bl, 3, H, W) float, normalised; labels: (Bl, H, W) int64, -1 = ignore.
-    unlabeled_images: (Bu, 3, H, W) or None for methods without unlabeled data.
-    progress: training progress in [0, 1] seen by the schedules; contrast_weight: lambda.
+    unlabeled_images: (Bu, 3, H, W), or None for a method without unlabeled data.
+    step: 0-based index of this step (the schedules read it).
     generator: torch.Generator on the device for the method's own sampling.
     probe: this step is logged; a method may add diagnostics that cost extra work.
     """
@@ -32,25 +41,53 @@ class StepInput:
     labeled_images: torch.Tensor
     labels: torch.Tensor
     unlabeled_images: torch.Tensor | None
-    progress: float
-    contrast_weight: float
+    step: int
     generator: torch.Generator | None = None
     probe: bool = False
 
 
 class Method:
-    """A training method: one ``train_step`` returning named losses, ``loss`` being the total."""
+    """A training method, run by the generic trainer through these methods.
+
+    ``train_step`` returns named values: ``loss`` is the total to minimise (with its graph), the
+    others (detached tensors or floats) are logged.
+    """
 
     name = "base"
-    uses_teacher = False
-    uses_unlabeled = False
-    uses_probability_head = False
+    uses_unlabeled = False  # the trainer loads unlabeled batches only for methods that read them
+    uses_representation = False  # whether any loss reads the student's representation head (mu)
 
-    def train_step(self, nets: Networks, batch: StepInput) -> dict[str, torch.Tensor]:
+    def __init__(self, cfg: Config) -> None:
+        self.cfg = cfg
+
+    def build_networks(self, student: nn.Module) -> Networks:
+        """Every network of the method by name, built around the freshly initialised student.
+
+        The student's representation head is frozen when no loss reads it, so that each trained
+        parameter receives a gradient at every step (data parallelism then needs no search for
+        unused parameters).
+        """
+        if not self.uses_representation:
+            student.representation.requires_grad_(False)
+        return {"student": student}
+
+    def optimizer_groups(self, nets: Networks) -> list[dict]:
+        """SGD parameter groups, each ``{"name", "params", "lr"}``; the lr is the base of the poly schedule."""
+        return [{"name": "student", "lr": self.cfg.optim.lr,
+                 "params": [p for p in nets["student"].parameters() if p.requires_grad]}]
+
+    def train_step(self, nets: Networks, batch: StepInput) -> dict[str, torch.Tensor | float]:
         raise NotImplementedError
 
+    def after_step(self, nets: Networks, step: int) -> None:
+        """Called after the optimiser updated the weights at ``step`` (0-based); nothing by default."""
+
+    def eval_network(self, nets: Networks) -> nn.Module:
+        """The network that is evaluated, saved for inference and exported: the student by default."""
+        return unwrap_model(nets["student"])
+
     def state_dict(self) -> dict[str, torch.Tensor]:
-        """State the method carries across steps (saved in checkpoints); none by default."""
+        """State the method carries across steps besides its networks (saved in checkpoints)."""
         return {}
 
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
@@ -64,16 +101,16 @@ def upsample(logits: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
 
 def supervised_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Cross-entropy of stride-4 ``logits`` (N, C, h, w) upsampled to ``labels`` (N, H, W), ignore -1."""
-    return F.cross_entropy(upsample(logits, labels.shape[-2:]).float(), labels, ignore_index=-1)
+    return F.cross_entropy(upsample(logits, labels.shape[-2:]).float(), labels, ignore_index=IGNORE_INDEX)
 
 
 @torch.no_grad()
 def teacher_pseudo_labels(teacher: nn.Module, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Pseudo-labels y^ (N, H, W) int64 and confidences q (N, H, W) from the teacher's softmax.
 
-    The teacher runs in train mode, as in the reference: BN uses batch statistics.
+    images: (N, 3, H, W); the teacher's logits are upsampled to (H, W) before the softmax. The
+    teacher runs in whatever mode the caller set.
     """
-    teacher.train()
     probabilities = torch.softmax(upsample(teacher(images).logits, images.shape[-2:]).float(), dim=1)
     confidence, pseudo_labels = probabilities.max(dim=1)
     return pseudo_labels, confidence

@@ -2,26 +2,39 @@
 
 from __future__ import annotations
 
-import torch
+from typing import TYPE_CHECKING
 
-from prcl.config import Config
+import torch
+from torch import nn
+
 from prcl.data.strong_view import StrongView
 from prcl.losses import pseudo_label_loss
+from prcl.models import ema_update, make_teacher
 from prcl.models.deeplab import SegmenterOutput
 
 from .base import Method, Networks, StepInput, supervised_loss, teacher_pseudo_labels
 
+if TYPE_CHECKING:
+    from prcl.config import Config
+
 
 class MeanTeacher(Method):
+    """Student trained on labels and on the teacher's pseudo-labels; teacher = EMA of the student."""
+
     name = "mean_teacher"
-    uses_teacher = True
     uses_unlabeled = True
 
     def __init__(self, cfg: Config) -> None:
+        super().__init__(cfg)
         self.un_threshold = cfg.method.un_threshold
         self.student_passes = cfg.method.student_passes
         self.strong_view = StrongView(scale_range=tuple(cfg.method.strong_scale_range), mix=cfg.method.mix,
                                       num_classes=cfg.data.num_classes)
+
+    def build_networks(self, student: nn.Module) -> Networks:
+        nets = super().build_networks(student)
+        nets["teacher"] = make_teacher(student)  # a copy with requires_grad False: never optimised
+        return nets
 
     def student_pass(
         self, nets: Networks, batch: StepInput
@@ -36,13 +49,15 @@ class MeanTeacher(Method):
         Returns (the student outputs, one per pass, labeled images first; strong-view labels
         (Bu, H, W); their confidences (Bu, H, W)).
         """
-        pseudo_labels, confidence = teacher_pseudo_labels(nets.teacher, batch.unlabeled_images)
+        teacher = nets["teacher"].train()  # as the reference: the teacher's BatchNorm uses batch statistics
+        pseudo_labels, confidence = teacher_pseudo_labels(teacher, batch.unlabeled_images)
         strong_images, strong_labels, strong_confidence = self.strong_view(
             batch.unlabeled_images, pseudo_labels, confidence, generator=batch.generator)
+        student = nets["student"]
         if self.student_passes == "separate":
-            outputs = [nets.student(batch.labeled_images), nets.student(strong_images)]
+            outputs = [student(batch.labeled_images), student(strong_images)]
         else:
-            outputs = [nets.student(torch.cat([batch.labeled_images, strong_images]))]
+            outputs = [student(torch.cat([batch.labeled_images, strong_images]))]
         return outputs, strong_labels, strong_confidence
 
     def train_step(self, nets: Networks, batch: StepInput) -> dict[str, torch.Tensor]:
@@ -51,4 +66,14 @@ class MeanTeacher(Method):
         num_labeled = batch.labeled_images.shape[0]
         sup = supervised_loss(logits[:num_labeled], batch.labels)
         unsup = pseudo_label_loss(logits[num_labeled:], strong_labels, strong_confidence, self.un_threshold)
-        return {"loss": sup + unsup, "sup": sup.detach(), "unsup": unsup.detach()}
+        losses = {"loss": sup + unsup, "sup": sup.detach(), "unsup": unsup.detach()}
+        if batch.probe:
+            losses["unlabeled_above_un_threshold"] = (strong_confidence >= self.un_threshold).float().mean()
+        return losses
+
+    def after_step(self, nets: Networks, step: int) -> None:
+        ema_update(nets["teacher"], nets["student"], step, self.cfg.method.ema_alpha)
+
+    def eval_network(self, nets: Networks) -> nn.Module:
+        """The teacher, as in the reference."""
+        return nets["teacher"]

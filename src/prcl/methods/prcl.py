@@ -1,27 +1,40 @@
-"""PRCL: mean teacher + probabilistic representation contrast (docs/method.md)."""
+"""PRCL: the mean teacher plus the probabilistic representation contrast (docs/method.md).
+
+Everything here is what PRCL adds to :class:`MeanTeacher`: the probability head and its optimiser
+group, the contrast on the representation means and variances, its weight lambda and the contrast's
+state carried across steps (global prototypes).
+"""
 
 from __future__ import annotations
 
-import torch
+from typing import TYPE_CHECKING
 
-from prcl.config import Config
+import torch
+from torch import nn
+
+from prcl.engine.schedules import contrast_weight
 from prcl.losses import PRCLLoss, pseudo_label_loss
-from prcl.models.deeplab import REPRESENTATION_DIM
+from prcl.models import ProbabilityHead
+from prcl.models.deeplab import FEATURE_CHANNELS, REPRESENTATION_DIM
 
 from .base import Networks, StepInput, nearest_resize, supervised_loss
 from .mean_teacher import MeanTeacher
 
+if TYPE_CHECKING:
+    from prcl.config import Config
+
 
 class PRCL(MeanTeacher):
     name = "prcl"
+    uses_representation = True
 
     def __init__(self, cfg: Config) -> None:
         super().__init__(cfg)
         p = cfg.prcl
         self.weak_threshold = cfg.method.weak_threshold
+        self.strong_threshold = cfg.method.strong_threshold
         self.variance_scale = p.variance_scale
         self.deterministic = p.deterministic
-        self.uses_probability_head = not p.deterministic
         # A point contrast: every variance equal, so prototypes are plain means with that variance.
         prototype_variance = "mean" if p.deterministic else p.prototype_variance
         self.contrast = PRCLLoss(num_queries=p.num_queries, num_negatives=p.num_negatives,
@@ -32,7 +45,20 @@ class PRCL(MeanTeacher):
                                  virtual_negatives=p.virtual_negatives, vn_radius=p.vn_radius,
                                  vn_variance=p.vn_variance)
 
-    def train_step(self, nets: Networks, batch: StepInput) -> dict[str, torch.Tensor]:
+    def build_networks(self, student: nn.Module) -> Networks:
+        nets = super().build_networks(student)
+        if not self.deterministic:  # the probability head reads the student's 304-channel feature F
+            nets["probability_head"] = ProbabilityHead(FEATURE_CHANNELS, REPRESENTATION_DIM)
+        return nets
+
+    def optimizer_groups(self, nets: Networks) -> list[dict]:
+        groups = super().optimizer_groups(nets)
+        if "probability_head" in nets:
+            groups.append({"name": "probability_head", "lr": self.cfg.optim.uncer_lr,
+                           "params": list(nets["probability_head"].parameters())})
+        return groups
+
+    def train_step(self, nets: Networks, batch: StepInput) -> dict[str, torch.Tensor | float]:
         outputs, strong_labels, strong_confidence = self.student_pass(nets, batch)
         logits = torch.cat([out.logits for out in outputs])
         mu = torch.cat([out.mu for out in outputs])
@@ -45,15 +71,15 @@ class PRCL(MeanTeacher):
             var = torch.full_like(mu, 0.5 * self.variance_scale, dtype=torch.float32)
         else:
             # The probability head runs on each pass's feature F, so its BatchNorm sees the same batches.
-            head_var = torch.cat([nets.probability_head(out.features) for out in outputs])
+            head_var = torch.cat([nets["probability_head"](out.features) for out in outputs])
             var = head_var * self.variance_scale if self.variance_scale != 1.0 else head_var
 
-        # Contrast on the stride-4 maps of labeled and unlabeled images together.
+        # Contrast on the stride-4 maps of labeled and unlabeled images together: labeled pixels
+        # with a label, unlabeled pixels whose pseudo-label's confidence reaches the weak threshold.
         size = mu.shape[-2:]
         labels = nearest_resize(torch.cat([batch.labels, strong_labels]), size)
         confidence = nearest_resize(strong_confidence, size)
-        valid = labels >= 0
-        valid[num_labeled:] &= confidence >= self.weak_threshold
+        valid = contrast_mask(labels, confidence, self.weak_threshold)
         prob = torch.softmax(logits.detach().float(), dim=1)
         if batch.probe:
             contrast, details = self.contrast(mu, var, labels, valid, prob, generator=batch.generator,
@@ -61,13 +87,17 @@ class PRCL(MeanTeacher):
         else:
             contrast, details = self.contrast(mu, var, labels, valid, prob, generator=batch.generator), {}
 
-        loss = sup + unsup + batch.contrast_weight * contrast
-        losses = {"loss": loss, "sup": sup.detach(), "unsup": unsup.detach(), "prcl": contrast.detach()}
+        weight = contrast_weight(batch.step, self.cfg)
+        loss = sup + unsup + weight * contrast
+        losses = {"loss": loss, "sup": sup.detach(), "unsup": unsup.detach(), "prcl": contrast.detach(),
+                  "contrast_weight": weight}
         if head_var is not None:
             losses["variance"] = head_var.detach().mean()
         if batch.probe:
-            losses.update(self._probes(sup, contrast, batch.contrast_weight, details,
-                                       [out.features for out in outputs]))
+            losses["unlabeled_above_un_threshold"] = (strong_confidence >= self.un_threshold).float().mean()
+            losses["unlabeled_above_weak_threshold"] = valid[num_labeled:].float().mean()
+            losses.update({f"prcl_{key}": value for key, value in details.items() if key != "variance_gap_loss"})
+            losses.update(self._probes(sup, contrast, weight, details, [out.features for out in outputs]))
         return losses
 
     @staticmethod
@@ -101,3 +131,17 @@ class PRCL(MeanTeacher):
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         if state:
             self.contrast.load_state_dict(state)
+
+
+def contrast_mask(labels: torch.Tensor, confidence: torch.Tensor, weak_threshold: float) -> torch.Tensor:
+    """Which pixels the contrast may use: (N, h, w) bool.
+
+    labels: (N, h, w) int64, the Bl labeled images first, then the Bu strong views (-1 = ignore);
+    confidence: (Bu, h, w) the strong views' pseudo-label confidences. A labeled pixel is valid
+    when it has a label; an unlabeled one when it has a pseudo-label (not cut out by the mix) whose
+    confidence reaches ``weak_threshold``.
+    """
+    valid = labels >= 0
+    num_labeled = labels.shape[0] - confidence.shape[0]
+    valid[num_labeled:] &= confidence >= weak_threshold
+    return valid

@@ -13,6 +13,7 @@ import timm
 import torch
 from torch import nn
 
+from prcl.constants import IMAGENET_MEAN, IMAGENET_STD
 from prcl.errors import UserError
 from prcl.models.weights import load_encoder_weights, packaged_weights_path
 
@@ -25,9 +26,6 @@ OUTPUT_STRIDES = (8, 16)
 _ALIASES: dict[str, tuple[str, dict]] = {
     "resnet101c": ("resnet101", {"stem_type": "deep", "stem_width": 64}),
 }
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 class Encoder(nn.Module):

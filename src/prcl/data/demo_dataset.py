@@ -75,14 +75,17 @@ _PYRAMID_FACTORS = (1, 2, 4)
 
 @dataclass(frozen=True)
 class DemoParams:
-    """Everything that determines the rendered images (not the split files)."""
+    """Everything that determines the rendered images (not the split files).
 
-    num_train: int = 480
-    num_valid: int = 96
-    num_test: int = 48
-    image_size: int = 96
-    num_classes: int = 6
-    seed: int = 0
+    No defaults: the values come from the caller (the config's ``data.demo`` section).
+    """
+
+    num_train: int
+    num_valid: int
+    num_test: int
+    image_size: int
+    num_classes: int
+    seed: int
     version: int = GENERATOR_VERSION
 
     def digest(self) -> str:
@@ -90,7 +93,7 @@ class DemoParams:
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def demo_class_names(num_classes: int = 6) -> list[str]:
+def demo_class_names(num_classes: int) -> list[str]:
     """Names of the first ``num_classes`` demo classes (class index order)."""
     _check_num_classes(num_classes)
     return [name for _, name in DEMO_SOURCES[:num_classes]]
@@ -194,7 +197,7 @@ def _recolour(rng: np.random.Generator, pixels: np.ndarray) -> np.ndarray:
 
 
 def render_demo_sample(
-    rng: np.random.Generator, image_size: int = 96, num_classes: int = 6
+    rng: np.random.Generator, image_size: int, num_classes: int
 ) -> tuple[np.ndarray, np.ndarray]:
     """One mosaic: image uint8 (image_size, image_size, 3) and mask uint8 (same H, W)."""
     _check_num_classes(num_classes)
@@ -268,17 +271,21 @@ def _read_marker(root: Path) -> dict | None:
 def generate_demo_dataset(
     root: str | os.PathLike | None = None,
     *,
-    num_train: int = 480,
-    num_valid: int = 96,
-    num_test: int = 48,
-    image_size: int = 96,
-    num_classes: int = 6,
-    seed: int = 0,
-    num_labels: int | Sequence[int] = 48,
-    split_seeds: int | Sequence[int] = 0,
+    num_train: int,
+    num_valid: int,
+    num_test: int,
+    image_size: int,
+    num_classes: int,
+    seed: int,
+    num_labels: int | Sequence[int],
+    split_seeds: int | Sequence[int],
     cache_dir: str | os.PathLike | None = None,
 ) -> Path:
     """Write the demo dataset (if not already there) and return its root folder.
+
+    The counts, size, classes and seeds have no defaults here: they come from the caller, i.e. the
+    config (``data.demo.*``, ``data.num_labels``, ``data.split_seed``; see
+    :func:`prcl.engine.data_setup.demo_root`).
 
     ``root`` defaults to ``<cache_dir>/demo/<hash of the image parameters>`` with ``cache_dir``
     defaulting to ``$PRCL_CACHE`` or ``~/.cache/prcl``. Idempotent: a complete dataset with the
