@@ -122,6 +122,30 @@ def test_malformed_yaml_reports_the_line(tmp_path):
         load_config(bad, [])
 
 
+
+def test_duplicate_keys_are_named_with_their_lines(tmp_path):
+    sections = write(tmp_path / "two_trains.yaml",
+                     "train:\n  seed: 1\ndata:\n  crop_size: 65\ntrain:\n  iterations: 5\n")
+    with pytest.raises(UserError) as error:
+        load_config(sections, [])
+    assert str(error.value) == (f"duplicate key 'train' in {sections} at lines 1 and 5; merge the two sections")
+    nested = write(tmp_path / "nested.yaml", "data:\n  demo:\n    seed: 1\n    num_train: 9\n    seed: 2\n")
+    with pytest.raises(UserError, match=r"^duplicate key 'data\.demo\.seed' in .*nested\.yaml at lines 3 and 5; "
+                                        r"keep only one$"):
+        load_config(nested, [])
+    three = write(tmp_path / "three.yaml", "optim:\n  lr: 1\n  lr: 2\n  lr: 3\n")
+    with pytest.raises(UserError, match=r"'optim\.lr' in .*three\.yaml at lines 2, 3 and 4; keep only one"):
+        load_config(three, [])
+    with pytest.raises(UserError, match=r"^duplicate key 'a' in '\{a: 1, a: 2\}'; keep only one$"):
+        load_config(None, ["data={a: 1, a: 2}"])
+    write(tmp_path / "base.yaml", "train:\n  seed: 1\n  iterations: 5\n")
+    child = write(tmp_path / "child.yaml", "_base_: base.yaml\ntrain:\n  seed: 2\n")
+    cfg = load_config(child, [])  # the same key in a file and its _base_ overrides, it is no duplicate
+    assert (cfg.train.seed, cfg.train.iterations) == (2, 5)
+    same_name = write(tmp_path / "same_name.yaml", "data:\n  demo:\n    seed: 3\ntrain:\n  seed: 2\n")
+    cfg = load_config(same_name, [])  # one name in two sections is no duplicate either
+    assert (cfg.data.demo.seed, cfg.train.seed) == (3, 2)
+
 def test_round_trip(tmp_path):
     cfg = load_config(None, ["data.scale_range=[0.75,1.25]", "optim.lr=1e-4", "model.weights=ckpt/w.pth", "train.amp=true"])
     path = tmp_path / "run" / "config.yaml"

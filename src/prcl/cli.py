@@ -25,20 +25,41 @@ def _add_config(parser: argparse.ArgumentParser, required: bool = True) -> None:
 def cmd_train(args: argparse.Namespace) -> int:
     from prcl.config import load_config
     from prcl.engine import distributed
-    from prcl.engine.trainer import Trainer
+    from prcl.engine.trainer import Trainer, TrainingInterrupted
 
     cfg = load_config(args.config, args.overrides)
     try:
-        summary = Trainer(cfg, resume=args.resume).fit()
+        summary = Trainer(cfg, resume=args.resume, resume_force=args.resume_force).fit()
+    except TrainingInterrupted as stopped:
+        print(f"prcl: {stopped}", file=sys.stderr)
+        return stopped.exit_code
     finally:
         distributed.cleanup()  # leave the process group (under torchrun), after an error too
     print(json.dumps({k: summary[k] for k in ("method", "miou", "iterations", "images_per_second")}))
     return 0
 
 
+def _require(args: argparse.Namespace, command: str, needed: dict[str, str]) -> None:
+    """UserError naming every missing argument of ``prcl <command>`` (argparse would print usage too)."""
+    missing = [flag for dest, flag in needed.items() if not getattr(args, dest)]
+    if missing:
+        raise UserError(f"`prcl {command}` needs {' and '.join(missing)} (see prcl {command} --help)")
+
+
+def _one_line_errors(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Make argparse's errors for this subcommand one line on stderr (no usage block), exit 2."""
+
+    def error(message: str) -> None:
+        parser.exit(2, f"{parser.prog}: error: {message} (see {parser.prog} --help)\n")
+
+    parser.error = error  # type: ignore[method-assign]
+    return parser
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
     from prcl.infer.commands import run_eval
 
+    _require(args, "eval", {"config": "--config FILE", "checkpoint": "--checkpoint FILE"})
     run_eval(args)
     return 0
 
@@ -46,12 +67,16 @@ def cmd_eval(args: argparse.Namespace) -> int:
 def cmd_predict(args: argparse.Namespace) -> int:
     from prcl.infer.commands import predict_files
 
+    _require(args, "predict", {"checkpoint": "--checkpoint FILE", "inputs": "image files or folders",
+                               "out": "--out FOLDER"})
     written = predict_files(args.checkpoint, args.inputs, args.out, device=args.device)
     print(f"wrote {len(written)} predictions to {args.out}")
     return 0
 
 
 def cmd_splits(args: argparse.Namespace) -> int:
+    if args.action is None:
+        raise UserError("`prcl splits` needs an action: make (write split files) or check (see prcl splits --help)")
     if args.action == "make":
         _splits_make(args)
     elif args.published:
@@ -62,22 +87,57 @@ def cmd_splits(args: argparse.Namespace) -> int:
 
 
 def _splits_make(args: argparse.Namespace) -> None:
-    """Write ``<out>/<num_labels>/<seed>/`` from --train-list or the images of a folder dataset."""
-    from prcl.data import FolderDataset, make_splits, read_id_list, write_splits
+    """Write ``<out>/<num_labels>/<seed>/`` from --train-list or the images of a folder dataset.
+
+    Refuses (before writing anything) to replace existing split files without --force, valid ids
+    that are also train ids, and, with --root, ids whose files are missing: what it writes passes
+    `prcl splits check`. Without --train-list the train ids are the folder's images minus the valid ids.
+    """
+    from prcl.data import FolderDataset, check_splits, make_splits, split_dir, write_splits
+    from prcl.data.splits import describe_missing, existing_split_files, missing_split_files
+    from prcl.data.validate import check_output_folder
 
     if args.published:
         raise UserError("--published is for `prcl splits check`; `make` writes your own splits")
-    if args.out is None or args.num_labels is None:
-        raise UserError("`prcl splits make` needs --out FOLDER and --num-labels N")
+    missing = [flag for flag, value in (("--out FOLDER", args.out), ("--num-labels N", args.num_labels))
+               if value is None]
     if args.train_list is None and (args.root is None or args.dataset != "folder"):
-        raise UserError(
-            "`prcl splits make` needs --train-list FILE, or --root of a folder dataset "
-            "(images/ and masks/) whose images it lists"
-        )
-    train = read_id_list(args.train_list) if args.train_list else FolderDataset.list_ids(args.root)
-    valid = read_id_list(args.valid_list) if args.valid_list else []
+        missing.append("--train-list FILE (or --root of a folder dataset with images/ and masks/, whose images it lists)")
+    if missing:
+        raise UserError(f"`prcl splits make` needs {' and '.join(missing)} (see prcl splits --help)")
+    folder = split_dir(args.out, args.num_labels, args.seed)
+    existing = existing_split_files(args.out, args.num_labels, args.seed)
+    if existing and not args.force:
+        raise UserError(f"split folder {folder} already holds {', '.join(p.name for p in existing)}; "
+                        "pass --force to replace them, or choose another --out, --num-labels or --seed")
+    check_output_folder(folder, "--out")
+    valid = _read_list_arg(args.valid_list, "--valid-list") if args.valid_list else []
+    if args.train_list:
+        train = _read_list_arg(args.train_list, "--train-list")
+    else:
+        held_out = set(valid)
+        train = [i for i in FolderDataset.list_ids(args.root) if i not in held_out]
     splits = make_splits(train, valid, args.num_labels, args.seed)
-    print(f"wrote {write_splits(args.out, args.num_labels, args.seed, splits)}")
+    if args.root is None:
+        check_splits(splits)
+    elif args.dataset == "folder":
+        check_splits(splits, image_path=FolderDataset(args.root, [], with_labels=False).image_path)
+    else:
+        check_splits(splits)
+        gone = missing_split_files(splits, *_splits_datasets(args.dataset, args.root))
+        if gone:
+            raise UserError(f"{describe_missing(gone)}; check --root or the id lists")
+    written = write_splits(args.out, args.num_labels, args.seed, splits, overwrite=args.force)
+    print(f"{'replaced' if existing else 'wrote'} {written}: {len(splits.labeled)} labeled, "
+          f"{len(splits.unlabeled)} unlabeled, {len(splits.valid)} valid")
+
+
+def _read_list_arg(path: str, flag: str) -> list[str]:
+    from prcl.data import read_id_list
+
+    if not Path(path).expanduser().is_file():
+        raise UserError(f"{flag} {path}: file not found; give a text file with one image id per line")
+    return read_id_list(Path(path).expanduser())
 
 
 def _splits_check_folder(args: argparse.Namespace) -> None:
@@ -188,35 +248,45 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="prcl", description="PRCL semi-supervised semantic segmentation")
+    parser = _one_line_errors(argparse.ArgumentParser(prog="prcl",
+                                                      description="PRCL semi-supervised semantic segmentation"))
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("train", help="train a segmenter from a config")
+    p = _one_line_errors(sub.add_parser("train", help="train a segmenter from a config"))
     _add_config(p)
     p.add_argument("--resume", help="'auto' (continue from <out_dir>/checkpoints/last.pt) or a checkpoint path")
+    p.add_argument("--resume-force", action="store_true",
+                   help="resume although config keys changed that do not break the run (e.g. optim.lr)")
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("eval", help="evaluate a checkpoint, print a per-class table and write JSON")
-    _add_config(p)
-    p.add_argument("--checkpoint", required=True)
+    p = _one_line_errors(sub.add_parser("eval", help="evaluate a checkpoint, print a per-class table and write JSON"))
+    _add_config(p, required=False)  # checked in cmd_eval: a missing flag is one line, not a usage block
+    p.add_argument("--checkpoint", help="checkpoint to evaluate (required)")
     p.add_argument("--protocol", choices=["whole", "sliding", "center", "random-crop"])
     p.add_argument("--flip", action="store_true", help="average with the horizontally flipped image")
     p.add_argument("--scales", type=float, nargs="+", help="multi-scale inference, e.g. 0.75 1.0 1.25")
     p.add_argument("--split", choices=["valid", "test"], default="valid")
     p.add_argument("--use", choices=["teacher", "student"], default="teacher")
-    p.add_argument("--out", help="JSON file for the results (default: next to the checkpoint)")
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--out", help="JSON file for the results (default: <checkpoint>.eval-<split>.json beside "
+                   "the checkpoint); checked to be writable before evaluating, written atomically")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto (default cpu)")
     p.set_defaults(func=cmd_eval)
 
-    p = sub.add_parser("predict", help="write palette masks, overlays and uncertainty maps for images")
-    p.add_argument("--checkpoint", required=True)
-    p.add_argument("inputs", nargs="+", help="image files or folders")
-    p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--device", default="cpu")
+    p = _one_line_errors(sub.add_parser(
+        "predict", help="write palette masks, overlays and uncertainty maps for images",
+        description="For each image write <name>_mask.png (palette), <name>_overlay.png and, for PRCL "
+                    "checkpoints, <name>_uncertainty.png into --out. <name> is the file's stem (photo.jpg -> "
+                    "photo_mask.png); inputs that share a stem keep their extension (x.jpg and x.png -> "
+                    "x.jpg_mask.png and x.png_mask.png) so no output overwrites another. Existing outputs "
+                    "of the same names are replaced."))
+    p.add_argument("--checkpoint", help="checkpoint to predict with (required)")
+    p.add_argument("inputs", nargs="*", help="image files or folders (at least one)")
+    p.add_argument("--out", help="output folder (required; created if missing)")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto (default cpu)")
     p.set_defaults(func=cmd_predict)
 
-    p = sub.add_parser("splits", help="write or check split files")
-    p.add_argument("action", choices=["make", "check"])
+    p = _one_line_errors(sub.add_parser("splits", help="write or check split files"))
+    p.add_argument("action", nargs="?", choices=["make", "check"], help="make: write split files; check: check them")
     p.add_argument("--out", help="splits folder (holds <num_labels>/<seed>/); not needed with --published")
     p.add_argument("--num-labels", type=int, help="labeled images (with --published: default every published count)")
     p.add_argument("--seed", type=int, default=0)
@@ -225,11 +295,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--root", help="dataset root, to list ids (make) or check that the files exist (check)")
     p.add_argument("--published", action="store_true",
                    help="check: use the shipped published (U2PL) lists; without --root just list them")
-    p.add_argument("--train-list", help="file of train ids (default: all images under --root)")
-    p.add_argument("--valid-list", help="file of valid ids")
+    p.add_argument("--train-list", help="file of train ids (default: all images under --root of a folder dataset)")
+    p.add_argument("--valid-list", help="file of valid ids (make: never among the train ids; without "
+                   "--train-list they are left out of the folder's images)")
+    p.add_argument("--force", action="store_true", help="make: replace existing split files in <out>/<num_labels>/<seed>/")
     p.set_defaults(func=cmd_splits)
 
-    p = sub.add_parser("demo", help="train supervised and PRCL on the embedded demo data and compare")
+    p = _one_line_errors(sub.add_parser("demo", help="train supervised and PRCL on the embedded demo data and compare"))
     p.add_argument("--out", default="runs/demo")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("overrides", nargs="*", metavar="key.sub=value", help="overrides for both runs")

@@ -7,7 +7,6 @@ prcl.engine.schedules) and ``{section.key}`` in train.out_dir, so a saved config
 is a ``prcl.errors.UserError``: one line naming the key and the file or override it came from.
 """
 
-import difflib
 import math
 import os
 import re
@@ -19,7 +18,7 @@ from pydantic_core import PydanticCustomError
 
 from prcl.errors import UserError
 from prcl.io import atomic_write
-from prcl.yaml_files import parse_value, read_layers, write_yaml
+from prcl.yaml_files import changed_keys, merge_layer, parse_value, read_layers, unknown_key, write_yaml
 
 DATASET_NUM_CLASSES = {"voc": 21, "cityscapes": 19}
 
@@ -89,7 +88,6 @@ class ModelConfig(_Section):
 def _registered_method(name: str) -> str:
     """A name in ``prcl.methods.METHODS`` (adding a method: one file and one registry line, no schema change)."""
     from prcl.methods import METHODS
-
     if name not in METHODS:
         raise PydanticCustomError("literal_error", "unknown method", {"expected": " or ".join(METHODS)})
     return name
@@ -155,7 +153,9 @@ class TrainConfig(_Section):
     out_dir: Annotated[str, _must("name a folder, e.g. runs/prcl", lambda v: bool(v.strip()))] = "runs/prcl"
     device: Annotated[str, _must("be auto, cpu, cuda or cuda:N",
                                  lambda v: re.fullmatch(r"auto|cpu|cuda(:[0-9]+)?", v) is not None)] = "auto"
-    amp: bool = False
+    amp: bool = False  # mixed precision: bf16 where the device has it (CPUs, NVIDIA Ampere+), else fp16 + scaler
+    compile: bool = False  # torch.compile the networks (the first steps are slower while it compiles)
+    deterministic: bool = False  # bit-identical runs: deterministic kernels only (slower; see docs/usage.md)
     channels_last: bool = True  # NHWC memory layout for the networks and their inputs (faster convolutions)
     max_nonfinite_steps: AtLeast(1) = 10  # stop after this many non-finite losses in a row
     progress: bool = True
@@ -195,18 +195,6 @@ _KINDS = {"int_type": "int", "bool_type": "bool", "float_type": "float", "string
           "list_type": "a list of float such as [0.5, 1.5]"}
 
 
-def _unknown_key(key: str, source: str) -> UserError:
-    """The error for a key not in the schema, suggesting the closest key (difflib), or the closest in its section."""
-    parent, _, leaf = key.rpartition(".")
-    siblings = [k for k in _SCHEMA if k.rpartition(".")[0] == parent]
-    names = {k.rpartition(".")[2]: k for k in siblings}
-    close = difflib.get_close_matches(key, list(_SCHEMA), n=1, cutoff=0.6) or [
-        names[n] for n in difflib.get_close_matches(leaf, list(names), n=1, cutoff=0.5)]
-    listed = "; valid keys here: " + ", ".join(siblings) if siblings else ""
-    hint = f"; did you mean '{close[0]}'?" if close else listed
-    return UserError(f"unknown config key '{key}'{source}{hint}")
-
-
 def _validate(tree: dict[str, Any], source: str) -> Config:
     """``Config`` from a nested dict; its first error as a UserError line naming the dotted key and ``source``."""
     try:
@@ -216,7 +204,7 @@ def _validate(tree: dict[str, Any], source: str) -> Config:
     kind, value, loc = problem["type"], problem["input"], problem["loc"]
     key = ".".join(str(p) for p in loc if isinstance(p, str)) + "".join(f"[{p}]" for p in loc if isinstance(p, int))
     if kind == "extra_forbidden":
-        raise _unknown_key(key, source)
+        raise unknown_key(key, _SCHEMA, source)
     if kind == "must":
         raise UserError(f"{key} must {problem['msg']}, got {problem['ctx']['value']!r}{source}")
     if kind == "model_type":
@@ -228,22 +216,11 @@ def _validate(tree: dict[str, Any], source: str) -> Config:
     raise UserError(f"config key '{key}' expects {_KINDS.get(kind, problem['msg'])}, got {value!r}{source}")
 
 
-def _merge(tree: dict[str, Any], content: dict[str, Any], source: str) -> None:
-    """Merge ``content`` into ``tree`` section by section (a null section, all its keys commented out, is empty)."""
-    for key, value in content.items():
-        if not isinstance(key, str):
-            raise UserError(f"config key {key!r}{source} must be a name such as 'data'")
-        if isinstance(tree.get(key), dict) and isinstance(value, dict):
-            _merge(tree[key], value, source)
-        elif value is not None or not isinstance(tree.get(key), dict):
-            tree[key] = value
-
-
 def _build(tree: dict[str, Any], layers: list[tuple[dict[str, Any], str]], resolve: bool) -> Config:
     """Merge the (mapping, source) layers into ``tree`` in order, checking each; then validate and resolve."""
     cfg = _validate(tree, "")
     for content, source in layers:
-        _merge(tree, content, source)
+        merge_layer(tree, content, source)
         cfg = _validate(tree, source)
     validate_config(cfg)
     return resolve_config(cfg) if resolve else cfg
@@ -256,7 +233,7 @@ def _override(override: str) -> tuple[dict[str, Any], str]:
     if not sep or not key:
         raise UserError(f"override {override!r} must look like key.sub=value, e.g. train.iterations=1000")
     if key not in _SCHEMA:
-        raise _unknown_key(key, source)
+        raise unknown_key(key, _SCHEMA, source)
     value = parse_value(text)
     if _SCHEMA[key] in (str, str | None) and value is not None and not isinstance(value, str):
         value = text.strip()  # a path such as 2024 or a name with a colon stays text
@@ -306,7 +283,6 @@ def resolve_config(cfg: Config, world_size: int | None = None) -> Config:
     """A copy with the derived values (those left null) filled in, see the module docstring; ``world_size``
     (default: torchrun's WORLD_SIZE, else 1) gives the global batch from which ``train.epoch_images`` derives."""
     from prcl.engine.schedules import resolve_schedule
-
     world = launch_world_size() if world_size is None else world_size
     resolved = cfg.model_copy(deep=True)
     data, train, evaluation = resolved.data, resolved.train, resolved.eval
@@ -352,3 +328,27 @@ def save_config(cfg: Config, path: str | Path) -> None:
     """Write ``cfg`` as YAML (lists inline) atomically (``prcl.io.atomic_write``)."""
     with atomic_write(path, "w") as stream:
         write_yaml(config_to_dict(cfg), stream)
+
+
+# Resuming a run with another config: breaking keys refuse, free keys pass silently, others need --resume-force.
+RESUME_BREAKING = ("method.name", "model.encoder", "model.output_stride", "data.dataset", "data.num_classes",
+                   "data.num_labels", "data.split_seed", "data.splits", "prcl.deterministic", "prcl.global_prototypes")
+RESUME_FREE = ("train.iterations", "train.progress", "train.out_dir", "train.device", "train.log_every", "train.eval_every",
+               "train.checkpoint_every", "train.channels_last", "train.compile", "data.num_workers")
+
+
+def resume_conflicts(stored: Config, current: Config) -> tuple[list[str], list[str]]:
+    """(breaking, other): the dotted keys whose values differ between the config stored in a run and ``current``
+    (each a prcl.yaml_files.ChangedKey, a str whose ``change`` reads "old -> new")."""
+    changed = [k for k in changed_keys(config_to_dict(stored), config_to_dict(current)) if k not in RESUME_FREE]
+    return [k for k in changed if k in RESUME_BREAKING], [k for k in changed if k not in RESUME_BREAKING]
+
+
+def resume_refusal(breaking: list[str], other: list[str], force: bool, run: str | Path = "the run") -> str | None:
+    """The one line refusing to resume ``run`` with the changed keys of ``resume_conflicts``, or None to go on."""
+    if not breaking and (force or not other):
+        return None
+    listed = ", ".join(key + (f" changed ({key.change})" if getattr(key, "change", "") else " changed")
+                       for key in breaking or other)
+    fix = "start a new run in a new train.out_dir" if breaking else "pass --resume-force to go on with the new values"
+    return f"cannot resume {run}: {listed}; {fix}"

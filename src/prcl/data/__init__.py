@@ -5,10 +5,12 @@ from prcl.data.datasets import (
     IGNORE_INDEX,
     VOC_CLASS_NAMES,
     CityscapesDataset,
+    DataFileError,
     FolderDataset,
     SegmentationDataset,
     VOCDataset,
     read_image,
+    to_rgb8,
 )
 from prcl.data.demo_dataset import demo_class_names, generate_demo_dataset
 from prcl.data.splits import (
@@ -36,6 +38,7 @@ __all__ = [
     "IMAGENET_STD",
     "VOC_CLASS_NAMES",
     "CityscapesDataset",
+    "DataFileError",
     "FolderDataset",
     "SegmentationDataset",
     "Splits",
@@ -49,8 +52,9 @@ __all__ = [
     "read_image",
     "read_splits",
     "split_dir",
-    "write_id_list",
-    "write_splits",
+    "to_rgb8",
     "train_transform",
     "unlabeled_transform",
+    "write_id_list",
+    "write_splits",
 ]

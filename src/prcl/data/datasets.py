@@ -9,7 +9,9 @@ Every dataset returns a dict per sample::
 before ``transform``; with a transform from :mod:`prcl.data.transforms` the image becomes float
 (3, h, w) and both become plain tensors. Ignore pixels (255 in the files) become -1. A label value
 outside ``[0, num_classes)`` other than 255, an unreadable image or a missing data folder raises
-:class:`prcl.errors.UserError` naming the file.
+:class:`DataFileError` (a :class:`prcl.errors.UserError`) naming the file, on one line also when
+raised in a DataLoader worker. Every picture is decoded by :func:`to_rgb8` (16-bit and float
+images scaled, not clipped); masks must be 8-bit grey or palette PNGs.
 """
 
 from __future__ import annotations
@@ -53,37 +55,182 @@ VOC_CLASS_NAMES = (
 Transform = Callable[[dict[str, Any]], dict[str, Any]]
 
 
-def read_image(path: str | os.PathLike) -> tv_tensors.Image:
-    """Decode an image file to a uint8 RGB tensor (3, H, W); UserError if unreadable."""
+class DataFileError(UserError):
+    """A data file (image or mask) a dataset cannot use; its message is one line naming the file.
+
+    Raised by dataset reads, also inside DataLoader worker processes. torch re-raises a worker's
+    exception in the main process as ``type(error)(text)`` where ``text`` is "Caught ... in
+    DataLoader worker process N.\nOriginal Traceback ...": this class recognises that text and
+    keeps only the original one-line message, so the re-raised error prints as one line too. The
+    worker's traceback stays available as ``worker_traceback`` (empty when raised in-process).
+    """
+
+    def __init__(self, message: str = "", *args: Any, reason: str | None = None) -> None:
+        text = str(message)
+        traceback_text = ""
+        if text.startswith("Caught ") and "Original Traceback" in text:
+            traceback_text = text
+            text = _last_error_line(text, type(self).__name__)
+        super().__init__(text, *args)
+        self.worker_traceback = traceback_text
+        self.reason = reason or text  # what is wrong, without the file name and the fix (for summaries)
+
+
+def _last_error_line(text: str, class_name: str) -> str:
+    """The message of the ``<module>.<class_name>: message`` line at the end of a formatted traceback."""
+    marker = f"{class_name}: "
+    for line in reversed(text.rstrip().splitlines()):
+        if marker in line:
+            return line.split(marker, 1)[1].strip()
+    return text.rstrip().splitlines()[-1].strip()
+
+
+# Modes with 8 bits per channel that PIL converts to RGB itself: alpha is dropped, a palette is
+# looked up, "1" becomes 0/255, CMYK/YCbCr/LAB/HSV are converted by PIL's formulas.
+_PIL_TO_RGB_MODES = frozenset(
+    {"1", "L", "LA", "La", "P", "PA", "RGB", "RGBA", "RGBX", "RGBa", "CMYK", "YCbCr", "LAB", "HSV"}
+)
+IMAGE_MODES_HELP = (
+    "8-bit modes (1, L, LA, P, PA, RGB, RGBA, RGBX, CMYK, YCbCr, LAB, HSV), 16-bit grey (I;16*), "
+    "and 32-bit I or F whose values lie in 0..255, 0..65535 or (F) 0..1"
+)
+
+
+def to_rgb8(image: Image.Image, path: str | os.PathLike | None = None) -> np.ndarray:
+    """Any image PIL opens -> uint8 RGB array (H, W, 3); UserError naming the file and mode otherwise.
+
+    The one conversion used wherever prcl decodes a picture (datasets, ``prcl predict``,
+    :class:`prcl.infer.Predictor`). Rules:
+
+    * 8-bit modes (1, L, LA, P, PA, RGB, RGBA, RGBX, RGBa, CMYK, YCbCr, LAB, HSV): PIL's own
+      conversion; alpha is dropped (not blended), a palette is looked up, ``1`` gives 0/255.
+    * 16-bit grey (``I;16``, ``I;16B``, ``I;16L``, ``I;16N``): scaled by the full 16-bit range,
+      ``round(v * 255 / 65535)`` (``v / 257``), so 65535 -> 255 and 32768 -> 128 (PIL would clip
+      everything above 255 to white).
+    * 32-bit integer ``I`` and float ``F`` grey, decided by the values actually present: all in
+      0..255 -> kept (floats rounded); else all in 0..65535 -> scaled like 16-bit. ``F`` whose values
+      all lie in 0..1 is scaled by 255 first (that rule wins over 0..255, so a float picture in 0..1
+      is not read as black). Anything else (negative values, above 65535, NaN or infinity) is
+      refused: there is no one right way to map it to 8 bits.
+    * Other modes are refused with the mode named.
+
+    Grey results are repeated into the three channels.
+    """
+    name = str(path) if path is not None else "the image"
+    mode = image.mode
+    if mode in _PIL_TO_RGB_MODES:
+        try:
+            rgb = image.convert("RGB")
+        except ValueError:
+            raise _mode_error(name, mode, "PIL cannot convert it to RGB") from None
+        return np.asarray(rgb, dtype=np.uint8).copy()
+    if mode.startswith("I;16"):
+        values = np.asarray(image)
+        if values.dtype.kind != "u":
+            raise _mode_error(name, mode, "signed 16-bit values are not supported")
+        return _grey_to_rgb(_scale_16bit(values.astype(np.float64)))
+    if mode in ("I", "F"):
+        values = np.asarray(image).astype(np.float64)
+        if values.size == 0:
+            return _grey_to_rgb(values)
+        if not np.isfinite(values).all():
+            raise _mode_error(name, mode, "it holds NaN or infinite values")
+        low, high = float(values.min()), float(values.max())
+        if mode == "F" and low >= 0.0 and high <= 1.0:
+            return _grey_to_rgb(values * 255.0)
+        if low >= 0.0 and high <= 255.0:
+            return _grey_to_rgb(values)
+        if low >= 0.0 and high <= 65535.0:
+            return _grey_to_rgb(_scale_16bit(values))
+        raise _mode_error(name, mode, f"its values span {low:g}..{high:g}, outside 0..65535")
+    raise _mode_error(name, mode, "prcl does not convert this mode")
+
+
+def _scale_16bit(values: np.ndarray) -> np.ndarray:
+    return values * (255.0 / 65535.0)
+
+
+def _grey_to_rgb(values: np.ndarray) -> np.ndarray:
+    grey = np.clip(np.rint(values), 0, 255).astype(np.uint8)
+    return np.repeat(grey[..., None], 3, axis=2)
+
+
+def _mode_error(name: str, mode: str, why: str) -> DataFileError:
+    return DataFileError(
+        f"cannot convert {name} (mode {mode}) to 8-bit RGB: {why}; save it as an 8-bit RGB or grey "
+        f"PNG/JPEG (prcl reads {IMAGE_MODES_HELP})",
+        reason=f"mode {mode}: {why}",
+    )
+
+
+def decode_image(path: str | os.PathLike) -> np.ndarray:
+    """Decode an image file to uint8 RGB (H, W, 3) with :func:`to_rgb8`; DataFileError naming the file."""
     path = Path(path)
     if not path.is_file():
-        raise UserError(f"image file not found: {path}")
+        raise DataFileError(f"image file not found: {path}; check data.root and the split files", reason="missing")
     try:
         with Image.open(path) as pil:
-            array = np.asarray(pil.convert("RGB"))
+            return to_rgb8(pil, path)
+    except UserError:
+        raise
     except Exception as error:  # PIL raises many types for truncated or non-image files
-        raise UserError(f"cannot read image {path} ({error}); replace or remove the file") from None
-    return tv_tensors.Image(torch.from_numpy(array.copy()).permute(2, 0, 1))
+        raise DataFileError(f"cannot read image {path} ({_one_line(error)}); replace or remove the file",
+                            reason=f"cannot decode: {_one_line(error)}") from None
+
+
+def read_image(path: str | os.PathLike) -> tv_tensors.Image:
+    """Decode an image file to a uint8 RGB tensor (3, H, W); DataFileError (a UserError) if unusable."""
+    array = decode_image(path)
+    return tv_tensors.Image(torch.from_numpy(array).permute(2, 0, 1))
+
+
+MASK_MODES = ("L", "P")
+"""Mask files are single-channel 8-bit PNGs: grey (L) or palette (P), values = class indices."""
 
 
 def read_label_file(path: str | os.PathLike) -> np.ndarray:
-    """Read a single-channel (palette or grey) mask PNG as an int64 array (H, W) of raw values."""
+    """Read a single-channel 8-bit (grey or palette) PNG mask as an int64 array (H, W) of raw values.
+
+    Other modes (RGB colour masks, 16-bit, 1-bit) and other formats (a JPEG's values are not exact)
+    raise DataFileError naming the file, its mode and the fix.
+    """
     path = Path(path)
     if not path.is_file():
-        raise UserError(f"mask file not found: {path}")
+        raise DataFileError(f"mask file not found: {path}; check data.root and the split files", reason="missing")
     try:
         with Image.open(path) as pil:
-            if pil.mode not in ("P", "L", "I", "I;16", "1"):
-                raise UserError(
-                    f"mask {path} has mode {pil.mode}; masks must be single-channel "
-                    "(palette or grey) PNGs whose values are class indices, 255 = ignore"
+            if pil.format != "PNG":
+                raise DataFileError(
+                    f"mask {path} is a {pil.format or 'non-PNG'} file; masks must be PNGs (lossless) "
+                    "whose values are class indices, 255 = ignore; save it as an 8-bit grey or palette PNG",
+                    reason=f"a {pil.format or 'non-PNG'} file, not a PNG",
+                )
+            if pil.mode not in MASK_MODES:
+                raise DataFileError(
+                    f"mask {path} has mode {pil.mode}; masks must be single-channel 8-bit PNGs, grey (L) "
+                    "or palette (P), whose values are class indices, 255 = ignore (an RGB colour mask must "
+                    "be mapped to class indices first); save it as mode L or P",
+                    reason=f"mode {pil.mode}, not an 8-bit grey (L) or palette (P) PNG",
                 )
             array = np.asarray(pil)
     except UserError:
         raise
     except Exception as error:
-        raise UserError(f"cannot read mask {path} ({error}); replace or remove the file") from None
+        raise DataFileError(f"cannot read mask {path} ({_one_line(error)}); replace or remove the file",
+                            reason=f"cannot decode: {_one_line(error)}") from None
     return array.astype(np.int64)
+
+
+def _one_line(error: BaseException) -> str:
+    return " ".join(str(error).split()) or type(error).__name__
+
+
+def bad_label_values(values: np.ndarray, num_classes: int | None) -> np.ndarray:
+    """The values among ``values`` that are neither a class index ``0..num_classes-1`` nor 255 (ignore)."""
+    values = np.asarray(values)
+    if num_classes is None:
+        return values[:0]
+    return values[(values != FILE_IGNORE_VALUE) & ((values < 0) | (values >= num_classes))]
 
 
 def labels_from_file_values(values: np.ndarray, num_classes: int | None, path: Path) -> np.ndarray:
@@ -92,7 +239,7 @@ def labels_from_file_values(values: np.ndarray, num_classes: int | None, path: P
     if num_classes is not None:
         bad = ~ignore & ((values < 0) | (values >= num_classes))
         if bad.any():
-            raise UserError(
+            raise DataFileError(
                 f"mask {path} has label value {int(values[bad][0])}, outside 0..{num_classes - 1} "
                 f"(255 = ignore); fix the mask or set the right number of classes"
             )
@@ -128,6 +275,26 @@ class SegmentationDataset(Dataset):
         """Raw mask file values (H, W) -> labels (H, W) with -1 = ignore."""
         return labels_from_file_values(values, self.num_classes, path)
 
+    def invalid_mask_values(self, values: np.ndarray, num_classes: int | None = None) -> list[int]:
+        """The raw mask file values among ``values`` that :meth:`decode_labels` would refuse.
+
+        ``num_classes`` (e.g. the config's ``data.num_classes``) overrides the dataset's own.
+        """
+        classes = self.num_classes if num_classes is None else num_classes
+        return sorted(int(v) for v in np.unique(bad_label_values(values, classes)))
+
+    def describe_mask_values(self, num_classes: int | None = None) -> tuple[str, str]:
+        """(what :meth:`invalid_mask_values` finds, the fix), for one-line summaries."""
+        classes = self.num_classes if num_classes is None else num_classes
+        return f"values >= {classes} (not 255)", "fix the masks or set data.num_classes"
+
+    def files(self) -> list[tuple[str, Path, Path | None]]:
+        """``(id, image path, mask path)`` of every id, in order; the mask is None without labels."""
+        return [
+            (image_id, self.image_path(image_id), self.mask_path(image_id) if self.with_labels else None)
+            for image_id in self.ids
+        ]
+
     def load_mask(self, image_id: str) -> tv_tensors.Mask:
         """The mask of ``image_id`` as int64 (H, W), -1 = ignore."""
         path = self.mask_path(image_id)
@@ -144,7 +311,7 @@ class SegmentationDataset(Dataset):
         if self.with_labels:
             mask = self.load_mask(image_id)
             if tuple(mask.shape) != tuple(image.shape[-2:]):
-                raise UserError(
+                raise DataFileError(
                     f"mask {self.mask_path(image_id)} is {tuple(mask.shape)} but its image is "
                     f"{tuple(image.shape[-2:])} (H, W); image and mask must have the same size"
                 )
@@ -328,14 +495,27 @@ class CityscapesDataset(SegmentationDataset):
     def decode_labels(self, values: np.ndarray, path: Path) -> np.ndarray:
         if values.min() < 0 or values.max() > 255:
             bad = int(values.max() if values.max() > 255 else values.min())
-            raise UserError(f"mask {path} has value {bad}; expected Cityscapes labelIds 0..33")
+            raise DataFileError(f"mask {path} has value {bad}; expected Cityscapes labelIds 0..33")
         labels = self._label_to_train_id[values]
         if (labels == -2).any():
-            raise UserError(
+            raise DataFileError(
                 f"mask {path} has value {int(values[labels == -2][0])}; expected Cityscapes "
                 "labelIds 0..33 (use the *_gtFine_labelIds.png files)"
             )
         return labels
+
+    def invalid_mask_values(self, values: np.ndarray, num_classes: int | None = None) -> list[int]:
+        """Raw values that are not Cityscapes labelIds (0..33) or 255; ``num_classes`` is not used:
+        the files hold labelIds, mapped to the 19 train ids on reading."""
+        values = np.unique(np.asarray(values))
+        inside = (values >= 0) & (values <= 255)
+        bad = values[~inside].tolist()
+        bad += values[inside][self._label_to_train_id[values[inside]] == -2].tolist()
+        return sorted(int(v) for v in bad)
+
+    def describe_mask_values(self, num_classes: int | None = None) -> tuple[str, str]:
+        return ("values that are not Cityscapes labelIds 0..33 or 255",
+                "use the *_gtFine_labelIds.png files from gtFine_trainvaltest.zip")
 
     @staticmethod
     def list_ids(root: str | os.PathLike, split: str = "train") -> list[str]:

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterable, Sequence
+from contextlib import ExitStack
 from dataclasses import dataclass, field
-from typing import Protocol
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 
@@ -47,8 +48,14 @@ def read_id_list(path: str | os.PathLike) -> list[str]:
     path = Path(path)
     if not path.is_file():
         raise UserError(f"split file not found: {path} (write splits with `prcl splits`)")
-    with open(path, encoding="utf-8") as f:
-        return [line.strip() for line in f.read().splitlines() if line.strip()]
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+    except UnicodeDecodeError:
+        raise UserError(f"{path} is not a text file of image ids (not UTF-8); give one id per line") from None
+    except OSError as error:
+        raise UserError(f"cannot read {path} ({error.strerror or error}); check its permissions") from None
+    return [line.strip() for line in text.splitlines() if line.strip()]
 
 
 def write_id_list(path: str | os.PathLike, ids: Iterable[str]) -> Path:
@@ -72,11 +79,36 @@ def read_splits(root: str | os.PathLike, num_labels: int, seed: int) -> Splits:
     return Splits(**lists)
 
 
-def write_splits(root: str | os.PathLike, num_labels: int, seed: int, splits: Splits) -> Path:
-    """Write the three split files under ``<root>/<num_labels>/<seed>/``; returns that folder."""
+def existing_split_files(root: str | os.PathLike, num_labels: int, seed: int) -> list[Path]:
+    """The split files already under ``<root>/<num_labels>/<seed>/`` (empty when there are none)."""
     folder = split_dir(root, num_labels, seed)
-    for name in SPLIT_NAMES:
-        write_id_list(folder / f"{name}_filename.txt", getattr(splits, name))
+    return [folder / f"{name}_filename.txt" for name in SPLIT_NAMES if (folder / f"{name}_filename.txt").exists()]
+
+
+def write_splits(
+    root: str | os.PathLike, num_labels: int, seed: int, splits: Splits, overwrite: bool = True
+) -> Path:
+    """Write the three split files under ``<root>/<num_labels>/<seed>/``; returns that folder.
+
+    Each file is written atomically, and all three are complete on disk before the first replaces
+    its old version, so an error while writing leaves the old files as they were. With
+    ``overwrite=False`` existing split files there raise UserError instead of being replaced.
+    """
+    folder = split_dir(root, num_labels, seed)
+    if not overwrite:
+        existing = existing_split_files(root, num_labels, seed)
+        if existing:
+            raise UserError(
+                f"split folder {folder} already holds {', '.join(p.name for p in existing)}; "
+                "pass --force to replace them, or choose another --out, --num-labels or --seed"
+            )
+    texts = {name: "".join(f"{i}\n" for i in getattr(splits, name)) for name in SPLIT_NAMES}
+    with ExitStack() as stack:  # all three on disk before any rename: a failed write replaces none
+        for name in SPLIT_NAMES:
+            stream = stack.enter_context(atomic_write(folder / f"{name}_filename.txt", "w"))
+            stream.write(texts[name])
+            stream.flush()
+            os.fsync(stream.fileno())
     return folder
 
 
@@ -91,6 +123,13 @@ def make_splits(
     train = [str(i) for i in ids_train]
     _raise_on_duplicates(train, "train ids")
     _raise_on_duplicates([str(i) for i in ids_valid], "valid ids")
+    train_set = set(train)
+    leaked = [str(i) for i in ids_valid if str(i) in train_set]
+    if leaked:
+        raise UserError(
+            f"{len(leaked)} valid ids are also train ids ({_first_ids(leaked)}); validation images must "
+            "not be trained on: remove them from the train list (or from the valid list)"
+        )
     if not 1 <= num_labels <= len(train):
         raise UserError(
             f"num_labels={num_labels} must be between 1 and the number of train images "
@@ -132,7 +171,7 @@ def check_splits(
         leaked = [i for i in splits.valid if i in train]
         if leaked:
             raise UserError(
-                f"{len(leaked)} valid ids are also train ids (first: {leaked[0]!r}); "
+                f"{len(leaked)} valid ids are also train ids ({_first_ids(leaked)}); "
                 "validation images must not be trained on"
             )
     missing = missing_files(splits, image_path, mask_path)
@@ -195,6 +234,12 @@ def describe_missing(missing: Sequence[MissingFile], first: int = 3) -> str:
     more = f"; and {len(missing) - first} more" if len(missing) > first else ""
     noun = "file is" if len(missing) == 1 else "files are"
     return f"{len(missing)} {noun} missing ({shown}{more})"
+
+
+def _first_ids(ids: Sequence[str], first: int = 3) -> str:
+    """``first: 'a', 'b', 'c', ...`` for a one-line message."""
+    more = ", ..." if len(ids) > first else ""
+    return "first: " + ", ".join(repr(i) for i in ids[:first]) + more
 
 
 def _raise_on_duplicates(ids: Sequence[str], what: str) -> None:

@@ -29,7 +29,9 @@ def setup(device: str) -> torch.device:
 
     ``device`` is the config's ``train.device``: auto | cpu | cuda | cuda:N.
     """
-    wants_cuda = device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())
+    from prcl.devices import resolve_device
+
+    wants_cuda = resolve_device(device).type == "cuda"  # a GPU that is not there: one clear line, before any work
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not is_distributed():
         dist.init_process_group("nccl" if wants_cuda else "gloo")
     if wants_cuda:

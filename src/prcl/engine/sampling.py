@@ -8,6 +8,7 @@ the endless stream is image ``perm_{g // n}[g % n]``, augmented under the torch 
 
 from __future__ import annotations
 
+import signal
 from collections.abc import Iterator
 from typing import Any
 
@@ -70,10 +71,17 @@ class SeededDataset(Dataset):
             return self.dataset[index]
 
 
+def _ignore_stop_signals(worker_id: int) -> None:
+    """Loader workers leave SIGINT and SIGTERM to the training process, which stops after a checkpoint."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
 def step_loader(dataset: Dataset, batch_size: int, seed: int, start_step: int = 0, num_workers: int = 0,
                 rank: int = 0, world_size: int = 1, pin_memory: bool = False) -> Iterator[Any]:
     """An endless iterator over the batches of steps ``start_step, start_step + 1, ...``."""
     sampler = StepBatchSampler(len(dataset), batch_size, seed, start_step, rank, world_size)  # type: ignore[arg-type]
     loader = DataLoader(SeededDataset(dataset), batch_sampler=sampler, num_workers=num_workers,
-                        pin_memory=pin_memory, persistent_workers=False)
+                        pin_memory=pin_memory, persistent_workers=False,
+                        worker_init_fn=_ignore_stop_signals)
     return iter(loader)

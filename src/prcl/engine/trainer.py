@@ -11,10 +11,13 @@ and per evaluation), ``checkpoints/last.pt`` and ``best.pt`` and, at the end, ``
 from __future__ import annotations
 
 import json
+import os
 import resource
+import signal
 import sys
+import threading
 import time
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 import torch
@@ -23,13 +26,28 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import Dataset
 from tqdm import tqdm
 
-from prcl.config import Config, config_to_dict, save_config
+from prcl.config import (
+    Config,
+    config_from_dict,
+    config_to_dict,
+    resume_conflicts,
+    resume_refusal,
+    save_config,
+)
+from prcl.data.validate import check_output_folder, validate_dataset_files
 from prcl.errors import UserError
 from prcl.methods import Networks, StepInput, build_method
 from prcl.models import build_segmenter, unwrap_model
 
 from . import distributed
-from .checkpoint import atomic_write, capture_rng_state, load_checkpoint, restore_rng_state, save_checkpoint, write_json
+from .checkpoint import (
+    atomic_write,
+    capture_rng_state,
+    load_checkpoint,
+    restore_rng_state,
+    save_checkpoint,
+    write_json,
+)
 from .data_setup import build_run_data
 from .evaluate import evaluate_model
 from .sampling import mixed_seed, step_loader
@@ -42,6 +60,52 @@ class TrainingDiverged(UserError):
     """Too many non-finite losses in a row."""
 
 
+class TrainingInterrupted(Exception):
+    """SIGINT or SIGTERM stopped the run after a checkpoint; ``exit_code`` is 128 + the signal number."""
+
+    def __init__(self, message: str, exit_code: int) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+TEMPORARY_GLOB = ".*.tmp"
+BEST_SCORE = "best.json"  # the best validation mIoU, written with best.pt (last.pt is saved before evaluating)
+
+
+@contextmanager
+def _stop_signals():
+    """While training, SIGINT and SIGTERM only note their number: the loop finishes its step, saves a
+    checkpoint and stops. A second signal during the save is noted too, and changes nothing."""
+    received: list[int] = []
+    if threading.current_thread() is not threading.main_thread():
+        yield received  # signal handlers can only be set in the main thread
+        return
+    previous = {sig: signal.signal(sig, lambda number, frame: received.append(number))
+                for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield received
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)  # what prcl.io.atomic_write leaves behind when a process dies while writing
+
+
+def use_deterministic_kernels() -> None:
+    """``train.deterministic``: kernels that give the same bits on every run. On the CPU two runs of one config
+    then end with identical weights; on GPUs some backward kernels (bilinear upsampling) have no deterministic
+    version and warn instead. cuDNN autotuning is off (it may pick other kernels per run)."""
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.backends.cudnn.benchmark = False
+
+
+def autocast_dtype(device: torch.device) -> torch.dtype:
+    """The mixed-precision type for ``train.amp``: bfloat16 where the device computes it natively (CPUs,
+    NVIDIA Ampere and newer), else float16, which needs the gradient scaler (its range is narrow)."""
+    if device.type == "cuda" and not torch.cuda.is_bf16_supported(including_emulation=False):
+        return torch.float16
+    return torch.bfloat16
+
+
 def peak_memory_mb(device: torch.device) -> dict[str, float]:
     """Peak resident memory of this process (MB) and, on a GPU, the peak allocated GPU memory."""
     rss_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # kilobytes on Linux, bytes on macOS
@@ -51,17 +115,33 @@ def peak_memory_mb(device: torch.device) -> dict[str, float]:
     return peak
 
 
+@contextmanager
+def _write_errors(path: Path):
+    """An OSError while writing ``path`` (full disk, permissions) as one line saying how to go on."""
+    try:
+        yield
+    except OSError as error:
+        raise UserError(f"cannot write {path}: {error.strerror or error}; free space or fix the folder, "
+                        "then continue with --resume auto") from None
+
+
 class Trainer:
     """Builds everything a run needs from a ``Config`` and trains it: ``Trainer(cfg).fit()``."""
 
-    def __init__(self, cfg: Config, resume: str | None = None) -> None:
+    def __init__(self, cfg: Config, resume: str | None = None, resume_force: bool = False) -> None:
         self.cfg = cfg
+        if cfg.train.deterministic:
+            use_deterministic_kernels()
         self.device = distributed.setup(cfg.train.device)
         self.main = distributed.is_main()
         self.out_dir = Path(cfg.train.out_dir).expanduser()
         self.checkpoint_dir = self.out_dir / "checkpoints"
+        # Everything that can be checked without building the run, before any work is done.
+        self._check_out_dir()
+        resumed = self._checkpoint_to_resume(resume, resume_force)
         self.method = build_method(cfg)
         self.data = build_run_data(cfg)
+        self._check_data()
         torch.manual_seed(cfg.train.seed)
         # channels_last: convolutions read NHWC, faster on CPUs (oneDNN) and tensor cores alike.
         self.memory_format = torch.channels_last if cfg.train.channels_last else torch.contiguous_format
@@ -75,24 +155,27 @@ class Trainer:
             group["base_lr"] = group["lr"]
         self.optimizer = torch.optim.SGD(groups, lr=o.lr, momentum=o.momentum, nesterov=o.nesterov,
                                          weight_decay=o.weight_decay)
-        self.autocast_dtype = torch.float16 if self.device.type == "cuda" else torch.bfloat16
-        self.scaler = torch.amp.GradScaler(self.device.type, enabled=cfg.train.amp and self.device.type == "cuda")
+        self.autocast_dtype = autocast_dtype(self.device)
+        self.scaler = torch.amp.GradScaler(self.device.type,
+                                           enabled=cfg.train.amp and self.autocast_dtype == torch.float16)
 
         self.step = 0
         self.best_miou = -1.0
         self.skipped_steps = 0
         self.train_seconds = 0.0  # time in training steps, summed over resumed sessions
         self.trained_steps = 0
-        self._prepare_run_dir(resume)
+        self._prepare_run_dir(resumed)
 
     def _place(self, nets: Networks) -> Networks:
-        """Every network on the device in the run's memory format; under a process group, BatchNorm
-        synchronised over GPUs and each network with trained parameters wrapped in DDP."""
+        """Every network on the device in the run's memory format, compiled with ``train.compile``; under a
+        process group, BatchNorm synchronised over GPUs and each network with trained parameters wrapped in DDP."""
         placed = {}
         for name, net in nets.items():
             net = net.to(self.device, memory_format=self.memory_format)
             if distributed.is_distributed() and self.device.type == "cuda":
                 net = nn.SyncBatchNorm.convert_sync_batchnorm(net)
+            if self.cfg.train.compile:
+                net.compile()  # in place: the module and its state_dict keys stay as they are
             if distributed.is_distributed() and any(p.requires_grad for p in net.parameters()):
                 net = DistributedDataParallel(net, device_ids=[self.device.index] if self.device.type == "cuda"
                                               else None)
@@ -100,30 +183,91 @@ class Trainer:
         return placed
 
     # ----------------------------------------------------------------------------------------- state
-    def _prepare_run_dir(self, resume: str | None) -> None:
+    def _check_out_dir(self) -> None:
+        """The run folder can be created and written (checked before anything is built; creates nothing)."""
+        if self.main:
+            check_output_folder(self.checkpoint_dir, "train.out_dir")
+
+    def _check_data(self) -> None:
+        """Every split the run reads is non-empty, and (main process) every image and mask decodes, masks match
+        their images' sizes and hold class indices or 255: checked in parallel, remembered per file."""
+        d = self.data
+        needed = {"labeled": d.labeled, "valid": d.valid, **({"unlabeled": d.unlabeled} if self.method.uses_unlabeled
+                                                              else {})}
+        for name, dataset in needed.items():
+            if len(dataset) == 0:
+                raise UserError(f"the {name} split of data.dataset={self.cfg.data.dataset} is empty; check data.root, "
+                                "data.splits and data.num_labels")
+        if self.main:
+            validate_dataset_files({"labeled": d.labeled, "valid": d.valid, "test": d.test}, self.cfg.data.num_classes,
+                                   self.out_dir / ".validated.json", workers=max(4, self.cfg.data.num_workers),
+                                   progress=self.cfg.train.progress and None)
+        distributed.barrier()
+
+    def _checkpoint_to_resume(self, resume: str | None, force: bool) -> dict | None:
+        """The checkpoint to resume (loaded on the CPU) after checking that this config may continue it."""
         last = self.checkpoint_dir / "last.pt"
-        if resume is not None:
-            path = last if resume == "auto" else Path(resume).expanduser()
-            if path.is_file():
-                self.load_state(load_checkpoint(path, map_location=self.device))
-            elif resume != "auto":
+        restarts = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") or 0)
+        if resume is None and restarts > 0:  # torchrun --max-restarts started this process again after a failure
+            self._say(f"restart {restarts} by torchrun: continuing the run from its last checkpoint")
+            resume = "auto"
+        if resume is None:
+            if last.is_file():
+                raise UserError(f"{self.out_dir} already holds a run; continue it with --resume auto "
+                                f"or set train.out_dir to a new folder")
+            return None
+        path = last if resume == "auto" else Path(resume).expanduser()
+        if not path.is_file():
+            if resume != "auto":
                 raise UserError(f"checkpoint to resume not found: {path}")
-        elif last.is_file():
-            raise UserError(f"{self.out_dir} already holds a run; continue it with --resume auto "
-                            f"or set train.out_dir to a new folder")
+            self._say(f"--resume auto: no checkpoint in {self.checkpoint_dir}, starting a new run")
+            return None
+        state = load_checkpoint(path, map_location="cpu")
+        if state.get("format") != CHECKPOINT_FORMAT:
+            raise UserError(f"{path} is not a {CHECKPOINT_FORMAT} training checkpoint "
+                            "(written by another prcl version, or not by `prcl train`)")
+        stored = config_from_dict(state.get("config") or {}, f"checkpoint {path}")
+        refusal = resume_refusal(*resume_conflicts(stored, self.cfg), force, str(self.out_dir))
+        if refusal:
+            raise UserError(refusal)
+        self._say(f"resuming {self.out_dir} from step {state['step']} ({path})")
+        return state
+
+    def _say(self, line: str) -> None:
+        if self.main:
+            print(f"prcl: {line}", file=sys.stderr, flush=True)
+
+    def _prepare_run_dir(self, state: dict | None) -> None:
+        """Restore the resumed state; then (main process) clean what an interrupted run left and write config.yaml."""
+        if state is not None:
+            self.load_state(state)
         if self.main:
             self.checkpoint_dir.mkdir(parents=True, exist_ok=True)
-            save_config(self.cfg, self.out_dir / "config.yaml")
+            for leftover in [*self.out_dir.glob(TEMPORARY_GLOB), *self.checkpoint_dir.glob(TEMPORARY_GLOB)]:
+                leftover.unlink(missing_ok=True)
             self._trim_metrics()
+            save_config(self.cfg, self.out_dir / "config.yaml")
         distributed.barrier()
 
     def _trim_metrics(self) -> None:
-        """Drop metric lines past the resumed step (written by an interrupted run after its checkpoint)."""
+        """Drop metric lines past the resumed step (written by an interrupted run after its checkpoint) and
+        a torn last line (a crash or a full disk during the append), with a warning."""
         path = self.out_dir / "metrics.jsonl"
         if not path.is_file():
             return
-        kept = [line for line in path.read_text().splitlines() if line.strip()
-                and json.loads(line).get("step", 0) <= self.step]
+        kept, lines = [], path.read_text(encoding="utf-8", errors="replace").splitlines()
+        for number, line in enumerate(lines, 1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                if number == len(lines):
+                    self._say(f"warning: dropped a torn last line of {path} (an interrupted write)")
+                    continue
+                raise UserError(f"{path} line {number} is not JSON; fix or remove that line, then resume") from None
+            if record.get("step", 0) <= self.step:
+                kept.append(line)
         with atomic_write(path, "w") as f:
             f.write("".join(line + "\n" for line in kept))
 
@@ -161,6 +305,12 @@ class Trainer:
             self.scaler.load_state_dict(state["scaler"])
         self.step = int(state["step"])
         self.best_miou = float(state["best_miou"])
+        best = self.checkpoint_dir / BEST_SCORE  # a best.pt written after the evaluation that followed last.pt
+        if best.is_file():
+            try:
+                self.best_miou = max(self.best_miou, float(json.loads(best.read_text())["miou"]))
+            except (ValueError, KeyError, TypeError):
+                pass  # a damaged score file: the next evaluations decide again
         self.skipped_steps = int(state["skipped_steps"])
         self.train_seconds = float(state.get("train_seconds", 0.0))
         self.trained_steps = int(state.get("trained_steps", 0))
@@ -168,11 +318,15 @@ class Trainer:
 
     def save(self, name: str) -> None:
         if self.main:
-            save_checkpoint(self.checkpoint_dir / name, self.state_dict())
+            path = self.checkpoint_dir / name
+            with _write_errors(path):
+                save_checkpoint(path, self.state_dict())
 
     def log(self, record: dict) -> None:
+        """Append one JSON line with a single write: a crash leaves at most a torn last line (dropped on resume)."""
         if self.main:
-            with open(self.out_dir / "metrics.jsonl", "a") as f:
+            path = self.out_dir / "metrics.jsonl"
+            with _write_errors(path), open(path, "a", encoding="utf-8") as f:
                 f.write(json.dumps(record) + "\n")
 
     # -------------------------------------------------------------------------------------- training
@@ -248,16 +402,9 @@ class Trainer:
     def evaluate(self, dataset: Dataset) -> dict:
         return evaluate_model(self.eval_network(), dataset, self.cfg, self.device)
 
-    def fit(self) -> dict:
+    def _train_loop(self, total: int, labeled, unlabeled, images_per_step: int, bar, signals: list[int]) -> dict | None:
+        """Steps until ``total``; evaluates and checkpoints on schedule. Returns the last validation result."""
         cfg = self.cfg
-        total = cfg.train.iterations
-        labeled, unlabeled = self._loaders()
-        images_per_step = (cfg.data.batch_size + (cfg.data.unlabeled_batch_size if unlabeled is not None else 0)) \
-            * distributed.world_size()
-        bar = tqdm(total=total, initial=self.step, disable=not (self.main and cfg.train.progress),
-                   desc=cfg.method.name, dynamic_ncols=True)
-        if self.main and cfg.train.progress:
-            bar.write(describe_schedule(cfg, distributed.world_size()))
         consecutive_bad = 0
         last_result: dict | None = None
         data_seconds, data_steps = 0.0, 0  # waiting for batches, since the last logged step
@@ -294,15 +441,48 @@ class Trainer:
                     data_seconds, data_steps = 0.0, 0
                 bar.set_postfix(loss=f"{record['loss']:.3f}", lr=f"{record['lr']:.2e}", img_s=f"{speed:.1f}")
             evaluate_now = self.step == total or (cfg.train.eval_every and self.step % cfg.train.eval_every == 0)
+            stop = self._stop_requested(signals)
+            if evaluate_now or stop or (cfg.train.checkpoint_every and self.step % cfg.train.checkpoint_every == 0):
+                self.save("last.pt")  # before an evaluation, which could fail
+            if stop:
+                bar.close()
+                name = signal.Signals(stop).name
+                raise TrainingInterrupted(
+                    f"stopped by {name} at step {self.step}; checkpoint {self.checkpoint_dir / 'last.pt'}; continue "
+                    f"with: prcl train -c {self.out_dir / 'config.yaml'} --resume auto", 128 + stop)
             if evaluate_now:
                 last_result = self.evaluate(self.data.valid)
                 self.log({"type": "eval", "split": "valid", "step": self.step, **last_result})
-                if last_result["miou"] > self.best_miou:
+                if last_result["miou"] is not None and last_result["miou"] > self.best_miou:
                     self.best_miou = last_result["miou"]
                     self.save("best.pt")
-            if evaluate_now or (cfg.train.checkpoint_every and self.step % cfg.train.checkpoint_every == 0):
-                self.save("last.pt")
+                    if self.main:  # last.pt was written before this evaluation: keep the best score beside it
+                        with _write_errors(self.checkpoint_dir / BEST_SCORE):
+                            write_json(self.checkpoint_dir / BEST_SCORE, {"step": self.step, "miou": self.best_miou})
         bar.close()
+        return last_result
+
+    def _stop_requested(self, signals: list[int]) -> int:
+        """The signal that asks this run to stop (0: none); under torchrun every rank stops at the same step."""
+        received = signals[0] if signals else 0
+        if distributed.is_distributed():
+            value = torch.tensor([received], device=self.device)
+            torch.distributed.all_reduce(value, op=torch.distributed.ReduceOp.MAX)
+            received = int(value.item())
+        return received
+
+    def fit(self) -> dict:
+        cfg = self.cfg
+        total = cfg.train.iterations
+        labeled, unlabeled = self._loaders()
+        images_per_step = (cfg.data.batch_size + (cfg.data.unlabeled_batch_size if unlabeled is not None else 0)) \
+            * distributed.world_size()
+        bar = tqdm(total=total, initial=self.step, disable=not (self.main and cfg.train.progress),
+                   desc=cfg.method.name, dynamic_ncols=True)
+        if self.main and cfg.train.progress:
+            bar.write(describe_schedule(cfg, distributed.world_size()))
+        with _stop_signals() as signals:
+            last_result = self._train_loop(total, labeled, unlabeled, images_per_step, bar, signals)
         if last_result is None:  # resumed a finished run
             last_result = self.evaluate(self.data.valid)
         summary = {

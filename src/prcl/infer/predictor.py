@@ -22,6 +22,7 @@ from torch import nn
 
 from prcl.config import Config, config_from_dict
 from prcl.constants import IMAGENET_MEAN, IMAGENET_STD
+from prcl.data.datasets import to_rgb8
 from prcl.engine.checkpoint import load_checkpoint
 from prcl.engine.evaluate import average_views, dense_maps
 from prcl.errors import UserError
@@ -172,7 +173,7 @@ class Predictor:
     def _to_tensor(self, image: ImageInput) -> torch.Tensor:
         """Picture -> normalised float (1, 3, H, W) on the device."""
         if isinstance(image, Image.Image):
-            image = np.asarray(image.convert("RGB"))
+            image = to_rgb8(image)
         if isinstance(image, np.ndarray):
             if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
                 raise ValueError(f"a numpy picture must be (H, W, 3) uint8, got {image.dtype} {image.shape}")
