@@ -1,7 +1,8 @@
 """Full training steps (teacher, strong view, student, losses, backward, optimisers, EMA) per setting.
 
-Each setting is a method with its switches (``method:passes[:amp]``, e.g. ``prcl:separate``,
-``mean_teacher:joint``, ``prcl:separate:amp``); every setting builds a fresh ``Trainer`` (the
+Each setting is a method with its switches (``method:passes[:amp][:compile]``, e.g. ``prcl:separate``,
+``mean_teacher:joint``, ``prcl:separate:amp:compile``; amp is bf16 where the device has it, else fp16;
+compile is ``train.compile``); every setting builds a fresh ``Trainer`` (the
 trainer the ``prcl train`` command runs) on a tiny demo run directory and feeds it random batches of
 the real size on the device: ResNet-101, ``--crop`` (321), ``--batch`` labeled + ``--batch``
 unlabeled images, 21 classes, labels of 3 blocky classes per image. Reported per setting: the
@@ -39,19 +40,29 @@ def batch(size: int, crop: int, generator: torch.Generator) -> tuple[dict, dict]
     return {"image": images, "mask": masks}, {"image": torch.randn(size, 3, crop, crop, generator=generator)}
 
 
+def autocast_name(device: torch.device) -> str:
+    from prcl.engine.trainer import autocast_dtype
+
+    return str(autocast_dtype(device)).replace("torch.", "")
+
+
 def run_setting(setting: str, args: argparse.Namespace, root: Path) -> dict:
     from prcl.config import load_config
     from prcl.engine.trainer import Trainer
 
     method, passes, *rest = setting.split(":")
-    amp = rest == ["amp"]
+    unknown = set(rest) - {"amp", "compile"}
+    if unknown:
+        raise SystemExit(f"unknown switch {sorted(unknown)} in setting {setting!r}: use amp and/or compile")
+    amp, compiled = "amp" in rest, "compile" in rest
     out_dir = root / setting.replace(":", "_")
     cfg = load_config(None, [
         "data.dataset=demo", f"data.root={root / 'data'}", "data.demo.num_train=16", "data.demo.num_valid=2",
         "data.demo.num_test=0", "data.num_labels=4", "data.split_seed=0", f"data.num_classes={NUM_CLASSES}",
         f"data.crop_size={args.crop}", f"data.batch_size={args.batch}", "data.num_workers=0",
-        "model.encoder=resnet101", "model.weights=null", f"method.name={method}",
+        f"model.encoder={args.encoder}", "model.weights=null", f"method.name={method}",
         f"method.student_passes={passes}", f"prcl.kernel={args.kernel}", f"train.amp={str(amp).lower()}",
+        f"train.compile={str(compiled).lower()}",
         f"train.device={args.device}", f"train.out_dir={out_dir}", "train.progress=false",
         "train.iterations=1000", "train.log_every=100000",  # no logged (probed) step among the timed ones
         *args.set,
@@ -77,8 +88,9 @@ def run_setting(setting: str, args: argparse.Namespace, root: Path) -> dict:
             raise RuntimeError(f"{setting}: non-finite step {step}")
     seconds = statistics.median(times[args.warmup:])
     images = args.batch * (1 if method == "supervised" else 2)
+    del trainer
     return {
-        "setting": setting, "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        "setting": setting, "amp_dtype": autocast_name(device) if cfg.train.amp else "float32", "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         "batch": f"{args.batch}+{args.batch}", "crop": args.crop, "first_step_s": round(times[0], 3),
         "step_s": round(seconds, 4), "images_per_s": round(images / seconds, 2),
         "peak_gpu_gib": round(torch.cuda.max_memory_allocated(device) / 2**30, 2) if device.type == "cuda" else None,
@@ -90,6 +102,7 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--batch", type=int, default=2, help="labeled images per step (and as many unlabeled)")
     parser.add_argument("--crop", type=int, default=321)
+    parser.add_argument("--encoder", default="resnet101")
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--kernel", default="auto", choices=["auto", "compiled", "chunked"])
