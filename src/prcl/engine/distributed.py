@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from datetime import timedelta
 
 import torch
 import torch.distributed as dist
@@ -33,7 +34,7 @@ def setup(device: str) -> torch.device:
 
     wants_cuda = resolve_device(device).type == "cuda"  # a GPU that is not there: one clear line, before any work
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not is_distributed():
-        dist.init_process_group("nccl" if wants_cuda else "gloo")
+        _init_process_group("nccl" if wants_cuda else "gloo")
     if wants_cuda:
         if is_distributed():
             index = int(os.environ.get("LOCAL_RANK", "0"))
@@ -42,6 +43,26 @@ def setup(device: str) -> torch.device:
         torch.cuda.set_device(index)
         return torch.device("cuda", index)
     return torch.device("cpu")
+
+
+def _init_process_group(backend: str) -> None:
+    """Join torchrun's process group; after a restart, under a key prefix of that attempt.
+
+    torchrun's agent keeps its key-value store across ``--max-restarts``: the addresses the failed
+    attempt's processes published are still there, and a restarted process could read a dead peer's
+    address before the new peer replaces it (gloo: "connectFullMesh failed ... Connection refused").
+    A prefix per attempt keeps each attempt's keys apart.
+    """
+    restarts = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") or 0)
+    if restarts == 0:
+        dist.init_process_group(backend)
+        return
+    rank, size = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    agent_hosts_store = os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True"
+    store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), size,
+                          is_master=rank == 0 and not agent_hosts_store, timeout=timedelta(minutes=30))
+    dist.init_process_group(backend, store=dist.PrefixStore(f"prcl/attempt-{restarts}", store), rank=rank,
+                            world_size=size)
 
 
 def barrier() -> None:
