@@ -236,3 +236,19 @@ def test_from_checkpoint_errors_name_the_file(trained: dict, tmp_path: Path) -> 
     save_checkpoint(wrong, {"config": config_to_dict(cfg), "teacher": trained["teacher"].state_dict()})
     with pytest.raises(UserError, match="wrong_classes.pt do not fit"):
         Predictor.from_checkpoint(wrong)
+
+
+def test_make_grid_title_and_legend_frame_the_grid(tmp_path: Path) -> None:
+    tile = np.full((6, 8, 3), 200, dtype=np.uint8)
+    rows = [[tile, tile]]
+    plain = np.asarray(make_grid(rows, ["a", "b"], scale=4))
+    legend = [("background", (0, 0, 0)), ("road", (128, 0, 0)), ("tree", (0, 128, 0)), ("sky", (128, 128, 0))]
+    framed = np.asarray(make_grid(rows, ["a", "b"], scale=4, title="test mIoU: PRCL 54.4", legend=legend))
+    assert framed.shape[1] == plain.shape[1] and framed.shape[0] > plain.shape[0]
+    # the grid itself sits unchanged between the title line and the legend rows
+    top = next(y for y in range(framed.shape[0]) if np.array_equal(framed[y:y + plain.shape[0]], plain))
+    assert top > 0 and (framed[:top] < 128).any()  # a title was drawn above
+    below = framed[top + plain.shape[0]:]
+    assert below.shape[0] > 0
+    for _, colour in legend[1:]:  # every swatch colour (black is also the text colour) appears below the grid
+        assert (below.reshape(-1, 3) == np.array(colour)).all(axis=1).any(), colour

@@ -67,11 +67,12 @@ def cmd_eval(args: argparse.Namespace) -> int:
 def cmd_predict(args: argparse.Namespace) -> int:
     from prcl.infer.commands import predict_files
 
-    _require(args, "predict", {"checkpoint": "--checkpoint FILE", "inputs": "image files or folders",
+    _require(args, "predict", {"checkpoint": "--checkpoint FILE", "inputs": "image files, folders or globs",
                                "out": "--out FOLDER"})
-    written = predict_files(args.checkpoint, args.inputs, args.out, device=args.device)
-    print(f"wrote {len(written)} predictions to {args.out}")
-    return 0
+    result = predict_files(args.checkpoint, args.inputs, args.out, device=args.device, protocol=args.protocol,
+                           window=args.window, stride=args.stride, save_probs=args.save_probs)
+    print(f"{len(result.written)} written, {len(result.failed)} failed (outputs in {args.out})")
+    return 1 if result.failed else 0
 
 
 def cmd_splits(args: argparse.Namespace) -> int:
@@ -93,8 +94,18 @@ def _splits_make(args: argparse.Namespace) -> None:
     that are also train ids, and, with --root, ids whose files are missing: what it writes passes
     `prcl splits check`. Without --train-list the train ids are the folder's images minus the valid ids.
     """
-    from prcl.data import FolderDataset, check_splits, make_splits, split_dir, write_splits
-    from prcl.data.splits import describe_missing, existing_split_files, missing_split_files
+    from prcl.data import (
+        FolderDataset,
+        check_splits,
+        make_splits,
+        split_dir,
+        write_splits,
+    )
+    from prcl.data.splits import (
+        describe_missing,
+        existing_split_files,
+        missing_split_files,
+    )
     from prcl.data.validate import check_output_folder
 
     if args.published:
@@ -240,6 +251,50 @@ def _splits_datasets(dataset: str, root: str) -> tuple[SegmentationDataset, Segm
     return CityscapesDataset(root, [], split="train"), CityscapesDataset(root, [], split="val")
 
 
+def _intermixed(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Let the subcommand's positionals come before and after its options (``R.pth --out F key=value``)."""
+    plain = parser.parse_known_args
+
+    def parse_known_args(args=None, namespace=None):  # type: ignore[no-untyped-def]
+        parser.parse_known_args = plain  # type: ignore[method-assign]  # parse_known_intermixed_args calls it
+        try:
+            return parser.parse_known_intermixed_args(args, namespace)
+        finally:
+            parser.parse_known_args = parse_known_args  # type: ignore[method-assign]
+
+    parser.parse_known_args = parse_known_args  # type: ignore[method-assign]
+    return parser
+
+
+def cmd_convert_reference(args: argparse.Namespace) -> int:
+    from prcl.models.reference_checkpoint import convert_reference_checkpoint
+
+    _require(args, "convert-reference", {"release": "the release .pth file", "out": "--out FILE"})
+    convert_reference_checkpoint(args.release, args.out, args.overrides)
+    print(f"wrote {args.out} (converted from {args.release}; for prcl eval and prcl predict, not --resume)")
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from prcl.data.validate import check_output_file
+    from prcl.infer import export
+
+    _require(args, "export", {"checkpoint": "--checkpoint FILE", "out": "--out FILE"})
+    if args.format not in export.FORMATS:
+        raise UserError(f"--format {args.format} is not supported; use --format onnx")
+    if not export.onnx_available():
+        print(export.MISSING_PACKAGES, file=sys.stderr)
+        return 2
+    check_output_file(args.out, "--out")
+    result = export.export_onnx(args.checkpoint, args.out, opset=args.opset, use=args.use, device=args.device,
+                                check=not args.no_check)
+    print(f"wrote {args.out} ({args.format}, opset {args.opset}, {args.use} weights)")
+    if result is None:
+        return 0
+    print(export.check_line(result))
+    return 0 if result["ok"] else 1
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from prcl.demo import run_demo
 
@@ -278,11 +333,22 @@ def build_parser() -> argparse.ArgumentParser:
                     "checkpoints, <name>_uncertainty.png into --out. <name> is the file's stem (photo.jpg -> "
                     "photo_mask.png); inputs that share a stem keep their extension (x.jpg and x.png -> "
                     "x.jpg_mask.png and x.png_mask.png) so no output overwrites another. Existing outputs "
-                    "of the same names are replaced."))
+                    "of the same names are replaced. A file that cannot be decoded is named on stderr and "
+                    "skipped; the last line says 'N written, M failed'. Exit status: 0 all written, 1 some "
+                    "failed, 2 nothing done (a usage error, a bad checkpoint, no images)."))
     p.add_argument("--checkpoint", help="checkpoint to predict with (required)")
-    p.add_argument("inputs", nargs="*", help="image files or folders (at least one)")
+    p.add_argument("inputs", nargs="*", help="image files, folders (every .png .jpg .jpeg .bmp .tif .tiff .webp "
+                   "below, recursively) or quoted globs such as 'photos/**/*.jpg' (at least one)")
     p.add_argument("--out", help="output folder (required; created if missing)")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto (default cpu)")
+    p.add_argument("--protocol", choices=["whole", "sliding"],
+                   help="whole image or sliding windows (default: the checkpoint config's eval protocol)")
+    p.add_argument("--window", type=int, help="sliding window size in pixels (implies sliding; default: the "
+                   "config's eval.window, i.e. its crop size)")
+    p.add_argument("--stride", type=int, help="sliding window stride in pixels (implies sliding; default: two "
+                   "thirds of --window, or the config's eval.stride)")
+    p.add_argument("--save-probs", action="store_true",
+                   help="also write <name>_probs.npy: the (C, H, W) float32 softmax probabilities")
     p.set_defaults(func=cmd_predict)
 
     p = _one_line_errors(sub.add_parser("splits", help="write or check split files"))
@@ -300,6 +366,34 @@ def build_parser() -> argparse.ArgumentParser:
                    "--train-list they are left out of the folder's images)")
     p.add_argument("--force", action="store_true", help="make: replace existing split files in <out>/<num_labels>/<seed>/")
     p.set_defaults(func=cmd_splits)
+
+    p = _intermixed(_one_line_errors(sub.add_parser(
+        "convert-reference", help="convert the authors' release checkpoint (.pth) into a prcl checkpoint",
+        description="Write the authors' release checkpoint (ResNet-101 DeepLabV3+, PASCAL VOC, 21 classes, "
+                    "output stride 16) as a prcl checkpoint for prcl eval and prcl predict: student <- model, "
+                    "teacher <- ema, probability head <- uncer_head. Its config is the packaged "
+                    "voc_blended.yaml (data.root data/VOCdevkit/VOC2012) with key=value overrides applied, "
+                    "e.g. data.root=/data/VOC2012. It holds no training state: prcl train --resume refuses it.")))
+    p.add_argument("release", nargs="?", help="the authors' release checkpoint (.pth; required)")
+    p.add_argument("--out", help="converted checkpoint to write (required; written atomically)")
+    p.add_argument("overrides", nargs="*", metavar="key.sub=value",
+                   help="config overrides stored in the checkpoint, e.g. data.root=/data/VOC2012")
+    p.set_defaults(func=cmd_convert_reference)
+
+    p = _one_line_errors(sub.add_parser(
+        "export", help="export a checkpoint to ONNX (needs pip install 'prcl[export]')",
+        description="Write the checkpoint's model as an ONNX file: input 'image' (N, 3, H, W) float, RGB in [0, 1] "
+                    "normalised with the ImageNet mean/std; outputs 'logits' (N, C, H, W) and, for checkpoints with "
+                    "a probability head, 'variance' (N, 1, H, W), both at the input size. Batch, height and width "
+                    "are dynamic. The file is then checked against PyTorch with onnxruntime (exit 1 on a mismatch)."))
+    p.add_argument("--checkpoint", help="checkpoint to export (required)")
+    p.add_argument("--format", default="onnx", help="export format (only onnx; the default)")
+    p.add_argument("--out", help="file to write (required; written atomically)")
+    p.add_argument("--use", choices=["teacher", "student"], default="teacher")
+    p.add_argument("--opset", type=int, default=17, help="ONNX opset version (default 17)")
+    p.add_argument("--no-check", action="store_true", help="skip the onnxruntime check of the written file")
+    p.add_argument("--device", default="cpu", help="device to trace on: cpu, cuda, cuda:N or auto (default cpu)")
+    p.set_defaults(func=cmd_export)
 
     p = _one_line_errors(sub.add_parser("demo", help="train supervised and PRCL on the embedded demo data and compare"))
     p.add_argument("--out", default="runs/demo")

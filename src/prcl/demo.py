@@ -38,9 +38,9 @@ def demo_configs(out_dir: Path, overrides: list[str], seed: int) -> dict[str, Co
             for method in METHODS}
 
 
-def _figure(out_dir: Path, cfgs: dict[str, Config], trainers: dict[str, Trainer]) -> Path:
+def _figure(out_dir: Path, cfgs: dict[str, Config], trainers: dict[str, Trainer], report: dict) -> Path:
     from prcl.infer import Predictor
-    from prcl.infer.visualize import colorize, denormalize, heatmap, make_grid
+    from prcl.infer.visualize import colorize, denormalize, heatmap, make_grid, palette
 
     data = trainers["prcl"].data
     dataset = data.test if data.test is not None else data.valid
@@ -58,7 +58,10 @@ def _figure(out_dir: Path, cfgs: dict[str, Config], trainers: dict[str, Trainer]
         rows.append([denormalize(image, IMAGENET_MEAN, IMAGENET_STD), colorize(label, num_classes),
                      *(colorize(predictions[m].mask, num_classes) for m in METHODS), heatmap(uncertainty)])
     path = out_dir / "figure.png"
-    make_grid(rows, ["image", "label", *(TITLES[m] for m in METHODS), "PRCL uncertainty"], scale=2, path=path)
+    title = f"{report['split']} mIoU: " + ", ".join(f"{TITLES[m]} {report[m + '_miou']:.1f}" for m in METHODS)
+    legend = list(zip(data.class_names, (tuple(colour) for colour in palette(num_classes))))
+    make_grid(rows, ["image", "label", *(TITLES[m] for m in METHODS), "PRCL uncertainty"], scale=2, path=path,
+              title=title, legend=legend)
     return path
 
 
@@ -93,7 +96,7 @@ def run_demo(out_dir: Path = Path("runs/demo"), overrides: list[str] | None = No
         "train_seconds": {m: s["train_seconds"] for m, s in summaries.items()},
     }
     out_dir.mkdir(parents=True, exist_ok=True)
-    report["figure"] = str(_figure(out_dir, cfgs, trainers))
+    report["figure"] = str(_figure(out_dir, cfgs, trainers, report))
     write_json(out_dir / "report.json", report)
     print()
     print(f"{'method':<14}{split + ' mIoU':>12}{'valid mIoU':>12}")

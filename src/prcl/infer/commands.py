@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import glob
 import math
+import sys
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
 from prcl.config import Config
-from prcl.data.datasets import decode_image
+from prcl.data.datasets import DataFileError, decode_image
 from prcl.data.validate import check_output_file, check_output_folder
 from prcl.devices import resolve_device
 from prcl.errors import UserError
@@ -103,19 +106,60 @@ def run_eval(args) -> dict:
     return result
 
 
-def _inputs(paths: list[str]) -> list[Path]:
+def _image_files_below(folder: Path, exclude: Path | None = None) -> list[Path]:
+    """Every image file (by extension) anywhere below ``folder``, sorted by path, except below ``exclude``."""
+    return sorted(p for p in folder.rglob("*")
+                  if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file() and _outside(p, exclude))
+
+
+def _outside(path: Path, folder: Path | None) -> bool:
+    """Whether ``path`` is not below ``folder`` (always, when ``folder`` is None)."""
+    return folder is None or not path.resolve().is_relative_to(folder.resolve())
+
+
+def _inputs(paths: list[str], exclude: Path | None = None) -> tuple[list[Path], list[str]]:
+    """The image files the inputs name, and one note per input that names none.
+
+    An input is a file (taken whatever its extension), a folder (every image file below it,
+    recursively, by extension: ``IMAGE_SUFFIXES``) or a glob the shell left unexpanded (expanded
+    with ``glob.glob(recursive=True)``, so ``photos/**/*.jpg`` works; matched folders are searched
+    as above, matched files kept when they have an image extension). A path that does not exist
+    (and is no glob) raises UserError; an empty folder or a glob matching no image is a note. A file
+    reached twice is predicted once. Images below ``exclude`` (the output folder, which may lie
+    inside an input folder) are left out of folders and globs. When no input names any image,
+    UserError naming them (one line).
+    """
     files: list[Path] = []
+    notes: list[str] = []
     for item in paths:
         path = Path(item).expanduser()
         if path.is_dir():
-            files += sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+            found = _image_files_below(path, exclude)
+            if not found:
+                notes.append(f"no images in folder {path}")
         elif path.is_file():
-            files.append(path)
+            found = [path]
+        elif glob.has_magic(item):
+            found = []
+            for match in sorted(glob.glob(str(path), recursive=True)):
+                match_path = Path(match)
+                if match_path.is_dir():
+                    found += _image_files_below(match_path, exclude)
+                elif (match_path.suffix.lower() in IMAGE_SUFFIXES and match_path.is_file()
+                      and _outside(match_path, exclude)):
+                    found.append(match_path)
+            if not found:
+                notes.append(f"no images match {item}")
         else:
-            raise UserError(f"input not found: {path} (give image files or folders of images)")
+            raise UserError(f"input not found: {path} (give image files, folders of images or globs)")
+        files += found
     if not files:
-        raise UserError(f"no images found in {', '.join(paths)} (looked for {', '.join(IMAGE_SUFFIXES)})")
-    return files
+        looked = f"looked for {', '.join(IMAGE_SUFFIXES)}"
+        raise UserError(f"nothing to predict: {'; '.join(notes) or 'no inputs'} ({looked})")
+    unique: dict[Path, Path] = {}
+    for path in files:
+        unique.setdefault(path.resolve(), path)
+    return list(unique.values()), notes
 
 
 def output_names(files: list[Path]) -> list[str]:
@@ -136,29 +180,96 @@ def output_names(files: list[Path]) -> list[str]:
     return names
 
 
-def predict_files(checkpoint: str | Path, inputs: list[str], out_dir: str | Path, device: str = "cpu") -> list[Path]:
-    """For each image: ``<name>_mask.png`` (palette), ``<name>_overlay.png`` and, with a probability
-    head, ``<name>_uncertainty.png`` (mean variance) in ``out_dir``. Returns the mask paths.
+@dataclass
+class PredictResult:
+    """What :func:`predict_files` did: the mask written per predicted image, and the skipped files."""
 
-    ``<name>`` is the input's stem (``photo.jpg`` -> ``photo_mask.png``); inputs sharing a stem keep
-    their extension (``x.jpg_mask.png`` and ``x.png_mask.png``), see :func:`output_names`. The device,
-    the inputs and the output folder are checked before the checkpoint is loaded; each file is
-    written atomically.
+    written: list[Path] = field(default_factory=list)
+    failed: list[tuple[Path, str]] = field(default_factory=list)  # (input, why), e.g. "cannot decode: ..."
+    notes: list[str] = field(default_factory=list)  # inputs that named no image (empty folders, globs)
+
+
+def check_views(protocol: str | None, window: int | None, stride: int | None) -> None:
+    """UserError (one line) for ``--protocol``/``--window``/``--stride`` that cannot work together."""
+    if protocol == "whole" and (window is not None or stride is not None):
+        raise UserError("--window and --stride are for --protocol sliding, not whole")
+    for flag, value in (("--window", window), ("--stride", stride)):
+        if value is not None and value < 1:
+            raise UserError(f"{flag} must be a positive number of pixels, got {value}")
+    if window is not None and stride is not None and stride > window:
+        raise UserError(f"--stride ({stride}) must not exceed --window ({window}): pixels between windows "
+                        "would get no prediction")
+
+
+def _set_views(predictor, protocol: str | None, window: int | None, stride: int | None) -> None:
+    """Apply --protocol/--window/--stride; unset ones keep the checkpoint config's eval settings.
+
+    ``--window`` or ``--stride`` alone mean sliding. A sliding window not given is the config's
+    ``eval.window`` (``data.crop_size`` unless set); a stride not given is two thirds of the window
+    when --window is given, else the config's ``eval.stride``.
     """
+    if protocol is None and window is None and stride is None:
+        return
+    if (protocol or "sliding") == "whole":
+        predictor.protocol, predictor.window, predictor.stride = "whole", None, None
+        return
+    cfg = getattr(predictor, "config", None)
+    config_window = predictor.window or (cfg.eval.window if cfg is not None else None)
+    config_stride = predictor.stride or (cfg.eval.stride if cfg is not None else None)
+    if window is None:
+        window = config_window
+        stride = stride or config_stride
+    if window is None:
+        raise UserError("--protocol sliding needs --window (the checkpoint's config sets none)")
+    stride = stride or max(1, int(window) * 2 // 3)
+    check_views("sliding", int(window), int(stride))
+    predictor.protocol, predictor.window, predictor.stride = "sliding", int(window), int(stride)
+
+
+def predict_files(checkpoint: str | Path, inputs: list[str], out_dir: str | Path, device: str = "cpu",
+                  protocol: str | None = None, window: int | None = None, stride: int | None = None,
+                  save_probs: bool = False, progress: bool | None = None) -> PredictResult:
+    """For each image: ``<name>_mask.png`` (palette), ``<name>_overlay.png`` and, with a probability
+    head, ``<name>_uncertainty.png`` (mean variance) in ``out_dir``, all at the image's size; with
+    ``save_probs`` also ``<name>_probs.npy``, the (C, H, W) float32 softmax probabilities.
+
+    ``inputs`` are files, folders (searched recursively) and globs, see :func:`_inputs`. ``<name>``
+    is the input's stem (``photo.jpg`` -> ``photo_mask.png``); inputs sharing a stem keep their
+    extension (``x.jpg_mask.png`` and ``x.png_mask.png``), see :func:`output_names`. ``protocol``
+    ("whole" or "sliding"), ``window`` and ``stride`` replace the checkpoint config's eval settings.
+
+    The device, the inputs, the views and the output folder are checked before the checkpoint is
+    loaded (UserError). A file that cannot be read or decoded is reported on stderr (one line, named)
+    and skipped; the others are still predicted. Each output is written atomically. ``progress``: a
+    tqdm bar on stderr; None shows it only when stderr is a terminal.
+    """
+    from tqdm import tqdm
+
     from prcl.engine.checkpoint import atomic_write
     from prcl.infer import Predictor
     from prcl.infer.visualize import heatmap, overlay, palette
 
     torch_device = resolve_device(device, "--device")
-    files = _inputs(inputs)
-    names = output_names(files)
+    check_views(protocol, window, stride)
     out = check_output_folder(out_dir, "--out")
+    files, notes = _inputs(inputs, exclude=out)
+    names = output_names(files)
+    result = PredictResult(notes=notes)
+    for note in notes:
+        print(f"prcl: {note}; skipped", file=sys.stderr)
     predictor = Predictor.from_checkpoint(checkpoint, device=torch_device)
+    _set_views(predictor, protocol, window, stride)
     out.mkdir(parents=True, exist_ok=True)
     flat_palette = palette(256).reshape(-1).tolist()
-    written = []
-    for path, name in zip(files, names):
-        picture = decode_image(path)
+    bar = tqdm(list(zip(files, names)), desc="predict", unit="image", file=sys.stderr, dynamic_ncols=True,
+               disable=None if progress is None else not progress)
+    for path, name in bar:
+        try:
+            picture = decode_image(path)
+        except DataFileError as error:
+            result.failed.append((path, error.reason))
+            tqdm.write(f"prcl: skipped {path}: {error.reason}", file=sys.stderr)
+            continue
         prediction = predictor.predict(picture)
         mask = Image.fromarray(prediction.mask.astype(np.uint8), mode="P")
         mask.putpalette(flat_palette)
@@ -170,5 +281,9 @@ def predict_files(checkpoint: str | Path, inputs: list[str], out_dir: str | Path
         for filename, image in outputs.items():
             with atomic_write(out / filename) as handle:
                 image.save(handle, format="PNG")
-        written.append(out / f"{name}_mask.png")
-    return written
+        if save_probs:
+            with atomic_write(out / f"{name}_probs.npy") as handle:
+                np.save(handle, np.asarray(prediction.probabilities, dtype=np.float32))
+        result.written.append(out / f"{name}_mask.png")
+    bar.close()
+    return result

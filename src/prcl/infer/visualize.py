@@ -155,11 +155,15 @@ def make_grid(
     column_titles: list[str],
     scale: int = 2,
     path: str | Path | None = None,
+    title: str | None = None,
+    legend: list[tuple[str, tuple[int, int, int]]] | None = None,
 ) -> Image.Image:
     """A grid of equally sized (H, W, 3) uint8 tiles, enlarged ``scale`` times (nearest), with titles.
 
     The picture is (len(columns) * W * scale) wide and (title band + len(rows) * H * scale) high;
-    without titles there is no band. Saved as PNG (atomically) when ``path`` is given.
+    without titles there is no band. ``title`` adds a line above the grid; ``legend`` (name, RGB)
+    pairs add colour swatches with their names below it. Saved as PNG (atomically) when ``path`` is
+    given.
     """
     if not rows or not rows[0]:
         raise ValueError("make_grid needs at least one row with one tile")
@@ -192,11 +196,47 @@ def make_grid(
     canvas.paste(Image.fromarray(body), (0, band))
     if column_titles:
         draw = ImageDraw.Draw(canvas)
-        for column, title in enumerate(column_titles):
-            text = _fit(str(title), draw, font, tile_w - 2 * padding)
+        for column, column_title in enumerate(column_titles):
+            text = _fit(str(column_title), draw, font, tile_w - 2 * padding)
             x = column * tile_w + (tile_w - draw.textlength(text, font=font)) / 2
             draw.text((x, padding - top), text, fill=(0, 0, 0), font=font)
+    if title or legend:
+        canvas = _add_title_and_legend(canvas, title, legend or [], font, padding)
     if path is not None:
         with atomic_write(path, "wb") as stream:
             canvas.save(stream, format="PNG")
     return canvas
+
+
+def _add_title_and_legend(canvas: Image.Image, title: str | None, legend: list[tuple[str, tuple[int, int, int]]],
+                          font: ImageFont.ImageFont, padding: int) -> Image.Image:
+    """The grid with a title line above it and, below it, a swatch and a name for each legend entry."""
+    draw = ImageDraw.Draw(canvas)
+    left, top, right, bottom = draw.textbbox((0, 0), "Ag", font=font)
+    line = (bottom - top) + 2 * padding
+    swatch = bottom - top
+    # Lay the legend out in rows that fit the grid's width.
+    rows: list[list[tuple[str, tuple[int, int, int], float]]] = [[]]
+    x = padding
+    for name, colour in legend:
+        width = swatch + padding + draw.textlength(name, font=font) + 3 * padding
+        if rows[-1] and x + width > canvas.width:
+            rows.append([])
+            x = padding
+        rows[-1].append((name, tuple(int(c) for c in colour), x))
+        x += width
+    title_band = line if title else 0
+    legend_band = line * len(rows) if legend else 0
+    framed = Image.new("RGB", (canvas.width, title_band + canvas.height + legend_band), (255, 255, 255))
+    framed.paste(canvas, (0, title_band))
+    draw = ImageDraw.Draw(framed)
+    if title:
+        text = _fit(title, draw, font, canvas.width - 2 * padding)
+        draw.text(((canvas.width - draw.textlength(text, font=font)) / 2, padding - top), text, fill=(0, 0, 0),
+                  font=font)
+    for index, row in enumerate(rows if legend else []):
+        y = title_band + canvas.height + index * line + padding
+        for name, colour, x in row:
+            draw.rectangle([x, y, x + swatch, y + swatch], fill=colour, outline=(0, 0, 0))
+            draw.text((x + swatch + padding, y - top), name, fill=(0, 0, 0), font=font)
+    return framed

@@ -10,10 +10,14 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
 from prcl.errors import UserError
+
+if TYPE_CHECKING:
+    from prcl.config import Config
 
 REFERENCE_ENCODER_PREFIX = "resnet_"
 ENCODER_PREFIX = "encoder.body."
@@ -61,3 +65,126 @@ def load_reference_checkpoint(path: str | Path) -> dict[str, dict[str, torch.Ten
         "ema": student_state_from_reference(checkpoint["ema"]),
         "probability_head": dict(checkpoint["uncer_head"]),
     }
+
+
+# ---------------------------------------------------------------- conversion to a prcl checkpoint
+
+# The release: DeepLabV3+ ResNet-101 at output stride 16, PASCAL VOC (21 classes), PRCL.
+RELEASE_ENCODER = "resnet101"
+RELEASE_NUM_CLASSES = 21
+RELEASE_OUTPUT_STRIDE = 16
+# Not a training checkpoint (no optimizer, step or RNG state): `prcl train --resume` refuses it
+# with one line, since the trainer resumes only its own format (prcl.engine.trainer.CHECKPOINT_FORMAT).
+CONVERTED_FORMAT = "prcl-converted-reference-1"
+_RELEASE_KEYS = {
+    "data.dataset": "voc",
+    "data.num_classes": RELEASE_NUM_CLASSES,
+    "model.encoder": RELEASE_ENCODER,
+    "model.output_stride": RELEASE_OUTPUT_STRIDE,
+    "method.name": "prcl",
+}
+
+
+def _shapes(state: Mapping[str, torch.Tensor]) -> dict[str, tuple[int, ...]]:
+    return {k: tuple(v.shape) if isinstance(v, torch.Tensor) else None for k, v in state.items()}  # type: ignore[misc]
+
+
+def _layout_difference(got: Mapping[str, torch.Tensor], expected: Mapping[str, torch.Tensor]) -> str | None:
+    """What differs between a state dict and the one a module expects (keys, then shapes), else None."""
+    got_shapes, want_shapes = _shapes(got), _shapes(expected)
+    missing = [k for k in want_shapes if k not in got_shapes]
+    extra = [k for k in got_shapes if k not in want_shapes]
+    if missing or extra:
+        parts = []
+        if missing:
+            parts.append(f"{len(missing)} expected tensors missing (e.g. {missing[0]})")
+        if extra:
+            parts.append(f"{len(extra)} unexpected tensors (e.g. {extra[0]})")
+        return " and ".join(parts)
+    for key, shape in want_shapes.items():
+        if got_shapes[key] != shape:
+            return f"{key} has shape {got_shapes[key]}, expected {shape}"
+    return None
+
+
+def _release_hint(difference: str) -> str:
+    if difference.startswith("classifier.3."):
+        return " (a model with another number of classes)"
+    return ""
+
+
+def release_config(overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """The config of the release run: the packaged voc_blended.yaml (ResNet-101, VOC, PRCL, output
+    stride 16) without ImageNet encoder weights, then ``key=value`` overrides (e.g. data.root=PATH).
+    Overrides that change the architecture, the dataset or the method are refused."""
+    from importlib import resources
+
+    from prcl.config import config_to_dict, load_config
+
+    packaged = Path(str(resources.files("prcl") / "configs" / "voc_blended.yaml"))
+    forced = [f"{key}={value}" for key, value in _RELEASE_KEYS.items()] + ["model.weights=null"]
+    cfg = load_config(packaged, [*forced, *overrides])
+    tree = config_to_dict(cfg)
+    for key, value in _RELEASE_KEYS.items():
+        section, name = key.split(".")
+        if tree[section][name] != value:
+            raise UserError(f"{key} of a converted release checkpoint is {value!r}, not {tree[section][name]!r}: "
+                            f"the authors' release is fixed; leave {key} out of the overrides")
+    return cfg
+
+
+def convert_reference_checkpoint(
+    path: str | Path, out: str | Path, overrides: list[str] | tuple[str, ...] = ()
+) -> dict:
+    """Convert the authors' release checkpoint ``path`` into a prcl checkpoint written atomically to ``out``.
+
+    student <- 'model', teacher <- 'ema', probability_head <- 'uncer_head'; "config" is
+    :func:`release_config` (``overrides`` such as ``data.root=/data/VOC2012`` apply to it), "class_names"
+    the VOC names, "source" names the release file. `prcl eval`, `prcl predict` and
+    `Predictor.from_checkpoint` read it; `prcl train --resume` does not (it holds no training state).
+    Checks before writing: ``out`` is writable, then the config, then that every tensor loads strictly into
+    ``build_segmenter("resnet101", 21, 16)`` and ``ProbabilityHead()``; every failure is one UserError line.
+    Returns the written dict.
+    """
+    from prcl.config import config_to_dict
+    from prcl.data.datasets import VOC_CLASS_NAMES
+    from prcl.data.validate import check_output_file
+    from prcl.engine.checkpoint import save_checkpoint
+    from prcl.models import ProbabilityHead, build_segmenter
+
+    path = Path(path).expanduser()
+    out = check_output_file(out, "--out")
+    if out.exists() and path.exists() and out.resolve() == path.resolve():
+        raise UserError(f"--out {out} is the release file itself; write the converted checkpoint to another file")
+    cfg = release_config(overrides)
+    release = load_reference_checkpoint(path)
+    segmenter = build_segmenter(RELEASE_ENCODER, RELEASE_NUM_CLASSES, RELEASE_OUTPUT_STRIDE, weights=None)
+    head = ProbabilityHead()
+    expected = {"model": segmenter.state_dict(), "ema": segmenter.state_dict(), "probability_head": head.state_dict()}
+    release_names = {"model": "model", "ema": "ema", "probability_head": "uncer_head"}
+    for entry, module in (("model", segmenter), ("ema", segmenter), ("probability_head", head)):
+        where = f"reference checkpoint {path}: its '{release_names[entry]}' entry does not fit"
+        target = "ProbabilityHead()" if entry == "probability_head" else (
+            f"the ResNet-101 DeepLabV3+ with {RELEASE_NUM_CLASSES} classes (the VOC release)")
+        difference = _layout_difference(release[entry], expected[entry])
+        if entry != "probability_head" and difference is not None:
+            # our key names, shown as the release's
+            difference = difference.replace(ENCODER_PREFIX, REFERENCE_ENCODER_PREFIX)
+        if difference is not None:
+            raise UserError(f"{where} {target}: {difference}{_release_hint(difference)}")
+        try:
+            module.load_state_dict(release[entry])  # strict: dtypes and anything the shapes miss
+        except (RuntimeError, TypeError) as error:
+            first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            raise UserError(f"{where} {target}: {first}") from None
+    state = {
+        "format": CONVERTED_FORMAT,
+        "source": f"reference release {path}",
+        "config": config_to_dict(cfg),
+        "class_names": list(VOC_CLASS_NAMES),
+        "student": dict(release["model"]),
+        "teacher": dict(release["ema"]),
+        "probability_head": dict(release["probability_head"]),
+    }
+    save_checkpoint(out, state)
+    return state

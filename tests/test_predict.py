@@ -1,0 +1,166 @@
+"""`prcl predict` on a tiny saved checkpoint: folders, globs, broken files, probabilities, protocols."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from prcl.cli import main
+from prcl.config import config_to_dict, load_config
+from prcl.engine.checkpoint import save_checkpoint
+from prcl.infer import Predictor
+from prcl.infer.visualize import palette
+from prcl.models import ProbabilityHead, build_segmenter
+
+NUM_CLASSES = 3
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny resnet18 segmenter with a probability head, saved as a training checkpoint (as in test_infer)."""
+    torch.manual_seed(0)
+    cfg = load_config(None, ["model.encoder=resnet18", f"data.num_classes={NUM_CLASSES}"])
+    student = build_segmenter("resnet18", NUM_CLASSES, 16, weights=None)
+    head = ProbabilityHead()
+    with torch.no_grad():  # non-trivial batch-norm statistics
+        student.train()
+        head.train()
+        head(student(torch.randn(2, 3, 64, 64)).features)
+    path = tmp_path_factory.mktemp("run") / "best.pt"
+    save_checkpoint(path, {"config": config_to_dict(cfg), "student": student.state_dict(),
+                           "probability_head": head.state_dict(), "iteration": 1})
+    return path
+
+
+@pytest.fixture
+def photos(tmp_path: Path) -> Path:
+    """photos/sub/a.png (40x56), photos/sub/deeper/b.jpg (33x45) and photos/x.png (random bytes)."""
+    rng = np.random.default_rng(0)
+    folder = tmp_path / "photos"
+    (folder / "sub" / "deeper").mkdir(parents=True)
+    Image.fromarray(rng.integers(0, 256, (40, 56, 3), dtype=np.uint8)).save(folder / "sub" / "a.png")
+    Image.fromarray(rng.integers(0, 256, (33, 45, 3), dtype=np.uint8)).save(folder / "sub" / "deeper" / "b.jpg")
+    (folder / "x.png").write_bytes(rng.integers(0, 256, 300, dtype=np.uint8).tobytes())
+    (folder / "notes.txt").write_text("not an image")
+    return folder
+
+
+def _one_error_line(err: str) -> str:
+    lines = err.splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith("prcl") and "Traceback" not in err
+    return lines[0]
+
+
+def test_a_broken_file_is_skipped_and_the_others_written(
+    checkpoint: Path, photos: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = photos / "pred"  # inside the input folder: its outputs are never taken as inputs
+    assert main(["predict", "--checkpoint", str(checkpoint), str(photos), "--out", str(out)]) == 1
+    captured = capsys.readouterr()
+    assert captured.out.strip().splitlines()[-1].startswith("2 written, 1 failed")
+    skipped = [line for line in captured.err.splitlines() if line.startswith("prcl: skipped")]
+    assert len(skipped) == 1 and "x.png" in skipped[0] and "cannot decode" in skipped[0], captured.err
+    assert "Traceback" not in captured.err
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        f"{stem}_{kind}.png" for stem in ("a", "b") for kind in ("mask", "overlay", "uncertainty"))
+    flat_palette = palette(256).reshape(-1).tolist()
+    for stem, size in (("a", (56, 40)), ("b", (45, 33))):
+        with Image.open(out / f"{stem}_mask.png") as mask:
+            assert mask.mode == "P" and mask.size == size
+            assert mask.getpalette() == flat_palette
+            assert np.asarray(mask).max() < NUM_CLASSES
+        for kind in ("overlay", "uncertainty"):
+            with Image.open(out / f"{stem}_{kind}.png") as picture:
+                assert picture.mode == "RGB" and picture.size == size
+    before = sorted(p.name for p in out.iterdir())
+    assert main(["predict", "--checkpoint", str(checkpoint), str(photos), "--out", str(out)]) == 1
+    assert capsys.readouterr().out.strip().splitlines()[-1].startswith("2 written, 1 failed")
+    assert sorted(p.name for p in out.iterdir()) == before
+
+
+def test_a_glob_with_probabilities(
+    checkpoint: Path, photos: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "pred"
+    pattern = str(photos / "**" / "*.jpg")  # as quoted on a shell: expanded by prcl, recursively
+    assert main(["predict", "--checkpoint", str(checkpoint), pattern, "--out", str(out), "--save-probs"]) == 0
+    assert capsys.readouterr().out.strip().splitlines()[-1].startswith("1 written, 0 failed")
+    assert sorted(p.name for p in out.iterdir()) == ["b_mask.png", "b_overlay.png", "b_probs.npy",
+                                                      "b_uncertainty.png"]
+    probs = np.load(out / "b_probs.npy")
+    assert probs.shape == (NUM_CLASSES, 33, 45) and probs.dtype == np.float32
+    np.testing.assert_allclose(probs.sum(0), 1.0, atol=1e-5)
+    with Image.open(out / "b_mask.png") as mask:
+        assert np.array_equal(np.asarray(mask), probs.argmax(0))
+
+
+def test_sliding_windows_match_the_predictor(
+    checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    picture = np.random.default_rng(3).integers(0, 256, (50, 70, 3), dtype=np.uint8)
+    Image.fromarray(picture).save(tmp_path / "big.png")
+    out = tmp_path / "pred"
+    assert main(["predict", "--checkpoint", str(checkpoint), str(tmp_path / "big.png"), "--out", str(out),
+                 "--protocol", "sliding", "--window", "32", "--stride", "20", "--save-probs"]) == 0
+    predictor = Predictor.from_checkpoint(checkpoint)
+    assert predictor.protocol == "whole"  # the config's eval protocol, replaced by the flags
+    whole = predictor.predict(picture)
+    predictor.protocol, predictor.window, predictor.stride = "sliding", 32, 20
+    expected = predictor.predict(picture)
+    np.testing.assert_allclose(np.load(out / "big_probs.npy"), expected.probabilities, atol=1e-5)
+    assert not np.allclose(whole.probabilities, expected.probabilities, atol=1e-4)
+    capsys.readouterr()
+    for bad in (["--protocol", "whole", "--window", "32"], ["--window", "20", "--stride", "30"]):
+        assert main(["predict", "--checkpoint", str(checkpoint), str(tmp_path / "big.png"), "--out",
+                     str(tmp_path / "o2"), *bad]) == 2
+        assert "--window" in _one_error_line(capsys.readouterr().err)
+    assert not (tmp_path / "o2").exists()
+
+
+def test_nothing_to_predict_is_one_line_before_loading(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    missing_checkpoint = str(tmp_path / "never_loaded.pt")
+    assert main(["predict", "--checkpoint", missing_checkpoint, str(empty), "--out", str(tmp_path / "o")]) == 2
+    line = _one_error_line(capsys.readouterr().err)
+    assert "no images in folder" in line and str(empty) in line and "never_loaded" not in line
+    pattern = str(tmp_path / "*.jpg")
+    assert main(["predict", "--checkpoint", missing_checkpoint, pattern, "--out", str(tmp_path / "o")]) == 2
+    line = _one_error_line(capsys.readouterr().err)
+    assert f"no images match {pattern}" in line and "never_loaded" not in line
+    assert not (tmp_path / "o").exists()
+
+
+def test_an_empty_folder_beside_images_is_noted(
+    checkpoint: Path, photos: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "empty").mkdir()
+    out = tmp_path / "pred"
+    assert main(["predict", "--checkpoint", str(checkpoint), str(tmp_path / "empty"), str(photos / "sub" / "a.png"),
+                 "--out", str(out)]) == 0
+    captured = capsys.readouterr()
+    assert f"prcl: no images in folder {tmp_path / 'empty'}; skipped" in captured.err.splitlines()
+    assert captured.out.strip().splitlines()[-1].startswith("1 written, 0 failed")
+
+
+def test_a_checkpoint_that_does_not_fit_is_one_line(
+    checkpoint: Path, photos: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    state = torch.load(checkpoint, weights_only=True)
+    wrong = tmp_path / "five_classes.pt"
+    save_checkpoint(wrong, {**state, "config": config_to_dict(load_config(
+        None, ["model.encoder=resnet18", "data.num_classes=5"]))})
+    other = tmp_path / "resnet50.pt"
+    save_checkpoint(other, {**state, "config": config_to_dict(load_config(
+        None, ["model.encoder=resnet50", f"data.num_classes={NUM_CLASSES}"]))})
+    bare = tmp_path / "no_config.pt"
+    save_checkpoint(bare, {"student": state["student"]})
+    for path in (wrong, other, bare):
+        assert main(["predict", "--checkpoint", str(path), str(photos / "sub"), "--out", str(tmp_path / "o")]) == 2
+        assert path.name in _one_error_line(capsys.readouterr().err)
+    assert not (tmp_path / "o").exists()
