@@ -1,4 +1,4 @@
-"""The `prcl` command: train, eval, predict, splits, demo.
+"""The `prcl` command: train, eval, predict, splits, demo, plot.
 
 Mistakes a user can make end with one line on stderr naming the key or file and the fix, exit 2.
 """
@@ -302,6 +302,17 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_plot(args: argparse.Namespace) -> int:
+    from prcl.infer.plots import plot_runs
+
+    try:
+        out = plot_runs(args.runs, args.out)
+    except ImportError as error:
+        raise UserError(str(error)) from None
+    print(f"wrote {out}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _one_line_errors(argparse.ArgumentParser(prog="prcl",
                                                       description="PRCL semi-supervised semantic segmentation"))
@@ -400,6 +411,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("overrides", nargs="*", metavar="key.sub=value", help="overrides for both runs")
     p.set_defaults(func=cmd_demo)
+
+    p = _one_line_errors(sub.add_parser(
+        "plot", help="draw a run's curves (losses, lr, mIoU, images/s) into a PNG (needs prcl[plots])",
+        description="Read each run folder's metrics.jsonl and draw one PNG: the losses, the lr (and lambda), the "
+                    "validation mIoU per evaluation and images/s; several runs are overlaid, labelled by folder."))
+    p.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run folders (train.out_dir) holding metrics.jsonl")
+    p.add_argument("--out", help="PNG to write (default: <RUN_DIR>/curves.png for one run, comparison.png in the "
+                   "first run's parent folder for several); written atomically")
+    p.set_defaults(func=cmd_plot)
     return parser
 
 

@@ -139,8 +139,7 @@ class OptimConfig(_Section):
 
 
 class TrainConfig(_Section):
-    # Where training stops. null: at the end of the schedule (train.epochs x the epoch length).
-    # The default is the reference's VOC 662 run on 8 GPUs (200 epochs x 84 iterations).
+    # Where training stops (null: train.epochs x the epoch length); default: the reference's VOC 662 run (200 x 84)
     iterations: Maybe[AtLeast(1)] = 16800
     epochs: Maybe[AtLeast(1)] = None  # set: the schedules span this many epochs (needs an epoch length)
     epoch_iterations: Maybe[AtLeast(1)] = None  # set: lr and lambda step once per epoch of this many
@@ -159,6 +158,7 @@ class TrainConfig(_Section):
     channels_last: bool = True  # NHWC memory layout for the networks and their inputs (faster convolutions)
     max_nonfinite_steps: AtLeast(1) = 10  # stop after this many non-finite losses in a row
     progress: bool = True
+    tensorboard: bool = True  # TensorBoard scalars under <out_dir>/tensorboard when tensorboard is installed
 
 
 class EvalConfig(_Section):
@@ -334,7 +334,7 @@ def save_config(cfg: Config, path: str | Path) -> None:
 RESUME_BREAKING = ("method.name", "model.encoder", "model.output_stride", "data.dataset", "data.num_classes",
                    "data.num_labels", "data.split_seed", "data.splits", "prcl.deterministic", "prcl.global_prototypes")
 RESUME_FREE = ("train.iterations", "train.progress", "train.out_dir", "train.device", "train.log_every", "train.eval_every",
-               "train.checkpoint_every", "train.channels_last", "train.compile", "data.num_workers")
+               "train.checkpoint_every", "train.channels_last", "train.compile", "train.tensorboard", "data.num_workers")
 
 
 def resume_conflicts(stored: Config, current: Config) -> tuple[list[str], list[str]]:

@@ -5,7 +5,8 @@ networks and optimiser groups, moves them to the device, wraps the trained ones 
 parallelism, and then runs the method's step, the optimiser, and the method's post-step update.
 
 A run directory holds ``config.yaml`` (resolved), ``metrics.jsonl`` (one JSON object per logged step
-and per evaluation), ``checkpoints/last.pt`` and ``best.pt`` and, at the end, ``summary.json``.
+and per evaluation), ``checkpoints/last.pt`` and ``best.pt`` and, at the end, ``summary.json`` and ``curves.png``
+(with matplotlib); with tensorboard installed and ``train.tensorboard`` on, ``tensorboard/`` holds the scalars.
 """
 
 from __future__ import annotations
@@ -52,6 +53,7 @@ from .data_setup import build_run_data
 from .evaluate import evaluate_model
 from .sampling import mixed_seed, step_loader
 from .schedules import describe_schedule, poly_lr, schedule_progress
+from .tensorboard_log import TensorBoardLog
 
 CHECKPOINT_FORMAT = "prcl-checkpoint-2"
 
@@ -165,6 +167,8 @@ class Trainer:
         self.train_seconds = 0.0  # time in training steps, summed over resumed sessions
         self.trained_steps = 0
         self._prepare_run_dir(resumed)
+        self.tensorboard = TensorBoardLog(self.out_dir / "tensorboard" if self.main and cfg.train.tensorboard else None,
+                                          purge_step=self.step + 1 if self.step else None)
 
     def _place(self, nets: Networks) -> Networks:
         """Every network on the device in the run's memory format, compiled with ``train.compile``; under a
@@ -328,6 +332,7 @@ class Trainer:
             path = self.out_dir / "metrics.jsonl"
             with _write_errors(path), open(path, "a", encoding="utf-8") as f:
                 f.write(json.dumps(record) + "\n")
+            self.tensorboard.record(record)
 
     # -------------------------------------------------------------------------------------- training
     def _loaders(self):
@@ -472,6 +477,12 @@ class Trainer:
         return received
 
     def fit(self) -> dict:
+        try:
+            return self._fit()
+        finally:
+            self.tensorboard.close()  # flushed, after an interruption or an error too
+
+    def _fit(self) -> dict:
         cfg = self.cfg
         total = cfg.train.iterations
         labeled, unlabeled = self._loaders()
@@ -505,4 +516,16 @@ class Trainer:
             self.log({"type": "eval", "split": "test", "step": self.step, **test})
         if self.main:
             write_json(self.out_dir / "summary.json", summary)
+            self._write_curves()
         return summary
+
+    def _write_curves(self) -> None:
+        """``<out_dir>/curves.png`` from metrics.jsonl; skipped without matplotlib (the optional ``plots`` extra)."""
+        from prcl.infer.plots import plot_runs
+
+        try:
+            plot_runs([self.out_dir])
+        except ImportError:
+            return
+        except (OSError, ValueError, UserError) as error:  # the run itself is done: a picture must not fail it
+            self._say(f"warning: could not draw {self.out_dir / 'curves.png'}: {error}")
