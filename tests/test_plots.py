@@ -9,7 +9,7 @@ from PIL import Image
 
 from prcl.cli import main
 
-pytest.importorskip("matplotlib")
+import matplotlib  # noqa: E402,F401  (a dev extra: a missing package fails here, never skips)
 
 
 def write_run(folder, steps=6, scale=1.0, torn=False):
@@ -80,7 +80,7 @@ def test_plot_needs_a_run_folder(capsys):
 
 @pytest.mark.slow
 def test_training_writes_curves_and_tensorboard(demo_root, tmp_path):
-    pytest.importorskip("tensorboard")
+    import tensorboard  # noqa: F401  (a dev extra: fails when missing, never skips)
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     from prcl.engine.trainer import Trainer
