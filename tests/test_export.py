@@ -12,11 +12,11 @@ import torch
 import torch.nn.functional as F
 
 from prcl.cli import main
-from prcl.config import config_to_dict, load_config
 from prcl.engine.checkpoint import save_checkpoint
 from prcl.errors import UserError
 from prcl.infer import export
-from prcl.models import ProbabilityHead, build_segmenter, make_teacher
+
+from tiny_run import tiny_networks
 
 NUM_CLASSES = 3
 SIZES = [(2, 64, 64), (2, 96, 80)]  # (batch, height, width): dynamic axes
@@ -26,18 +26,7 @@ SIZES = [(2, 64, 64), (2, 96, 80)]  # (batch, height, width): dynamic axes
 def checkpoints(tmp_path_factory: pytest.TempPathFactory) -> dict:
     """A PRCL checkpoint (teacher, student, probability head) and a supervised one (student only)."""
     torch.manual_seed(0)
-    cfg = config_to_dict(load_config(None, ["model.encoder=resnet18", f"data.num_classes={NUM_CLASSES}"]))
-    student = build_segmenter("resnet18", NUM_CLASSES, 16, weights=None)
-    head = ProbabilityHead()
-    with torch.no_grad():  # non-trivial batch-norm statistics, so eval mode matters
-        student.train()
-        head.train()
-        for _ in range(2):
-            head(student(torch.randn(2, 3, 64, 64)).features)
-    teacher = make_teacher(student)
-    with torch.no_grad():
-        for parameter in teacher.parameters():
-            parameter.add_(0.05 * torch.randn_like(parameter))
+    cfg, student, teacher, head = tiny_networks(NUM_CLASSES)
     folder = tmp_path_factory.mktemp("export")
     prcl, supervised = folder / "prcl.pt", folder / "supervised.pt"
     save_checkpoint(prcl, {"config": cfg, "student": student.state_dict(), "teacher": teacher.state_dict(),

@@ -17,7 +17,8 @@ from prcl.engine.checkpoint import save_checkpoint
 from prcl.engine.evaluate import average_views, dense_maps, evaluate_model
 from prcl.errors import UserError
 from prcl.infer import Predictor, colorize, denormalize, heatmap, make_grid, overlay, palette
-from prcl.models import ProbabilityHead, build_segmenter, make_teacher
+
+from tiny_run import tiny_networks
 
 NUM_CLASSES = 3
 
@@ -104,24 +105,12 @@ def test_make_grid_size_and_saved_png(tmp_path: Path) -> None:
 def trained(tmp_path_factory: pytest.TempPathFactory) -> dict:
     """A tiny resnet18 segmenter, its teacher and probability head, saved as a training checkpoint."""
     torch.manual_seed(0)
-    cfg = load_config(None, ["model.encoder=resnet18", f"data.num_classes={NUM_CLASSES}"])
-    student = build_segmenter("resnet18", NUM_CLASSES, 16, weights=None)
-    head = ProbabilityHead()
-    # Give the batch-norm layers non-trivial running statistics so eval mode differs from train mode.
-    with torch.no_grad():
-        student.train()
-        head.train()
-        for _ in range(2):
-            head(student(torch.randn(2, 3, 64, 64)).features)
-    teacher = make_teacher(student)
-    with torch.no_grad():
-        for parameter in teacher.parameters():  # a teacher that differs from the student
-            parameter.add_(0.05 * torch.randn_like(parameter))
+    cfg, student, teacher, head = tiny_networks(NUM_CLASSES)
     path = tmp_path_factory.mktemp("run") / "best.pt"
     save_checkpoint(
         path,
         {
-            "config": config_to_dict(cfg),
+            "config": cfg,
             "student": student.state_dict(),
             "teacher": teacher.state_dict(),
             "probability_head": head.state_dict(),

@@ -14,7 +14,8 @@ from prcl.config import config_to_dict, load_config
 from prcl.engine.checkpoint import save_checkpoint
 from prcl.infer import Predictor
 from prcl.infer.visualize import palette
-from prcl.models import ProbabilityHead, build_segmenter
+
+from tiny_run import tiny_networks
 
 NUM_CLASSES = 3
 
@@ -23,15 +24,9 @@ NUM_CLASSES = 3
 def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny resnet18 segmenter with a probability head, saved as a training checkpoint (as in test_infer)."""
     torch.manual_seed(0)
-    cfg = load_config(None, ["model.encoder=resnet18", f"data.num_classes={NUM_CLASSES}"])
-    student = build_segmenter("resnet18", NUM_CLASSES, 16, weights=None)
-    head = ProbabilityHead()
-    with torch.no_grad():  # non-trivial batch-norm statistics
-        student.train()
-        head.train()
-        head(student(torch.randn(2, 3, 64, 64)).features)
+    cfg, student, _, head = tiny_networks(NUM_CLASSES)
     path = tmp_path_factory.mktemp("run") / "best.pt"
-    save_checkpoint(path, {"config": config_to_dict(cfg), "student": student.state_dict(),
+    save_checkpoint(path, {"config": cfg, "student": student.state_dict(),
                            "probability_head": head.state_dict(), "iteration": 1})
     return path
 

@@ -23,3 +23,29 @@ def tiny_overrides(demo_root, out_dir, method="prcl", iterations=4, **extra):
 
 def tiny_config(demo_root, out_dir, **kwargs):
     return load_config(None, tiny_overrides(demo_root, out_dir, **kwargs))
+
+
+def tiny_networks(num_classes: int):
+    """A resnet18 student, its probability head and a teacher that differs from the student.
+
+    Two training-mode passes give the batch-norm layers non-trivial running statistics, so eval mode
+    differs from train mode. Returns (config dict, student, teacher, head); call under a fixed seed.
+    """
+    import torch
+
+    from prcl.config import config_to_dict
+    from prcl.models import ProbabilityHead, build_segmenter, make_teacher
+
+    cfg = config_to_dict(load_config(None, ["model.encoder=resnet18", f"data.num_classes={num_classes}"]))
+    student = build_segmenter("resnet18", num_classes, 16, weights=None)
+    head = ProbabilityHead()
+    with torch.no_grad():
+        student.train()
+        head.train()
+        for _ in range(2):
+            head(student(torch.randn(2, 3, 64, 64)).features)
+    teacher = make_teacher(student)
+    with torch.no_grad():
+        for parameter in teacher.parameters():
+            parameter.add_(0.05 * torch.randn_like(parameter))
+    return cfg, student, teacher, head

@@ -58,31 +58,14 @@ Transform = Callable[[dict[str, Any]], dict[str, Any]]
 class DataFileError(UserError):
     """A data file (image or mask) a dataset cannot use; its message is one line naming the file.
 
-    Raised by dataset reads, also inside DataLoader worker processes. torch re-raises a worker's
-    exception in the main process as ``type(error)(text)`` where ``text`` is "Caught ... in
-    DataLoader worker process N.\nOriginal Traceback ...": this class recognises that text and
-    keeps only the original one-line message, so the re-raised error prints as one line too. The
-    worker's traceback stays available as ``worker_traceback`` (empty when raised in-process).
+    Raised by dataset reads, also inside DataLoader worker processes (``UserError`` keeps it one
+    line when torch re-raises it in the main process). ``reason`` says what is wrong without the
+    file name and the fix (for summaries).
     """
 
     def __init__(self, message: str = "", *args: Any, reason: str | None = None) -> None:
-        text = str(message)
-        traceback_text = ""
-        if text.startswith("Caught ") and "Original Traceback" in text:
-            traceback_text = text
-            text = _last_error_line(text, type(self).__name__)
-        super().__init__(text, *args)
-        self.worker_traceback = traceback_text
-        self.reason = reason or text  # what is wrong, without the file name and the fix (for summaries)
-
-
-def _last_error_line(text: str, class_name: str) -> str:
-    """The message of the ``<module>.<class_name>: message`` line at the end of a formatted traceback."""
-    marker = f"{class_name}: "
-    for line in reversed(text.rstrip().splitlines()):
-        if marker in line:
-            return line.split(marker, 1)[1].strip()
-    return text.rstrip().splitlines()[-1].strip()
+        super().__init__(message, *args)
+        self.reason = reason or str(self)
 
 
 # Modes with 8 bits per channel that PIL converts to RGB itself: alpha is dropped, a palette is

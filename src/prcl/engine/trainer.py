@@ -150,6 +150,8 @@ class Trainer:
         student = build_segmenter(cfg.model.encoder, cfg.data.num_classes, cfg.model.output_stride,
                                   weights=cfg.model.weights)
         self.nets = self._place(self.method.build_networks(student))
+        # The networks the optimiser updates (the teacher is not among them): put in train mode each step.
+        self.trained_nets = [net for net in self.nets.values() if any(p.requires_grad for p in net.parameters())]
 
         o = cfg.optim
         groups = self.method.optimizer_groups({name: unwrap_model(net) for name, net in self.nets.items()})
@@ -294,9 +296,7 @@ class Trainer:
         }
 
     def load_state(self, state: dict) -> None:
-        if state.get("format") != CHECKPOINT_FORMAT:
-            raise UserError(f"the checkpoint to resume is not a {CHECKPOINT_FORMAT} training checkpoint "
-                            "(written by another prcl version, or not by `prcl train`)")
+        """Restore a checkpoint whose format and config ``_checkpoint_to_resume`` already checked."""
         try:
             for name, net in self.nets.items():
                 unwrap_model(net).load_state_dict(state[name])
@@ -369,9 +369,8 @@ class Trainer:
             unlabeled_images=unlabeled["image"].to(device, non_blocking=True, memory_format=self.memory_format)
             if unlabeled is not None else None,
             step=self.step, generator=generator, probe=self._logged(self.step + 1))
-        for net in self.nets.values():
-            if any(p.requires_grad for p in net.parameters()):
-                net.train()
+        for net in self.trained_nets:
+            net.train()
         amp = torch.autocast(device.type, dtype=self.autocast_dtype) if cfg.train.amp else nullcontext()
         with amp:
             losses = self.method.train_step(self.nets, batch)

@@ -60,12 +60,18 @@ class MeanTeacher(Method):
             outputs = [student(torch.cat([batch.labeled_images, strong_images]))]
         return outputs, strong_labels, strong_confidence
 
-    def train_step(self, nets: Networks, batch: StepInput) -> dict[str, torch.Tensor]:
-        outputs, strong_labels, strong_confidence = self.student_pass(nets, batch)
+    def label_losses(self, outputs: list[SegmenterOutput], batch: StepInput, strong_labels: torch.Tensor,
+                     strong_confidence: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(logits (Bl + Bu, C, h, w) of both passes, supervised loss, pseudo-label loss), losses with graph."""
         logits = torch.cat([out.logits for out in outputs])
         num_labeled = batch.labeled_images.shape[0]
         sup = supervised_loss(logits[:num_labeled], batch.labels)
         unsup = pseudo_label_loss(logits[num_labeled:], strong_labels, strong_confidence, self.un_threshold)
+        return logits, sup, unsup
+
+    def train_step(self, nets: Networks, batch: StepInput) -> dict[str, torch.Tensor]:
+        outputs, strong_labels, strong_confidence = self.student_pass(nets, batch)
+        _, sup, unsup = self.label_losses(outputs, batch, strong_labels, strong_confidence)
         losses = {"loss": sup + unsup, "sup": sup.detach(), "unsup": unsup.detach()}
         if batch.probe:
             losses["unlabeled_above_un_threshold"] = (strong_confidence >= self.un_threshold).float().mean()

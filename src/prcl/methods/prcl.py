@@ -13,11 +13,11 @@ import torch
 from torch import nn
 
 from prcl.engine.schedules import contrast_weight
-from prcl.losses import PRCLLoss, pseudo_label_loss
+from prcl.losses import PRCLLoss
 from prcl.models import ProbabilityHead
 from prcl.models.deeplab import FEATURE_CHANNELS, REPRESENTATION_DIM
 
-from .base import Networks, StepInput, nearest_resize, supervised_loss
+from .base import Networks, StepInput, nearest_resize
 from .mean_teacher import MeanTeacher
 
 if TYPE_CHECKING:
@@ -60,11 +60,9 @@ class PRCL(MeanTeacher):
 
     def train_step(self, nets: Networks, batch: StepInput) -> dict[str, torch.Tensor | float]:
         outputs, strong_labels, strong_confidence = self.student_pass(nets, batch)
-        logits = torch.cat([out.logits for out in outputs])
+        logits, sup, unsup = self.label_losses(outputs, batch, strong_labels, strong_confidence)
         mu = torch.cat([out.mu for out in outputs])
         num_labeled = batch.labeled_images.shape[0]
-        sup = supervised_loss(logits[:num_labeled], batch.labels)
-        unsup = pseudo_label_loss(logits[num_labeled:], strong_labels, strong_confidence, self.un_threshold)
 
         if self.deterministic:
             head_var = None
