@@ -32,17 +32,19 @@ def _scores(anchor_mu, anchor_var, key_mu, key_var, key_index):
     return -0.5 * (diff * diff / var_sum + torch.log(var_sum)).mean(-1)
 
 
-def _score_grads(anchor_mu, anchor_var, key_mu, key_var, key_index, grad_scores):
+def _score_grads(anchor_mu, anchor_var, key_mu, key_var, key_index_t, grad_scores_t):
     """Gradients of sum(grad_scores * scores) w.r.t. anchor_mu and anchor_var, both (A, D).
 
-    Written without a shared (A, K, D) intermediate so that Inductor fuses each term into its
-    reduction instead of storing it.
+    Takes the key index and the score gradients transposed, (K, A), so the sum over keys runs over
+    the outer dimension: Inductor then vectorises along D, which is contiguous in every gathered row
+    (summing over the inner K gathered one element per lane, 3.6x slower on the CPU). Each term is
+    written without a shared (K, A, D) intermediate so that it fuses into its reduction.
     """
-    var_sum = anchor_var.unsqueeze(1) + key_var[key_index]
-    diff = anchor_mu.unsqueeze(1) - key_mu[key_index]
-    weight = grad_scores.unsqueeze(-1) / anchor_mu.shape[-1]
-    grad_mu = -(weight * diff / var_sum).sum(1)
-    grad_var = -0.5 * (weight * (1.0 / var_sum - diff * diff / (var_sum * var_sum))).sum(1)
+    var_sum = anchor_var.unsqueeze(0) + key_var[key_index_t]
+    diff = anchor_mu.unsqueeze(0) - key_mu[key_index_t]
+    weight = grad_scores_t.unsqueeze(-1) / anchor_mu.shape[-1]
+    grad_mu = -(weight * diff / var_sum).sum(0)
+    grad_var = -0.5 * (weight * (1.0 / var_sum - diff * diff / (var_sum * var_sum))).sum(0)
     return grad_mu, grad_var
 
 
@@ -60,12 +62,12 @@ def _scores_chunked(anchor_mu, anchor_var, key_mu, key_var, key_index):
     )
 
 
-def _score_grads_chunked(anchor_mu, anchor_var, key_mu, key_var, key_index, grad_scores):
-    step = _chunk_rows(key_index.shape[1], anchor_mu.shape[1])
+def _score_grads_chunked(anchor_mu, anchor_var, key_mu, key_var, key_index_t, grad_scores_t):
+    step = _chunk_rows(key_index_t.shape[0], anchor_mu.shape[1])
     parts = [
         _score_grads(
             anchor_mu[i : i + step], anchor_var[i : i + step], key_mu, key_var,
-            key_index[i : i + step], grad_scores[i : i + step],
+            key_index_t[:, i : i + step], grad_scores_t[:, i : i + step],
         )
         for i in range(0, anchor_mu.shape[0], step)
     ]
@@ -111,7 +113,8 @@ class _GatheredMLS(torch.autograd.Function):
     def backward(ctx, grad_scores):
         anchor_mu, anchor_var, key_mu, key_var, key_index = ctx.saved_tensors
         grad_mu, grad_var = _run(
-            ctx.kernel, 1, anchor_mu, anchor_var, key_mu, key_var, key_index, grad_scores.contiguous()
+            ctx.kernel, 1, anchor_mu, anchor_var, key_mu, key_var, key_index.t().contiguous(),
+            grad_scores.t().contiguous(),
         )
         return grad_mu, grad_var, None, None, None, None
 
