@@ -8,9 +8,12 @@ the real size on the device: ResNet-101, ``--crop`` (321), ``--batch`` labeled +
 unlabeled images, 21 classes, labels of 3 blocky classes per image. Reported per setting: the
 first step (it compiles the PRCL score kernel where torch.compile is used), the median of the
 timed steps, images per second (labeled + unlabeled), and peak GPU memory on CUDA. The share of
-the contrast is 1 - t(mean_teacher) / t(prcl) for the same passes and precision.
+the contrast is 1 - t(mean_teacher) / t(prcl) for the same passes and precision. ``--interleave``
+takes the settings' steps in turn in one process and reports, per prcl setting, the median of the
+per-step ratios t(prcl) / t(mean_teacher): the figure least moved by a machine whose speed drifts.
 
     python benchmarks/bench_train_step.py --device cpu --batch 2 --steps 5
+    python benchmarks/bench_train_step.py --device cpu --interleave --steps 15 --settings mean_teacher:separate prcl:separate
     python benchmarks/bench_train_step.py --device cuda --batch 8 --steps 20 --amp both
 """
 
@@ -46,55 +49,94 @@ def autocast_name(device: torch.device) -> str:
     return str(autocast_dtype(device)).replace("torch.", "")
 
 
-def run_setting(setting: str, args: argparse.Namespace, root: Path) -> dict:
-    from prcl.config import load_config
-    from prcl.engine.trainer import Trainer
+class Setting:
+    """One setting's fresh Trainer and its two alternating random batches; ``step()`` times one step."""
 
-    method, passes, *rest = setting.split(":")
-    unknown = set(rest) - {"amp", "compile"}
-    if unknown:
-        raise SystemExit(f"unknown switch {sorted(unknown)} in setting {setting!r}: use amp and/or compile")
-    amp, compiled = "amp" in rest, "compile" in rest
-    out_dir = root / setting.replace(":", "_")
-    cfg = load_config(None, [
-        "data.dataset=demo", f"data.root={root / 'data'}", "data.demo.num_train=16", "data.demo.num_valid=2",
-        "data.demo.num_test=0", "data.num_labels=4", "data.split_seed=0", f"data.num_classes={NUM_CLASSES}",
-        f"data.crop_size={args.crop}", f"data.batch_size={args.batch}", "data.num_workers=0",
-        f"model.encoder={args.encoder}", "model.weights=null", f"method.name={method}",
-        f"method.student_passes={passes}", f"prcl.kernel={args.kernel}", f"train.amp={str(amp).lower()}",
-        f"train.compile={str(compiled).lower()}",
-        f"train.device={args.device}", f"train.out_dir={out_dir}", "train.progress=false",
-        "train.iterations=1000", "train.log_every=100000",  # no logged (probed) step among the timed ones
-        *args.set,
-    ])
-    torch.manual_seed(0)
-    trainer = Trainer(cfg)
-    device = trainer.device
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    generator = torch.Generator().manual_seed(0)
-    batches = [batch(args.batch, args.crop, generator) for _ in range(2)]
-    times = []
-    for step in range(args.warmup + args.steps):
-        if step == args.warmup and device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(device)
-        labeled, unlabeled = batches[step % 2]
+    def __init__(self, setting: str, args: argparse.Namespace, root: Path) -> None:
+        from prcl.config import load_config
+        from prcl.engine.trainer import Trainer
+
+        method, passes, *rest = setting.split(":")
+        unknown = set(rest) - {"amp", "compile"}
+        if unknown:
+            raise SystemExit(f"unknown switch {sorted(unknown)} in setting {setting!r}: use amp and/or compile")
+        amp, compiled = "amp" in rest, "compile" in rest
+        out_dir = root / setting.replace(":", "_")
+        self.cfg = load_config(None, [
+            "data.dataset=demo", f"data.root={root / 'data'}", "data.demo.num_train=16", "data.demo.num_valid=2",
+            "data.demo.num_test=0", "data.num_labels=4", "data.split_seed=0", f"data.num_classes={NUM_CLASSES}",
+            f"data.crop_size={args.crop}", f"data.batch_size={args.batch}", "data.num_workers=0",
+            f"model.encoder={args.encoder}", "model.weights=null", f"method.name={method}",
+            f"method.student_passes={passes}", f"prcl.kernel={args.kernel}", f"train.amp={str(amp).lower()}",
+            f"train.compile={str(compiled).lower()}",
+            f"train.device={args.device}", f"train.out_dir={out_dir}", "train.progress=false",
+            "train.iterations=1000", "train.log_every=100000",  # no logged (probed) step among the timed ones
+            *args.set,
+        ])
+        torch.manual_seed(0)
+        self.name, self.method, self.args = setting, method, args
+        self.trainer = Trainer(self.cfg)
+        self.device = self.trainer.device
+        generator = torch.Generator().manual_seed(0)
+        self.batches = [batch(args.batch, args.crop, generator) for _ in range(2)]
+        self.times: list[float] = []
+
+    def step(self) -> float:
+        """One training step; its seconds (appended to ``times``)."""
+        if len(self.times) == self.args.warmup and self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
+        sync = torch.cuda.synchronize if self.device.type == "cuda" else (lambda: None)
+        labeled, unlabeled = self.batches[len(self.times) % 2]
         sync()
         started = time.perf_counter()
-        record = trainer.train_step(labeled, unlabeled if method != "supervised" else None)
+        record = self.trainer.train_step(labeled, unlabeled if self.method != "supervised" else None)
         sync()
-        times.append(time.perf_counter() - started)
-        trainer.step += 1
+        self.times.append(time.perf_counter() - started)
+        self.trainer.step += 1
         if record is None:
-            raise RuntimeError(f"{setting}: non-finite step {step}")
-    seconds = statistics.median(times[args.warmup:])
-    images = args.batch * (1 if method == "supervised" else 2)
-    del trainer
-    return {
-        "setting": setting, "amp_dtype": autocast_name(device) if cfg.train.amp else "float32", "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
-        "batch": f"{args.batch}+{args.batch}", "crop": args.crop, "first_step_s": round(times[0], 3),
-        "step_s": round(seconds, 4), "images_per_s": round(images / seconds, 2),
-        "peak_gpu_gib": round(torch.cuda.max_memory_allocated(device) / 2**30, 2) if device.type == "cuda" else None,
-    }
+            raise RuntimeError(f"{self.name}: non-finite step {len(self.times)}")
+        return self.times[-1]
+
+    def result(self) -> dict:
+        device, args = self.device, self.args
+        seconds = statistics.median(self.times[args.warmup:])
+        images = args.batch * (1 if self.method == "supervised" else 2)
+        return {
+            "setting": self.name, "amp_dtype": autocast_name(device) if self.cfg.train.amp else "float32",
+            "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+            "batch": f"{args.batch}+{args.batch}", "crop": args.crop, "first_step_s": round(self.times[0], 3),
+            "step_s": round(seconds, 4), "images_per_s": round(images / seconds, 2),
+            "peak_gpu_gib": round(torch.cuda.max_memory_allocated(device) / 2**30, 2) if device.type == "cuda" else None,
+        }
+
+
+def run_setting(setting: str, args: argparse.Namespace, root: Path) -> dict:
+    """Warm-up and timed steps of one setting on its own."""
+    measured = Setting(setting, args, root)
+    for _ in range(args.warmup + args.steps):
+        measured.step()
+    result = measured.result()
+    del measured
+    return result
+
+
+def run_interleaved(settings: list[str], args: argparse.Namespace, root: Path) -> list[dict]:
+    """Every setting's trainer built first, then their steps taken in turn (the order reversed at every
+    step), so a change of the machine's speed falls on all settings alike. Each prcl setting also gets
+    ``ratio``: the median over timed steps of t(prcl step) / t(mean-teacher step taken beside it)."""
+    built = [Setting(setting, args, root) for setting in settings]
+    for index in range(args.warmup + args.steps):
+        for measured in (built if index % 2 == 0 else built[::-1]):
+            measured.step()
+    results = [m.result() for m in built]
+    by_name = {m.name: m for m in built}
+    for measured, result in zip(built, results):
+        twin = by_name.get(measured.name.replace("prcl:", "mean_teacher:", 1))
+        if measured.name.startswith("prcl:") and twin is not None:
+            ratios = [p / t for p, t in zip(measured.times[args.warmup:], twin.times[args.warmup:])]
+            result["ratio"] = round(statistics.median(ratios), 3)
+            result["ratios"] = [round(r, 3) for r in ratios]
+    return results
 
 
 def main() -> None:
@@ -111,6 +153,9 @@ def main() -> None:
                         default=["mean_teacher:separate", "prcl:separate", "mean_teacher:joint", "prcl:joint"])
     parser.add_argument("--rounds", type=int, default=1,
                         help="measure every setting this many times, in alternating order; report the median")
+    parser.add_argument("--interleave", action="store_true",
+                        help="build every setting first, then take their steps in turn (one round; the prcl "
+                             "settings get the median per-step ratio to mean_teacher)")
     parser.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE",
                         help="config overrides for every setting, e.g. train.channels_last=false")
     parser.add_argument("--json", help="append one JSON line per measurement to this file")
@@ -123,7 +168,14 @@ def main() -> None:
             settings.append(setting + ":amp")
     measured: dict[str, list[dict]] = {setting: [] for setting in settings}
     with tempfile.TemporaryDirectory() as root:
-        for round_index in range(args.rounds):
+        if args.interleave:
+            for result in run_interleaved(settings, args, Path(root)):
+                measured[result["setting"]].append(result)
+                print(json.dumps(result), flush=True)
+                if args.json:
+                    with open(args.json, "a") as f:
+                        f.write(json.dumps(result) + "\n")
+        for round_index in range(0 if args.interleave else args.rounds):
             order = settings if round_index % 2 == 0 else settings[::-1]  # no setting always goes first
             for setting in order:
                 result = run_setting(setting, args, Path(root))
@@ -137,9 +189,12 @@ def main() -> None:
         best = dict(runs[0], step_s=statistics.median(r["step_s"] for r in runs))
         best["images_per_s"] = round(runs[0]["images_per_s"] * runs[0]["step_s"] / best["step_s"], 2)
         best["rounds"] = [r["step_s"] for r in runs]
+        if "ratio" in runs[0]:
+            best["ratio"], best["ratios"] = runs[0]["ratio"], runs[0]["ratios"]
         results.append(best)
     by_name = {r["setting"]: r for r in results}
-    print(f"\n{results[0]['device']}, batch {results[0]['batch']}, crop {args.crop}, median of {args.rounds} rounds")
+    print(f"\n{results[0]['device']}, batch {results[0]['batch']}, crop {args.crop}, "
+          f"{'interleaved steps' if args.interleave else f'median of {args.rounds} rounds'}")
     print("| setting | step s | images/s | first step s | peak GPU GiB | contrast share | step s per round |")
     print("|---|---:|---:|---:|---:|---:|---|")
     for r in results:
@@ -148,6 +203,10 @@ def main() -> None:
         print(f"| {r['setting']} | {r['step_s']:.3f} | {r['images_per_s']:.1f} | {r['first_step_s']:.1f} | "
               f"{r['peak_gpu_gib'] if r['peak_gpu_gib'] is not None else '-'} | {share} | "
               f"{', '.join(f'{t:.3f}' for t in r['rounds'])} |")
+    for r in results:
+        if "ratio" in r:
+            print(f"{r['setting']} / its mean_teacher twin, median of {len(r['ratios'])} interleaved steps: "
+                  f"{r['ratio']:.3f} (per step: {', '.join(f'{x:.2f}' for x in r['ratios'])})")
     sys.stdout.flush()
 
 
