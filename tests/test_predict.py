@@ -159,3 +159,39 @@ def test_a_checkpoint_that_does_not_fit_is_one_line(
         assert main(["predict", "--checkpoint", str(path), str(photos / "sub"), "--out", str(tmp_path / "o")]) == 2
         assert path.name in _one_error_line(capsys.readouterr().err)
     assert not (tmp_path / "o").exists()
+
+
+def test_batches_give_the_predictions_of_single_images(
+    checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Five pictures of two sizes and a broken file between them: --batch 3 writes what --batch 1 writes."""
+    rng = np.random.default_rng(5)
+    folder = tmp_path / "mixed"
+    folder.mkdir()
+    pictures = {}
+    for name, (h, w) in zip("abcde", [(40, 56), (33, 45), (40, 56), (40, 56), (33, 45)]):
+        pictures[name] = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+        Image.fromarray(pictures[name]).save(folder / f"{name}.png")
+    (folder / "c2.png").write_bytes(b"not a png")  # sorted between c and d
+    outputs = {}
+    for batch in (1, 3):
+        out = tmp_path / f"batch{batch}"
+        assert main(["predict", "--checkpoint", str(checkpoint), str(folder), "--out", str(out),
+                     "--save-probs", "--batch", str(batch)]) == 1
+        captured = capsys.readouterr()
+        assert captured.out.strip().splitlines()[-1].startswith("5 written, 1 failed")
+        assert sum("c2.png" in line for line in captured.err.splitlines()) == 1
+        outputs[batch] = {name: np.load(out / f"{name}_probs.npy") for name in pictures}
+    predictor = Predictor.from_checkpoint(checkpoint)
+    together = predictor.predict_batch(list(pictures.values()))
+    for (name, picture), prediction in zip(pictures.items(), together):
+        assert prediction.mask.shape == picture.shape[:2]
+        np.testing.assert_allclose(outputs[3][name], outputs[1][name], atol=1e-5)
+        np.testing.assert_allclose(prediction.probabilities, outputs[1][name], atol=1e-5)
+        with Image.open(tmp_path / "batch3" / f"{name}_mask.png") as mask:
+            assert np.array_equal(np.asarray(mask), outputs[1][name].argmax(0))
+    assert not np.allclose(outputs[1]["a"], outputs[1]["c"], atol=1e-3)  # different pictures, different maps
+    assert main(["predict", "--checkpoint", str(checkpoint), str(folder), "--out", str(tmp_path / "b0"),
+                 "--batch", "0"]) == 2
+    assert "--batch" in _one_error_line(capsys.readouterr().err)
+    assert not (tmp_path / "b0").exists()

@@ -70,7 +70,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
     _require(args, "predict", {"checkpoint": "--checkpoint FILE", "inputs": "image files, folders or globs",
                                "out": "--out FOLDER"})
     result = predict_files(args.checkpoint, args.inputs, args.out, device=args.device, protocol=args.protocol,
-                           window=args.window, stride=args.stride, save_probs=args.save_probs)
+                           window=args.window, stride=args.stride, save_probs=args.save_probs,
+                           batch_size=args.batch)
     print(f"{len(result.written)} written, {len(result.failed)} failed (outputs in {args.out})")
     return 1 if result.failed else 0
 
@@ -360,6 +361,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "thirds of --window, or the config's eval.stride)")
     p.add_argument("--save-probs", action="store_true",
                    help="also write <name>_probs.npy: the (C, H, W) float32 softmax probabilities")
+    p.add_argument("--batch", type=int, default=4, help="images of the same size predicted together (default 4; "
+                   "lower it when the device runs out of memory on large images)")
     p.set_defaults(func=cmd_predict)
 
     p = _one_line_errors(sub.add_parser("splits", help="write or check split files"))

@@ -5,6 +5,9 @@ from __future__ import annotations
 import glob
 import math
 import sys
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -18,6 +21,8 @@ from prcl.devices import resolve_device
 from prcl.errors import UserError
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+DECODE_THREADS = 2  # prcl predict: threads decoding the next images
+ENCODE_THREADS = 2  # and encoding the PNGs of the last ones
 
 
 def evaluate_checkpoint(cfg: Config, checkpoint: str | Path, split: str = "valid", use: str = "teacher",
@@ -226,9 +231,56 @@ def _set_views(predictor, protocol: str | None, window: int | None, stride: int 
     predictor.protocol, predictor.window, predictor.stride = "sliding", int(window), int(stride)
 
 
+def _decode_ahead(files: list[Path], ahead: int) -> Iterator[tuple[Path, Image.Image | str]]:
+    """(path, decoded picture or the reason it could not be decoded) per file, in order.
+
+    Up to ``ahead`` files are decoded beforehand by a few threads (decoding releases the GIL), so
+    reading overlaps the network; at most ``ahead`` decoded pictures wait in memory.
+    """
+    def decode(path: Path) -> Image.Image | str:
+        try:
+            return decode_image(path)
+        except DataFileError as error:
+            return error.reason
+
+    with ThreadPoolExecutor(max_workers=DECODE_THREADS) as pool:
+        pending: deque[tuple[Path, Future]] = deque()
+        for path in files:
+            pending.append((path, pool.submit(decode, path)))
+            if len(pending) > ahead:
+                done_path, future = pending.popleft()
+                yield done_path, future.result()
+        while pending:
+            done_path, future = pending.popleft()
+            yield done_path, future.result()
+
+
+def _size_batches(items: Iterable[tuple[Path, Image.Image | str]], batch_size: int,
+                  on_failure: Callable[[Path, str], None]) -> Iterator[list[tuple[Path, Image.Image]]]:
+    """Group decoded pictures into batches of one size, at most ``batch_size`` each.
+
+    A size's batch is given out once it is full; when ``4 x batch_size`` pictures wait (sizes that
+    rarely repeat), the largest waiting batch goes; at the end, all. Failures go to ``on_failure``.
+    """
+    waiting: dict[tuple[int, int], list[tuple[Path, Image.Image]]] = {}
+    held = 0
+    for path, picture in items:
+        if isinstance(picture, str):
+            on_failure(path, picture)
+            continue
+        group = waiting.setdefault(picture.size, [])
+        group.append((path, picture))
+        held += 1
+        if len(group) == batch_size or held >= 4 * batch_size:
+            size = picture.size if len(group) == batch_size else max(waiting, key=lambda s: len(waiting[s]))
+            held -= len(waiting[size])
+            yield waiting.pop(size)
+    yield from waiting.values()
+
+
 def predict_files(checkpoint: str | Path, inputs: list[str], out_dir: str | Path, device: str = "cpu",
                   protocol: str | None = None, window: int | None = None, stride: int | None = None,
-                  save_probs: bool = False, progress: bool | None = None) -> PredictResult:
+                  save_probs: bool = False, progress: bool | None = None, batch_size: int = 4) -> PredictResult:
     """For each image: ``<name>_mask.png`` (palette), ``<name>_overlay.png`` and, with a probability
     head, ``<name>_uncertainty.png`` (mean variance) in ``out_dir``, all at the image's size; with
     ``save_probs`` also ``<name>_probs.npy``, the (C, H, W) float32 softmax probabilities.
@@ -237,53 +289,71 @@ def predict_files(checkpoint: str | Path, inputs: list[str], out_dir: str | Path
     is the input's stem (``photo.jpg`` -> ``photo_mask.png``); inputs sharing a stem keep their
     extension (``x.jpg_mask.png`` and ``x.png_mask.png``), see :func:`output_names`. ``protocol``
     ("whole" or "sliding"), ``window`` and ``stride`` replace the checkpoint config's eval settings.
+    Images of the same size are predicted ``batch_size`` at a time (:meth:`Predictor.predict_batch`);
+    files are decoded and outputs encoded by threads beside the network.
 
-    The device, the inputs, the views and the output folder are checked before the checkpoint is
-    loaded (UserError). A file that cannot be read or decoded is reported on stderr (one line, named)
-    and skipped; the others are still predicted. Each output is written atomically. ``progress``: a
-    tqdm bar on stderr; None shows it only when stderr is a terminal.
+    The device, the inputs, the views, the batch size and the output folder are checked before
+    the checkpoint is loaded (UserError). A file that cannot be read or decoded is reported on
+    stderr (one line, named) and skipped; the others are still predicted. Each output is written
+    atomically. ``progress``: a tqdm bar on stderr; None shows it only when stderr is a terminal.
     """
     from tqdm import tqdm
 
-    from prcl.engine.checkpoint import atomic_write
     from prcl.infer import Predictor
-    from prcl.infer.visualize import heatmap, overlay, palette
 
     torch_device = resolve_device(device, "--device")
     check_views(protocol, window, stride)
+    if batch_size < 1:
+        raise UserError(f"--batch must be a positive number of images, got {batch_size}")
     out = check_output_folder(out_dir, "--out")
     files, notes = _inputs(inputs, exclude=out)
-    names = output_names(files)
+    names = dict(zip(files, output_names(files)))
     result = PredictResult(notes=notes)
     for note in notes:
         print(f"prcl: {note}; skipped", file=sys.stderr)
     predictor = Predictor.from_checkpoint(checkpoint, device=torch_device)
     _set_views(predictor, protocol, window, stride)
     out.mkdir(parents=True, exist_ok=True)
-    flat_palette = palette(256).reshape(-1).tolist()
-    bar = tqdm(list(zip(files, names)), desc="predict", unit="image", file=sys.stderr, dynamic_ncols=True,
+    bar = tqdm(total=len(files), desc="predict", unit="image", file=sys.stderr, dynamic_ncols=True,
                disable=None if progress is None else not progress)
-    for path, name in bar:
-        try:
-            picture = decode_image(path)
-        except DataFileError as error:
-            result.failed.append((path, error.reason))
-            tqdm.write(f"prcl: skipped {path}: {error.reason}", file=sys.stderr)
-            continue
-        prediction = predictor.predict(picture)
-        mask = Image.fromarray(prediction.mask.astype(np.uint8), mode="P")
-        mask.putpalette(flat_palette)
-        outputs = {f"{name}_mask.png": mask,
-                   f"{name}_overlay.png": Image.fromarray(overlay(picture, prediction.mask,
-                                                                  num_classes=predictor.num_classes))}
-        if prediction.uncertainty is not None:
-            outputs[f"{name}_uncertainty.png"] = Image.fromarray(heatmap(prediction.uncertainty))
-        for filename, image in outputs.items():
-            with atomic_write(out / filename) as handle:
-                image.save(handle, format="PNG")
-        if save_probs:
-            with atomic_write(out / f"{name}_probs.npy") as handle:
-                np.save(handle, np.asarray(prediction.probabilities, dtype=np.float32))
-        result.written.append(out / f"{name}_mask.png")
+
+    def failed(path: Path, reason: str) -> None:
+        result.failed.append((path, reason))
+        tqdm.write(f"prcl: skipped {path}: {reason}", file=sys.stderr)
+        bar.update(1)
+
+    writes: deque[Future] = deque()
+    with ThreadPoolExecutor(max_workers=ENCODE_THREADS) as writer:
+        for batch in _size_batches(_decode_ahead(files, 2 * batch_size), batch_size, failed):
+            predictions = predictor.predict_batch([picture for _, picture in batch])
+            for (path, picture), prediction in zip(batch, predictions):
+                writes.append(writer.submit(_write_outputs, out, names[path], picture, prediction,
+                                            predictor.num_classes, save_probs))
+                result.written.append(out / f"{names[path]}_mask.png")
+            while len(writes) > 2 * batch_size:  # a bounded queue; a write error surfaces here
+                writes.popleft().result()
+            bar.update(len(batch))
+        while writes:
+            writes.popleft().result()
     bar.close()
     return result
+
+
+def _write_outputs(out: Path, name: str, picture: Image.Image, prediction, num_classes: int,
+                   save_probs: bool) -> None:
+    """The files of one prediction (see :func:`predict_files`), each written atomically."""
+    from prcl.engine.checkpoint import atomic_write
+    from prcl.infer.visualize import heatmap, overlay, palette
+
+    mask = Image.fromarray(prediction.mask.astype(np.uint8), mode="P")
+    mask.putpalette(palette(256).reshape(-1).tolist())
+    outputs = {f"{name}_mask.png": mask,
+               f"{name}_overlay.png": Image.fromarray(overlay(picture, prediction.mask, num_classes=num_classes))}
+    if prediction.uncertainty is not None:
+        outputs[f"{name}_uncertainty.png"] = Image.fromarray(heatmap(prediction.uncertainty))
+    for filename, image in outputs.items():
+        with atomic_write(out / filename) as handle:
+            image.save(handle, format="PNG")
+    if save_probs:
+        with atomic_write(out / f"{name}_probs.npy") as handle:
+            np.save(handle, np.asarray(prediction.probabilities, dtype=np.float32))

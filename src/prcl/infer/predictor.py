@@ -74,7 +74,7 @@ def _class_names(names: Any, num_classes: int) -> list[str] | None:
 
 
 class Predictor:
-    """Runs a segmenter (and optionally its probability head) on single pictures, without gradients.
+    """Runs a segmenter (and optionally its probability head) on pictures, without gradients.
 
     ``model(x)`` returns an object with ``.logits`` (N, C, h, w) and ``.features`` (N, F, h, w)
     (a :class:`prcl.models.Segmenter`); ``probability_head(features)`` returns variance
@@ -193,22 +193,43 @@ class Predictor:
         assert self.probability_head is not None
         return self.probability_head(output.features).float().mean(dim=1, keepdim=True)
 
-    @torch.no_grad()
     def predict(self, image: ImageInput) -> Prediction:
         """Predict one picture: a PIL image, a uint8 (H, W, 3) array, or a normalised float (3, H, W) tensor."""
+        return self.predict_batch([image])[0]
+
+    @torch.no_grad()
+    def predict_batch(self, images: Sequence[ImageInput]) -> list[Prediction]:
+        """Predict several pictures (as in :meth:`predict`); one Prediction per picture, in order.
+
+        Pictures of the same size go through the network as one batch: (n, 3, H, W) per size.
+        The networks are in eval mode, so a picture's prediction does not depend on its batch
+        (up to float rounding). Pictures of other sizes are not padded to one size: the decoder's
+        image pooling would then average over the padding.
+        """
         self.model.eval()
         head = self.probability_head
         if head is not None:
             head.eval()
         map_fn = dense_maps(self.model, self.num_classes, extra=self._mean_variance if head is not None else None)
-        x = self._to_tensor(image)
-        maps = average_views(map_fn, x, self.protocol, self.window, self.stride, self.flip, self.scales)[0]
+        tensors = [self._to_tensor(image) for image in images]
+        by_size: dict[tuple[int, int], list[int]] = {}
+        for index, tensor in enumerate(tensors):
+            by_size.setdefault(tuple(tensor.shape[-2:]), []).append(index)
+        predictions: list[Prediction | None] = [None] * len(tensors)
+        for indices in by_size.values():
+            batch = torch.cat([tensors[i] for i in indices])
+            maps = average_views(map_fn, batch, self.protocol, self.window, self.stride, self.flip, self.scales)
+            for index, picture_maps in zip(indices, maps):
+                predictions[index] = self._prediction(picture_maps, with_uncertainty=head is not None)
+        return predictions  # type: ignore[return-value]  # every index was filled
+
+    def _prediction(self, maps: torch.Tensor, with_uncertainty: bool) -> Prediction:
+        """(C [+ 1], H, W) averaged maps of one picture -> its Prediction."""
         probabilities = maps[: self.num_classes]
         confidence, mask = probabilities.max(dim=0)
-        uncertainty = maps[self.num_classes].cpu().numpy() if head is not None else None
         return Prediction(
             mask=mask.cpu().numpy().astype(np.int64),
             probabilities=probabilities.cpu().numpy(),
             confidence=confidence.cpu().numpy(),
-            uncertainty=uncertainty,
+            uncertainty=maps[self.num_classes].cpu().numpy() if with_uncertainty else None,
         )
