@@ -1,9 +1,11 @@
-"""prcl plot and the pictures a training run leaves: curves.png and TensorBoard scalars."""
+"""prcl plot and the pictures a training run leaves: curves.png, TensorBoard scalars and prediction images."""
 
 from __future__ import annotations
 
+import io
 import json
 
+import numpy as np
 import pytest
 from PIL import Image
 
@@ -96,3 +98,22 @@ def test_training_writes_curves_and_tensorboard(demo_root, tmp_path):
     scalars = events.Tags()["scalars"]
     assert "train/loss" in scalars and "valid/miou" in scalars
     assert [e.step for e in events.Scalars("train/loss")] == [1, 2]
+    # The predictions on the first validation images: image | label | prediction, at the image's size.
+    from prcl.engine.data_setup import build_run_data
+    from prcl.infer.visualize import colorize, palette
+
+    cfg = tiny_config(demo_root, out, iterations=2)
+    valid = build_run_data(cfg).valid
+    tags = sorted(tag for tag in events.Tags()["images"] if tag.startswith("valid/predictions/"))
+    assert tags == [f"valid/predictions/{i}" for i in range(min(4, len(valid)))]
+    colours = {tuple(c) for c in palette(cfg.data.num_classes)[: cfg.data.num_classes]}
+    for index, tag in enumerate(tags):
+        (event,) = events.Images(tag)
+        assert event.step == 2
+        picture = np.asarray(Image.open(io.BytesIO(event.encoded_image_string)).convert("RGB"))
+        mask = valid[index]["mask"].numpy()
+        height, width = mask.shape
+        assert picture.shape[1] == 3 * width
+        assert np.array_equal(picture[-height:, width : 2 * width], colorize(mask, cfg.data.num_classes))
+        predicted = {tuple(c) for c in picture[-height:, 2 * width :].reshape(-1, 3)}
+        assert predicted <= colours

@@ -1,4 +1,5 @@
-"""TensorBoard scalars for a run (``train.tensorboard``): the logged train values and the evaluations.
+"""TensorBoard for a run (``train.tensorboard``): the logged train values and the evaluations as scalars,
+and at each evaluation the predictions on the first few validation images as pictures.
 
 Written under ``<out_dir>/tensorboard`` by the main process when the ``tensorboard`` package is installed
 (``pip install 'prcl[tensorboard]'``); otherwise every method does nothing.
@@ -7,6 +8,44 @@ Written under ``<out_dir>/tensorboard`` by the main process when the ``tensorboa
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import Dataset
+
+from .evaluate import INFERENCE_PROTOCOLS, average_views, crop_for_protocol, dense_maps
+
+if TYPE_CHECKING:
+    from prcl.config import Config
+
+EXAMPLE_IMAGES = 4  # validation images shown with their predictions at each evaluation
+
+
+@torch.no_grad()
+def prediction_rows(model: nn.Module, dataset: Dataset, cfg: Config, device: torch.device,
+                    count: int = EXAMPLE_IMAGES) -> list[np.ndarray]:
+    """For the first ``count`` items of ``dataset``: an (H + title, 3 W, 3) uint8 picture of the image, its
+    label and ``model``'s prediction (palette colours, ignored pixels black), predicted as evaluation does
+    (``cfg.eval``'s protocol, window, stride, flip and scales; "random-crop" shows the whole image)."""
+    from prcl.constants import IMAGENET_MEAN, IMAGENET_STD
+    from prcl.infer.visualize import colorize, denormalize, make_grid
+
+    e, num_classes = cfg.eval, cfg.data.num_classes
+    protocol = e.protocol if e.protocol in INFERENCE_PROTOCOLS else "whole"
+    map_fn = dense_maps(model.eval(), num_classes)
+    rows = []
+    for index in range(min(count, len(dataset))):
+        item = dataset[index]
+        image, label = item["image"][None].to(device).float(), item["mask"][None].to(device).long()
+        if e.protocol == "center":
+            image, label = crop_for_protocol(image, label, "center", e.window)
+        prediction = average_views(map_fn, image, protocol, e.window, e.stride, e.flip, tuple(e.scales)).argmax(1)
+        tiles = [denormalize(image[0], IMAGENET_MEAN, IMAGENET_STD), colorize(label[0].cpu().numpy(), num_classes),
+                 colorize(prediction[0].cpu().numpy(), num_classes)]
+        rows.append(np.asarray(make_grid([tiles], ["image", "label", "prediction"], scale=1)))
+    return rows
 
 
 class TensorBoardLog:
@@ -26,6 +65,17 @@ class TensorBoardLog:
             # purge_step (on resume): TensorBoard hides what an interrupted session wrote past the checkpoint
             self.writer = SummaryWriter(str(self.folder), purge_step=self.purge_step, flush_secs=30)
         return self.writer
+
+    def enabled(self) -> bool:
+        """Whether anything is written (a folder was given and tensorboard is installed)."""
+        return self._open() is not None
+
+    def record_images(self, tag: str, step: int, pictures: list[np.ndarray]) -> None:
+        """(H, W, 3) uint8 pictures as ``<tag>/0``, ``<tag>/1``, ... at ``step``."""
+        if self._open() is None:
+            return
+        for index, picture in enumerate(pictures):
+            self.writer.add_image(f"{tag}/{index}", picture, step, dataformats="HWC")
 
     def record(self, line: dict) -> None:
         kind = line.get("type")

@@ -6,7 +6,8 @@ parallelism, and then runs the method's step, the optimiser, and the method's po
 
 A run directory holds ``config.yaml`` (resolved), ``metrics.jsonl`` (one JSON object per logged step
 and per evaluation), ``checkpoints/last.pt`` and ``best.pt`` and, at the end, ``summary.json`` and ``curves.png``
-(with matplotlib); with tensorboard installed and ``train.tensorboard`` on, ``tensorboard/`` holds the scalars.
+(with matplotlib); with tensorboard installed and ``train.tensorboard`` on, ``tensorboard/`` holds the scalars and, per
+evaluation, the predictions on the first validation images.
 """
 
 from __future__ import annotations
@@ -53,7 +54,7 @@ from .data_setup import build_run_data
 from .evaluate import evaluate_model
 from .sampling import mixed_seed, step_loader
 from .schedules import describe_schedule, poly_lr, schedule_progress
-from .tensorboard_log import TensorBoardLog
+from .tensorboard_log import TensorBoardLog, prediction_rows
 
 CHECKPOINT_FORMAT = "prcl-checkpoint-2"
 
@@ -457,6 +458,9 @@ class Trainer:
             if evaluate_now:
                 last_result = self.evaluate(self.data.valid)
                 self.log({"type": "eval", "split": "valid", "step": self.step, **last_result})
+                if self.tensorboard.enabled():  # the main process only
+                    self.tensorboard.record_images("valid/predictions", self.step, prediction_rows(
+                        unwrap_model(self.eval_network()), self.data.valid, cfg, self.device))
                 if last_result["miou"] is not None and last_result["miou"] > self.best_miou:
                     self.best_miou = last_result["miou"]
                     self.save("best.pt")
