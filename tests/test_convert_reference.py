@@ -172,3 +172,38 @@ def test_architecture_overrides_are_refused(tmp_path, capsys):
     out = tmp_path / "o.pt"
     assert main(["convert-reference", str(tmp_path / "r.pth"), "--out", str(out), "model.encoder=resnet50"]) == 2
     assert "model.encoder" in _one_line_error(capsys)
+
+
+def test_prcl_eval_accepts_the_converted_checkpoint(release, converted, tmp_path, capsys):
+    """`prcl eval` on the converted checkpoint scores what the release's 'ema' tensors loaded by hand score."""
+    import json
+
+    from prcl.config import load_config
+    from prcl.engine.data_setup import build_run_data
+    from prcl.engine.evaluate import evaluate_model
+
+    rng = np.random.default_rng(0)
+    root, splits = tmp_path / "data", tmp_path / "splits" / "1" / "0"
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir()
+    splits.mkdir(parents=True)
+    for name in ("a", "b", "c", "d"):  # a labeled, b unlabeled, c and d valid: 21 classes, 255 ignored
+        Image.fromarray(rng.integers(0, 256, (40, 48, 3), dtype=np.uint8)).save(root / "images" / f"{name}.png")
+        mask = rng.integers(0, 21, (40, 48)).astype(np.uint8)
+        mask[:4] = 255
+        Image.fromarray(mask).save(root / "masks" / f"{name}.png")
+    for split, names in (("labeled", "a"), ("unlabeled", "b"), ("valid", "cd")):
+        (splits / f"{split}_filename.txt").write_text("".join(f"{n}\n" for n in names))
+    config = tmp_path / "eval.yaml"
+    config.write_text(f"data:\n  dataset: folder\n  root: {root}\n  splits: {tmp_path / 'splits'}\n"
+                      "  num_classes: 21\n  num_labels: 1\n  split_seed: 0\n  num_workers: 0\n"
+                      "model:\n  encoder: resnet101\n  weights: null\n")
+    out = tmp_path / "scores.json"
+    assert main(["eval", "--config", str(config), "--checkpoint", str(converted), "--out", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert result["images"] == 2 and result["network"] == "teacher"
+    cfg = load_config(config, [])
+    model, _ = _by_hand(release[1], "ema")
+    expected = evaluate_model(model, build_run_data(cfg).valid, cfg, "cpu")
+    assert result["per_class_iou"] == expected["per_class_iou"] and result["miou"] == expected["miou"]
+    assert "mIoU" in capsys.readouterr().out
