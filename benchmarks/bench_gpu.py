@@ -6,7 +6,8 @@ the share of the PRCL contrast in the step (1 - t(mean_teacher) / t(prcl), same 
 largest batch per GPU that fits (labeled = unlabeled, doubling then bisecting, two steps each).
 
     python benchmarks/bench_gpu.py --part eager --json gpu.jsonl      # about 3 minutes on an H100
-    python benchmarks/bench_gpu.py --part compile --json gpu.jsonl    # compiles: several minutes
+    python benchmarks/bench_gpu.py --part compile --json gpu.jsonl    # compiles: several minutes each
+    python benchmarks/bench_gpu.py --part compile --settings prcl:separate:compile   # one per call
     python benchmarks/bench_gpu.py --part max-batch --json gpu.jsonl
 
 Each result is printed as one JSON line as soon as it is measured (and appended to ``--json``), so
@@ -83,6 +84,9 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--max-batch", type=int, default=128, help="stop the largest-batch search here")
+    parser.add_argument("--settings", nargs="+", metavar="SETTING",
+                        help="only these settings of the part (compiling ResNet-101 takes minutes per setting: "
+                             "split the compile part over calls that each fit a time limit)")
     parser.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE", help="config overrides for every run")
     parser.add_argument("--json", help="append one JSON line per result to this file")
     args = parser.parse_args()
@@ -95,7 +99,7 @@ def main() -> None:
             for setting in ("prcl:separate", "prcl:separate:amp"):
                 emit(largest_batch(setting, args, root), args.json)
             return
-        for setting in PARTS[args.part]:
+        for setting in args.settings or PARTS[args.part]:
             emit(run_setting(setting, step_args(args, args.batch, args.steps, args.warmup), root), args.json)
 
 
