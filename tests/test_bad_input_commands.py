@@ -161,6 +161,9 @@ class _FakePredictor:
         assert picture.dtype == np.uint8 and picture.shape[2] == 3
         return SimpleNamespace(mask=np.full(picture.shape[:2], int(picture[0, 0, 0]) % 3, np.int64), uncertainty=None)
 
+    def predict_batch(self, pictures: list[np.ndarray]) -> list[SimpleNamespace]:
+        return [self.predict(picture) for picture in pictures]
+
 
 @pytest.fixture
 def fake_predictor(monkeypatch: pytest.MonkeyPatch) -> list[str]:

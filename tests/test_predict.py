@@ -195,3 +195,20 @@ def test_batches_give_the_predictions_of_single_images(
                  "--batch", "0"]) == 2
     assert "--batch" in _one_error_line(capsys.readouterr().err)
     assert not (tmp_path / "b0").exists()
+
+
+def test_batches_hold_one_picture_size() -> None:
+    """Grouping by size: transposed sizes (same pixel count) never share a batch; failures pass through."""
+    from prcl.infer.commands import _size_batches
+
+    shapes = {"a": (2, 3), "b": (3, 2), "c": (2, 3), "d": (2, 3), "e": (3, 2), "f": (5, 5)}
+    items = [(Path(name), np.zeros((*shape, 3), np.uint8)) for name, shape in shapes.items()]
+    items.insert(2, (Path("broken"), "cannot decode: test"))
+    failures = []
+    batches = list(_size_batches(items, 2, lambda path, why: failures.append((path.name, why))))
+    assert failures == [("broken", "cannot decode: test")]
+    assert sorted(path.name for batch in batches for path, _ in batch) == sorted(shapes)
+    for batch in batches:
+        assert 1 <= len(batch) <= 2
+        assert len({picture.shape for _, picture in batch}) == 1
+    assert [[path.name for path, _ in batch] for batch in batches][:2] == [["a", "c"], ["b", "e"]]

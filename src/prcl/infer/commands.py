@@ -231,13 +231,13 @@ def _set_views(predictor, protocol: str | None, window: int | None, stride: int 
     predictor.protocol, predictor.window, predictor.stride = "sliding", int(window), int(stride)
 
 
-def _decode_ahead(files: list[Path], ahead: int) -> Iterator[tuple[Path, Image.Image | str]]:
-    """(path, decoded picture or the reason it could not be decoded) per file, in order.
+def _decode_ahead(files: list[Path], ahead: int) -> Iterator[tuple[Path, np.ndarray | str]]:
+    """(path, decoded (H, W, 3) uint8 picture or the reason it could not be decoded) per file, in order.
 
     Up to ``ahead`` files are decoded beforehand by a few threads (decoding releases the GIL), so
     reading overlaps the network; at most ``ahead`` decoded pictures wait in memory.
     """
-    def decode(path: Path) -> Image.Image | str:
+    def decode(path: Path) -> np.ndarray | str:
         try:
             return decode_image(path)
         except DataFileError as error:
@@ -255,24 +255,26 @@ def _decode_ahead(files: list[Path], ahead: int) -> Iterator[tuple[Path, Image.I
             yield done_path, future.result()
 
 
-def _size_batches(items: Iterable[tuple[Path, Image.Image | str]], batch_size: int,
-                  on_failure: Callable[[Path, str], None]) -> Iterator[list[tuple[Path, Image.Image]]]:
+def _size_batches(items: Iterable[tuple[Path, np.ndarray | str]], batch_size: int,
+                  on_failure: Callable[[Path, str], None]) -> Iterator[list[tuple[Path, np.ndarray]]]:
     """Group decoded pictures into batches of one size, at most ``batch_size`` each.
 
     A size's batch is given out once it is full; when ``4 x batch_size`` pictures wait (sizes that
     rarely repeat), the largest waiting batch goes; at the end, all. Failures go to ``on_failure``.
     """
-    waiting: dict[tuple[int, int], list[tuple[Path, Image.Image]]] = {}
+    waiting: dict[tuple[int, ...], list[tuple[Path, np.ndarray]]] = {}
     held = 0
     for path, picture in items:
         if isinstance(picture, str):
             on_failure(path, picture)
             continue
-        group = waiting.setdefault(picture.size, [])
+        size = picture.shape[:2]
+        group = waiting.setdefault(size, [])
         group.append((path, picture))
         held += 1
         if len(group) == batch_size or held >= 4 * batch_size:
-            size = picture.size if len(group) == batch_size else max(waiting, key=lambda s: len(waiting[s]))
+            if len(group) < batch_size:  # too many waiting: the largest group goes
+                size = max(waiting, key=lambda s: len(waiting[s]))
             held -= len(waiting[size])
             yield waiting.pop(size)
     yield from waiting.values()
@@ -339,7 +341,7 @@ def predict_files(checkpoint: str | Path, inputs: list[str], out_dir: str | Path
     return result
 
 
-def _write_outputs(out: Path, name: str, picture: Image.Image, prediction, num_classes: int,
+def _write_outputs(out: Path, name: str, picture: np.ndarray, prediction, num_classes: int,
                    save_probs: bool) -> None:
     """The files of one prediction (see :func:`predict_files`), each written atomically."""
     from prcl.engine.checkpoint import atomic_write
