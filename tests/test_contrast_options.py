@@ -155,17 +155,17 @@ def test_deterministic_scores_are_a_scaled_negative_squared_distance():
 
 
 @pytest.mark.slow
-def test_gdp_state_survives_checkpoint_and_resume(tmp_path):
+def test_gdp_state_survives_checkpoint_and_resume(demo_root, tmp_path):
     from prcl.engine.checkpoint import load_checkpoint
     from prcl.engine.trainer import Trainer
 
     # One schedule of 4 steps for all three trainers; the first half stops early at step 2.
     options = {"prcl.global_prototypes": "true", "prcl.gdp_decay": 0.1, "prcl.virtual_negatives": 2,
                "train.epochs": 1, "train.epoch_iterations": 4}
-    straight = Trainer(tiny_config(tmp_path / "data", tmp_path / "straight", iterations=4, **options))
+    straight = Trainer(tiny_config(demo_root, tmp_path / "straight", iterations=4, **options))
     straight.fit()
-    Trainer(tiny_config(tmp_path / "data", tmp_path / "halves", iterations=2, **options)).fit()
-    resumed = Trainer(tiny_config(tmp_path / "data", tmp_path / "halves", iterations=4, **options), resume="auto")
+    Trainer(tiny_config(demo_root, tmp_path / "halves", iterations=2, **options)).fit()
+    resumed = Trainer(tiny_config(demo_root, tmp_path / "halves", iterations=4, **options), resume="auto")
     saved = load_checkpoint(tmp_path / "halves/checkpoints/last.pt")["method"]
     torch.testing.assert_close(resumed.method.state_dict()["global_prototypes.precision"],
                                saved["global_prototypes.precision"])

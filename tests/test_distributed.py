@@ -56,7 +56,8 @@ def test_two_gloo_processes_write_one_run_directory(demo_root, tmp_path):
 
 def test_fault_a_killed_worker_is_restarted_and_the_run_finishes(demo_root, tmp_path):
     out = tmp_path / "run"
-    process = _torchrun(demo_root, out, iterations=40, max_restarts=1, **{"train.checkpoint_every": 2})
+    # The worker is killed as soon as the first checkpoint (step 2) exists: 14 steps leave it mid-run.
+    process = _torchrun(demo_root, out, iterations=14, max_restarts=1, **{"train.checkpoint_every": 2})
     last = out / "checkpoints" / "last.pt"
     deadline = time.monotonic() + 300
     while not last.is_file():
@@ -70,6 +71,6 @@ def test_fault_a_killed_worker_is_restarted_and_the_run_finishes(demo_root, tmp_
     assert process.returncode == 0, stderr[-3000:]
     assert "restart 1 by torchrun" in stderr and "resuming" in stderr
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["iterations"] == 40 and summary["miou"] is not None
+    assert summary["iterations"] == 14 and summary["miou"] is not None
     for key in ("per_class_iou", "protocol", "images_per_second", "best_miou", "class_names"):
         assert key in summary

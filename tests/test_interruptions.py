@@ -204,7 +204,7 @@ def test_deterministic_cpu_runs_give_identical_weights(demo_root, tmp_path):
     try:
         for run in ("a", "b"):
             out = tmp_path / run
-            Trainer(tiny_config(demo_root, out, iterations=6, **{"train.deterministic": "true", "prcl.kernel": "auto",
+            Trainer(tiny_config(demo_root, out, iterations=4, **{"train.deterministic": "true", "prcl.kernel": "auto",
                                                                   "data.num_workers": 2})).fit()
             weights.append(load_checkpoint(out / "checkpoints" / "last.pt")["student"])
     finally:
