@@ -207,3 +207,21 @@ def test_prcl_eval_accepts_the_converted_checkpoint(release, converted, tmp_path
     expected = evaluate_model(model, build_run_data(cfg).valid, cfg, "cpu")
     assert result["per_class_iou"] == expected["per_class_iou"] and result["miou"] == expected["miou"]
     assert "mIoU" in capsys.readouterr().out
+
+
+def test_prcl_export_accepts_the_converted_checkpoint(release, converted, tmp_path, capsys):
+    """The ONNX file of the converted checkpoint computes the release 'ema' model's logits and variance."""
+    import onnxruntime  # (a dev extra: fails when missing, never skips)
+    from test_export import _reference
+
+    out = tmp_path / "release.onnx"
+    assert main(["export", "--checkpoint", str(converted), "--format", "onnx", "--out", str(out)]) == 0
+    assert capsys.readouterr().out.strip().splitlines()[-1].endswith(": ok")
+    session = onnxruntime.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    assert [o.name for o in session.get_outputs()] == ["logits", "variance"]
+    x = torch.randn(1, 3, 41, 57, generator=torch.Generator().manual_seed(1))
+    logits, variance = session.run(None, {"image": x.numpy()})
+    with torch.no_grad():
+        expected, expected_variance = _reference(*_by_hand(release[1], "ema"), x)  # as evaluation upsamples
+    np.testing.assert_allclose(logits, expected, atol=1e-3 * max(1.0, float(np.abs(expected).max())))
+    np.testing.assert_allclose(variance, expected_variance, atol=1e-4)

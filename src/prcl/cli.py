@@ -272,7 +272,7 @@ def cmd_convert_reference(args: argparse.Namespace) -> int:
 
     _require(args, "convert-reference", {"release": "the release .pth file", "out": "--out FILE"})
     convert_reference_checkpoint(args.release, args.out, args.overrides)
-    print(f"wrote {args.out} (converted from {args.release}; for prcl eval and prcl predict, not --resume)")
+    print(f"wrote {args.out} (converted from {args.release}; for prcl eval, predict and export, not --resume)")
     return 0
 
 
@@ -384,7 +384,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = _intermixed(_one_line_errors(sub.add_parser(
         "convert-reference", help="convert the authors' release checkpoint (.pth) into a prcl checkpoint",
         description="Write the authors' release checkpoint (ResNet-101 DeepLabV3+, PASCAL VOC, 21 classes, "
-                    "output stride 16) as a prcl checkpoint for prcl eval and prcl predict: student <- model, "
+                    "output stride 16) as a prcl checkpoint for prcl eval, predict and export: student <- model, "
                     "teacher <- ema, probability head <- uncer_head. Its config is the packaged "
                     "voc_blended.yaml (data.root data/VOCdevkit/VOC2012) with key=value overrides applied, "
                     "e.g. data.root=/data/VOC2012. It holds no training state: prcl train --resume refuses it.")))
