@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import gc
-import json
 import sys
 import tempfile
 import time
@@ -27,7 +26,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_train_step import run_setting  # noqa: E402
+from bench_train_step import autocast_name, device_name, emit, run_setting  # noqa: E402
 
 PARTS = {
     "eager": ["mean_teacher:separate", "prcl:separate", "mean_teacher:separate:amp", "prcl:separate:amp"],
@@ -39,13 +38,6 @@ PARTS = {
 def step_args(args: argparse.Namespace, batch: int, steps: int, warmup: int) -> argparse.Namespace:
     return argparse.Namespace(device=args.device, batch=batch, crop=args.crop, encoder=args.encoder, steps=steps,
                               warmup=warmup, kernel="auto", set=args.set)
-
-
-def emit(result: dict, path: str | None) -> None:
-    print(json.dumps(result), flush=True)
-    if path:
-        with open(path, "a") as f:
-            f.write(json.dumps(result) + "\n")
 
 
 def fits(setting: str, batch: int, args: argparse.Namespace, root: Path) -> bool:
@@ -91,8 +83,8 @@ def main() -> None:
     parser.add_argument("--json", help="append one JSON line per result to this file")
     args = parser.parse_args()
     if args.device.startswith("cuda"):
-        print(f"# {torch.cuda.get_device_name()} | torch {torch.__version__} | bf16 "
-              f"{torch.cuda.is_bf16_supported(including_emulation=False)}", flush=True)
+        device = torch.device(args.device)
+        print(f"# {device_name(device)} | torch {torch.__version__} | amp {autocast_name(device)}", flush=True)
     with tempfile.TemporaryDirectory() as folder:
         root = Path(folder)
         if args.part == "max-batch":

@@ -12,6 +12,7 @@ per batch size, after one untimed warm-up run. Every run writes the same files.
 from __future__ import annotations
 
 import argparse
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -19,6 +20,9 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_train_step import device_name  # noqa: E402
 
 
 def main() -> None:
@@ -52,7 +56,7 @@ def main() -> None:
         predict_files(checkpoint, [str(pictures)], root_path / "warm-up", device=args.device,
                       batch_size=args.batches[0], progress=False)
         device = torch.device(args.device)
-        name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+        name = device_name(device)
         print(f"{name}, {args.encoder}, {args.images} pictures of {args.size[0]}x{args.size[1]}, threads "
               f"{torch.get_num_threads()}")
         print("| --batch | seconds | images/s |")

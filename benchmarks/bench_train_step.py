@@ -43,6 +43,19 @@ def batch(size: int, crop: int, generator: torch.Generator) -> tuple[dict, dict]
     return {"image": images, "mask": masks}, {"image": torch.randn(size, 3, crop, crop, generator=generator)}
 
 
+def device_name(device: torch.device) -> str:
+    """The GPU's name, or "cpu"."""
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+
+
+def emit(result: dict, path: str | None) -> None:
+    """Print one result as a JSON line, and append it to ``path`` when given."""
+    print(json.dumps(result), flush=True)
+    if path:
+        with open(path, "a") as f:
+            f.write(json.dumps(result) + "\n")
+
+
 def autocast_name(device: torch.device) -> str:
     from prcl.engine.trainer import autocast_dtype
 
@@ -103,7 +116,7 @@ class Setting:
         images = args.batch * (1 if self.method == "supervised" else 2)
         return {
             "setting": self.name, "amp_dtype": autocast_name(device) if self.cfg.train.amp else "float32",
-            "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+            "device": device_name(device),
             "batch": f"{args.batch}+{args.batch}", "crop": args.crop, "first_step_s": round(self.times[0], 3),
             "step_s": round(seconds, 4), "images_per_s": round(images / seconds, 2),
             "peak_gpu_gib": round(torch.cuda.max_memory_allocated(device) / 2**30, 2) if device.type == "cuda" else None,
@@ -115,9 +128,7 @@ def run_setting(setting: str, args: argparse.Namespace, root: Path) -> dict:
     measured = Setting(setting, args, root)
     for _ in range(args.warmup + args.steps):
         measured.step()
-    result = measured.result()
-    del measured
-    return result
+    return measured.result()
 
 
 def run_interleaved(settings: list[str], args: argparse.Namespace, root: Path) -> list[dict]:
@@ -169,28 +180,20 @@ def main() -> None:
     measured: dict[str, list[dict]] = {setting: [] for setting in settings}
     with tempfile.TemporaryDirectory() as root:
         if args.interleave:
-            for result in run_interleaved(settings, args, Path(root)):
-                measured[result["setting"]].append(result)
-                print(json.dumps(result), flush=True)
-                if args.json:
-                    with open(args.json, "a") as f:
-                        f.write(json.dumps(result) + "\n")
-        for round_index in range(0 if args.interleave else args.rounds):
-            order = settings if round_index % 2 == 0 else settings[::-1]  # no setting always goes first
-            for setting in order:
-                result = run_setting(setting, args, Path(root))
-                measured[setting].append(result)
-                print(json.dumps(result), flush=True)
-                if args.json:
-                    with open(args.json, "a") as f:
-                        f.write(json.dumps(result) + "\n")
+            results = run_interleaved(settings, args, Path(root))
+        else:
+            results = []
+            for round_index in range(args.rounds):
+                order = settings if round_index % 2 == 0 else settings[::-1]  # no setting always goes first
+                results += [run_setting(setting, args, Path(root)) for setting in order]
+        for result in results:
+            measured[result["setting"]].append(result)
+            emit(result, args.json)
     results = []
     for setting, runs in measured.items():
         best = dict(runs[0], step_s=statistics.median(r["step_s"] for r in runs))
         best["images_per_s"] = round(runs[0]["images_per_s"] * runs[0]["step_s"] / best["step_s"], 2)
         best["rounds"] = [r["step_s"] for r in runs]
-        if "ratio" in runs[0]:
-            best["ratio"], best["ratios"] = runs[0]["ratio"], runs[0]["ratios"]
         results.append(best)
     by_name = {r["setting"]: r for r in results}
     print(f"\n{results[0]['device']}, batch {results[0]['batch']}, crop {args.crop}, "

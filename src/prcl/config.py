@@ -9,13 +9,13 @@ is a ``prcl.errors.UserError``: one line naming the key and the file or override
 
 import math
 import os
-import re
 from pathlib import Path
 from typing import Annotated, Any, Callable, Literal, TypeVar
 
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 from pydantic_core import PydanticCustomError
 
+from prcl.devices import DEVICE_PATTERN
 from prcl.errors import UserError
 from prcl.io import atomic_write
 from prcl.yaml_files import changed_keys, merge_layer, parse_value, read_layers, unknown_key, write_yaml
@@ -151,7 +151,7 @@ class TrainConfig(_Section):
     # may name config values, e.g. runs/voc_{data.num_labels}
     out_dir: Annotated[str, _must("name a folder, e.g. runs/prcl", lambda v: bool(v.strip()))] = "runs/prcl"
     device: Annotated[str, _must("be auto, cpu, cuda or cuda:N",
-                                 lambda v: re.fullmatch(r"auto|cpu|cuda(:[0-9]+)?", v) is not None)] = "auto"
+                                 lambda v: DEVICE_PATTERN.fullmatch(v) is not None)] = "auto"
     amp: bool = False  # mixed precision: bf16 where the device has it (CPUs, NVIDIA Ampere+), else fp16 + scaler
     compile: bool = False  # torch.compile the networks (the first steps are slower while it compiles)
     deterministic: bool = False  # bit-identical runs: deterministic kernels only (slower; see docs/usage.md)

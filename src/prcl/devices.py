@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import re
-
-import torch
+from typing import TYPE_CHECKING
 
 from prcl.errors import UserError
 
-DEVICE_PATTERN = re.compile(r"auto|cpu|cuda(:[0-9]+)?|mps")
+if TYPE_CHECKING:
+    import torch
+
+DEVICE_PATTERN = re.compile(r"auto|cpu|cuda(:[0-9]+)?")  # what train.device and --device accept
 
 
 def resolve_device(name: str | torch.device, setting: str = "train.device") -> torch.device:
@@ -19,6 +21,8 @@ def resolve_device(name: str | torch.device, setting: str = "train.device") -> t
     came from in the message: a config key (``train.device``, printed ``train.device=cuda``) or a
     flag (``--device``, printed ``--device cuda``).
     """
+    import torch  # here, so that the config (which reads DEVICE_PATTERN) does not import torch
+
     text = str(name).strip().lower()
     given = f"{setting} {name}" if setting.startswith("-") else f"{setting}={name}"
     if not DEVICE_PATTERN.fullmatch(text):
@@ -27,10 +31,6 @@ def resolve_device(name: str | torch.device, setting: str = "train.device") -> t
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if text == "cpu":
         return torch.device("cpu")
-    if text == "mps":
-        if not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
-            raise UserError(f"{given} but torch sees no Apple MPS device; use cpu or auto")
-        return torch.device("mps")
     if not torch.cuda.is_available():
         why = ("this torch build has no CUDA support" if torch.version.cuda is None
                else "check the driver and CUDA_VISIBLE_DEVICES")

@@ -218,14 +218,13 @@ def bad_label_values(values: np.ndarray, num_classes: int | None) -> np.ndarray:
 
 def labels_from_file_values(values: np.ndarray, num_classes: int | None, path: Path) -> np.ndarray:
     """Map file values to labels: 255 -> -1 (ignore); other values must be < ``num_classes``."""
+    bad = bad_label_values(values, num_classes)
+    if bad.size:
+        raise DataFileError(
+            f"mask {path} has label value {int(bad.flat[0])}, outside 0..{num_classes - 1} "
+            f"(255 = ignore); fix the mask or set the right number of classes"
+        )
     ignore = values == FILE_IGNORE_VALUE
-    if num_classes is not None:
-        bad = ~ignore & ((values < 0) | (values >= num_classes))
-        if bad.any():
-            raise DataFileError(
-                f"mask {path} has label value {int(values[bad][0])}, outside 0..{num_classes - 1} "
-                f"(255 = ignore); fix the mask or set the right number of classes"
-            )
     labels = values.copy()
     labels[ignore] = IGNORE_INDEX
     return labels

@@ -18,18 +18,17 @@ import sys
 import tempfile
 from collections.abc import Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image
-
 from prcl.data.datasets import (
     DataFileError,
     SegmentationDataset,
+    _one_line,
+    decode_image,
     read_label_file,
-    to_rgb8,
 )
 from prcl.errors import UserError
 from prcl.io import atomic_write
@@ -62,10 +61,8 @@ class _FileResult:
 @dataclass
 class _Pair:
     dataset: SegmentationDataset
-    image_id: str
     image: Path
     mask: Path | None
-    results: list[_FileResult] = field(default_factory=list)
 
 
 def validate_dataset_files(
@@ -79,7 +76,7 @@ def validate_dataset_files(
 
     ``datasets``: :class:`~prcl.data.SegmentationDataset` objects (a list, or a mapping such as
     ``{"labeled": ..., "valid": ..., "test": ...}``; None entries are skipped). For every id:
-    the image exists and decodes to RGB (:func:`~prcl.data.datasets.to_rgb8`); for datasets with
+    the image exists and decodes to RGB (:func:`~prcl.data.datasets.decode_image`); for datasets with
     labels also the mask exists, is an 8-bit grey or palette PNG, has its image's size, and holds
     only class indices ``0..num_classes-1`` or 255 (ignore). ``num_classes`` (e.g.
     ``data.num_classes``) overrides each dataset's own; Cityscapes masks are checked as labelIds.
@@ -99,11 +96,11 @@ def validate_dataset_files(
     for dataset in sources:
         if dataset is None:
             continue
-        for image_id, image, mask in dataset.files():
+        for _, image, mask in dataset.files():
             key = (_key(image), _key(mask) if mask is not None else "")
             if key not in seen:
                 seen.add(key)
-                pairs.append(_Pair(dataset, image_id, Path(image), Path(mask) if mask is not None else None))
+                pairs.append(_Pair(dataset, Path(image), Path(mask) if mask is not None else None))
 
     cache = _load_cache(cache_path)
     jobs: dict[tuple[str, str], tuple[Path, str]] = {}
@@ -172,7 +169,7 @@ def _check_file(path: Path, kind: str, cache: dict[str, dict[str, Any]]) -> _Fil
     except DataFileError as error:
         result.problem, result.reason = "unreadable", error.reason
     except Exception as error:  # anything else a decoder raises: the file cannot be used either
-        result.problem, result.reason = "unreadable", " ".join(str(error).split()) or type(error).__name__
+        result.problem, result.reason = "unreadable", _one_line(error)
     return result
 
 
@@ -181,14 +178,7 @@ def _read_file(path: Path, kind: str) -> dict[str, Any]:
     if kind == "mask":
         values = read_label_file(path)
         return {"shape": list(values.shape), "values": np.unique(values).tolist()}
-    try:
-        with Image.open(path) as pil:
-            pixels = to_rgb8(pil, path)
-    except DataFileError:
-        raise
-    except Exception as error:  # PIL raises many types for truncated or non-image files
-        raise DataFileError(str(error), reason=f"cannot decode: {' '.join(str(error).split())}") from None
-    return {"shape": list(pixels.shape[:2])}
+    return {"shape": list(decode_image(path).shape[:2])}
 
 
 # ----------------------------------------------------------------------------- the summary line

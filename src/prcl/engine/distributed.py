@@ -32,17 +32,23 @@ def setup(device: str) -> torch.device:
     """
     from prcl.devices import resolve_device
 
-    wants_cuda = resolve_device(device).type == "cuda"  # a GPU that is not there: one clear line, before any work
+    resolved = resolve_device(device)  # a GPU that is not there: one clear line, before any work
+    wants_cuda = resolved.type == "cuda"
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not is_distributed():
         _init_process_group("nccl" if wants_cuda else "gloo")
     if wants_cuda:
         if is_distributed():
             index = int(os.environ.get("LOCAL_RANK", "0"))
         else:
-            index = int(device.split(":")[1]) if ":" in device else 0
+            index = resolved.index or 0
         torch.cuda.set_device(index)
         return torch.device("cuda", index)
     return torch.device("cpu")
+
+
+def restart_count() -> int:
+    """How often torchrun (``--max-restarts``) has started this process again after a failure; 0 otherwise."""
+    return int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") or 0)
 
 
 def _init_process_group(backend: str) -> None:
@@ -53,7 +59,7 @@ def _init_process_group(backend: str) -> None:
     address before the new peer replaces it (gloo: "connectFullMesh failed ... Connection refused").
     A prefix per attempt keeps each attempt's keys apart.
     """
-    restarts = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") or 0)
+    restarts = restart_count()
     if restarts == 0:
         dist.init_process_group(backend)
         return

@@ -35,6 +35,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 
 from prcl.data.transforms import as_pair
 from prcl.engine.distributed import is_distributed, rank, world_size
+from prcl.engine.sampling import ignore_stop_signals
 
 if TYPE_CHECKING:
     from prcl.config import Config
@@ -358,7 +359,8 @@ def evaluate_model(
     """
     model.eval()
     ids = range(rank(), len(dataset), world_size())
-    loader = DataLoader(Subset(dataset, ids), batch_size=1, num_workers=cfg.data.num_workers)
+    loader = DataLoader(Subset(dataset, ids), batch_size=1, num_workers=cfg.data.num_workers,
+                        worker_init_fn=ignore_stop_signals)  # a stop signal is the trainer's to handle
     e = cfg.eval
     return evaluate(model, loader, cfg.data.num_classes, device, e.protocol, e.window, e.stride, e.flip,
                     tuple(e.scales), progress=progress, ids=ids)

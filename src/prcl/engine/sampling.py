@@ -71,7 +71,7 @@ class SeededDataset(Dataset):
             return self.dataset[index]
 
 
-def _ignore_stop_signals(worker_id: int) -> None:
+def ignore_stop_signals(worker_id: int) -> None:
     """Loader workers leave SIGINT and SIGTERM to the training process, which stops after a checkpoint."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
@@ -83,5 +83,5 @@ def step_loader(dataset: Dataset, batch_size: int, seed: int, start_step: int = 
     sampler = StepBatchSampler(len(dataset), batch_size, seed, start_step, rank, world_size)  # type: ignore[arg-type]
     loader = DataLoader(SeededDataset(dataset), batch_sampler=sampler, num_workers=num_workers,
                         pin_memory=pin_memory, persistent_workers=False,
-                        worker_init_fn=_ignore_stop_signals)
+                        worker_init_fn=ignore_stop_signals)
     return iter(loader)

@@ -52,6 +52,7 @@ from .checkpoint import (
 )
 from .data_setup import build_run_data
 from .evaluate import evaluate_model
+from .metrics_log import read_records
 from .sampling import mixed_seed, step_loader
 from .schedules import describe_schedule, poly_lr, schedule_progress
 from .tensorboard_log import TensorBoardLog, prediction_rows
@@ -71,7 +72,7 @@ class TrainingInterrupted(Exception):
         self.exit_code = exit_code
 
 
-TEMPORARY_GLOB = ".*.tmp"
+TEMPORARY_GLOB = ".*.tmp"  # what prcl.io.atomic_write leaves behind when a process dies while writing
 BEST_SCORE = "best.json"  # the best validation mIoU, written with best.pt (last.pt is saved before evaluating)
 
 
@@ -89,7 +90,7 @@ def _stop_signals():
         yield received
     finally:
         for sig, handler in previous.items():
-            signal.signal(sig, handler)  # what prcl.io.atomic_write leaves behind when a process dies while writing
+            signal.signal(sig, handler)
 
 
 def use_deterministic_kernels() -> None:
@@ -214,7 +215,7 @@ class Trainer:
     def _checkpoint_to_resume(self, resume: str | None, force: bool) -> dict | None:
         """The checkpoint to resume (loaded on the CPU) after checking that this config may continue it."""
         last = self.checkpoint_dir / "last.pt"
-        restarts = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") or 0)
+        restarts = distributed.restart_count()
         if resume is None and restarts > 0:  # torchrun --max-restarts started this process again after a failure
             self._say(f"restart {restarts} by torchrun: continuing the run from its last checkpoint")
             resume = "auto"
@@ -262,21 +263,11 @@ class Trainer:
         path = self.out_dir / "metrics.jsonl"
         if not path.is_file():
             return
-        kept, lines = [], path.read_text(encoding="utf-8", errors="replace").splitlines()
-        for number, line in enumerate(lines, 1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError:
-                if number == len(lines):
-                    self._say(f"warning: dropped a torn last line of {path} (an interrupted write)")
-                    continue
-                raise UserError(f"{path} line {number} is not JSON; fix or remove that line, then resume") from None
-            if record.get("step", 0) <= self.step:
-                kept.append(line)
+        records, torn = read_records(path, then=", then resume")
+        if torn:
+            self._say(f"warning: dropped a torn last line of {path} (an interrupted write)")
         with atomic_write(path, "w") as f:
-            f.write("".join(line + "\n" for line in kept))
+            f.write("".join(json.dumps(record) + "\n" for record in records if record.get("step", 0) <= self.step))
 
     def state_dict(self) -> dict:
         """Everything a resumed run needs; each network under its name ("student", "teacher", ...)."""

@@ -302,6 +302,7 @@ def predict_files(checkpoint: str | Path, inputs: list[str], out_dir: str | Path
     from tqdm import tqdm
 
     from prcl.infer import Predictor
+    from prcl.infer.visualize import palette
 
     torch_device = resolve_device(device, "--device")
     check_views(protocol, window, stride)
@@ -324,13 +325,14 @@ def predict_files(checkpoint: str | Path, inputs: list[str], out_dir: str | Path
         tqdm.write(f"prcl: skipped {path}: {reason}", file=sys.stderr)
         bar.update(1)
 
+    flat_palette = palette(256).reshape(-1).tolist()
     writes: deque[Future] = deque()
     with ThreadPoolExecutor(max_workers=ENCODE_THREADS) as writer:
         for batch in _size_batches(_decode_ahead(files, 2 * batch_size), batch_size, failed):
             predictions = predictor.predict_batch([picture for _, picture in batch])
             for (path, picture), prediction in zip(batch, predictions):
                 writes.append(writer.submit(_write_outputs, out, names[path], picture, prediction,
-                                            predictor.num_classes, save_probs))
+                                            predictor.num_classes, flat_palette, save_probs))
                 result.written.append(out / f"{names[path]}_mask.png")
             while len(writes) > 2 * batch_size:  # a bounded queue; a write error surfaces here
                 writes.popleft().result()
@@ -342,13 +344,14 @@ def predict_files(checkpoint: str | Path, inputs: list[str], out_dir: str | Path
 
 
 def _write_outputs(out: Path, name: str, picture: np.ndarray, prediction, num_classes: int,
-                   save_probs: bool) -> None:
-    """The files of one prediction (see :func:`predict_files`), each written atomically."""
+                   flat_palette: list[int], save_probs: bool) -> None:
+    """The files of one prediction (see :func:`predict_files`), each written atomically; ``flat_palette``
+    is the mask PNGs' 256 x RGB palette as a flat list."""
     from prcl.engine.checkpoint import atomic_write
-    from prcl.infer.visualize import heatmap, overlay, palette
+    from prcl.infer.visualize import heatmap, overlay
 
     mask = Image.fromarray(prediction.mask.astype(np.uint8), mode="P")
-    mask.putpalette(palette(256).reshape(-1).tolist())
+    mask.putpalette(flat_palette)
     outputs = {f"{name}_mask.png": mask,
                f"{name}_overlay.png": Image.fromarray(overlay(picture, prediction.mask, num_classes=num_classes))}
     if prediction.uncertainty is not None:

@@ -8,10 +8,10 @@ Several runs are overlaid, each in its own colour, labelled by its folder name. 
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from prcl.errors import UserError
+from prcl.engine.metrics_log import read_records
 from prcl.io import atomic_write
 
 LOSSES = ("loss", "sup", "unsup", "prcl")
@@ -23,17 +23,8 @@ def read_metrics(run_dir: str | Path) -> tuple[list[dict], list[dict]]:
     path = Path(run_dir) / "metrics.jsonl"
     if not path.is_file():
         raise UserError(f"{run_dir}: no metrics.jsonl; give a run folder written by `prcl train` (train.out_dir)")
-    lines = [line for line in path.read_text(encoding="utf-8", errors="replace").splitlines() if line.strip()]
     train, valid = [], []
-    for number, line in enumerate(lines, 1):
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:
-            if number == len(lines):
-                continue  # a torn last line: the run was interrupted while writing it, or is still writing
-            raise UserError(f"{path} line {number} is not JSON; fix or remove that line") from None
-        if not isinstance(record, dict):
-            continue
+    for record in read_records(path)[0]:  # a torn last line: the run was interrupted, or is still writing
         if record.get("type") == "train":
             train.append(record)
         elif record.get("type") == "eval" and record.get("split") == "valid" and record.get("miou") is not None:

@@ -23,6 +23,7 @@ from torch import nn
 from prcl.config import Config, config_from_dict
 from prcl.constants import IMAGENET_MEAN, IMAGENET_STD
 from prcl.data.datasets import to_rgb8
+from prcl.devices import resolve_device
 from prcl.engine.checkpoint import load_checkpoint
 from prcl.engine.evaluate import average_views, dense_maps
 from prcl.errors import UserError
@@ -39,12 +40,6 @@ class Prediction:
     probabilities: np.ndarray  # (C, H, W) float32 softmax probabilities
     confidence: np.ndarray  # (H, W) float32 probability of the predicted class
     uncertainty: np.ndarray | None  # (H, W) float32 mean variance in (0, 1); None without a probability head
-
-
-def _device(device: str | torch.device) -> torch.device:
-    if str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
 
 
 def config_from_checkpoint(state: dict[str, Any], path: str | Path) -> Config:
@@ -105,7 +100,7 @@ class Predictor:
             raise ValueError(f"Predictor protocol must be 'whole' or 'sliding', got {protocol!r}")
         if protocol == "sliding" and window is None:
             raise ValueError("the sliding protocol needs a window size")
-        self.device = _device(device)
+        self.device = resolve_device(device, "--device")
         self.model = model.to(self.device).eval()
         self.probability_head = probability_head.to(self.device).eval() if probability_head is not None else None
         self.num_classes = num_classes
@@ -220,16 +215,16 @@ class Predictor:
             batch = torch.cat([tensors[i] for i in indices])
             maps = average_views(map_fn, batch, self.protocol, self.window, self.stride, self.flip, self.scales)
             for index, picture_maps in zip(indices, maps):
-                predictions[index] = self._prediction(picture_maps, with_uncertainty=head is not None)
+                predictions[index] = self._prediction(picture_maps)
         return predictions  # type: ignore[return-value]  # every index was filled
 
-    def _prediction(self, maps: torch.Tensor, with_uncertainty: bool) -> Prediction:
-        """(C [+ 1], H, W) averaged maps of one picture -> its Prediction."""
+    def _prediction(self, maps: torch.Tensor) -> Prediction:
+        """(C [+ 1], H, W) averaged maps of one picture (the mean variance last, with a head) -> its Prediction."""
         probabilities = maps[: self.num_classes]
         confidence, mask = probabilities.max(dim=0)
         return Prediction(
             mask=mask.cpu().numpy().astype(np.int64),
             probabilities=probabilities.cpu().numpy(),
             confidence=confidence.cpu().numpy(),
-            uncertainty=maps[self.num_classes].cpu().numpy() if with_uncertainty else None,
+            uncertainty=maps[self.num_classes].cpu().numpy() if maps.shape[0] > self.num_classes else None,
         )
