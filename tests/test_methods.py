@@ -54,15 +54,37 @@ def test_separate_passes_update_batchnorm_like_two_manual_passes(method):
     with torch.no_grad():
         out_labeled = student(batch.labeled_images)
         out_strong = student(strong)
-        if method == "prcl":
-            before["probability_head"](out_labeled.features)
-            before["probability_head"](out_strong.features)
     for name, value in _running_stats(student).items():
         torch.testing.assert_close(_running_stats(after["student"])[name], value, msg=name)
     assert int(after["student"].classifier[1].num_batches_tracked) == 2  # running statistics updated twice
-    if method == "prcl":
-        for name, value in _running_stats(before["probability_head"]).items():
-            torch.testing.assert_close(_running_stats(after["probability_head"])[name], value, msg=name)
+
+
+@pytest.mark.parametrize("passes", ["separate", "joint"])
+def test_probability_head_normalises_both_passes_in_one_batch(passes):
+    """The release's uncer_head(torch.cat((raw_feat_l, raw_feat_u))): one BatchNorm batch per step."""
+    before, after, batch, chosen = _step(passes, "prcl")
+    teacher = copy.deepcopy(before["teacher"]).train()
+    pseudo_labels, confidence = teacher_pseudo_labels(teacher, batch.unlabeled_images)
+    strong, _, _ = chosen.strong_view(batch.unlabeled_images, pseudo_labels, confidence,
+                                      generator=torch.Generator().manual_seed(7))
+    head = before["probability_head"]
+    per_pass = copy.deepcopy(head)
+    with torch.no_grad():
+        if passes == "separate":
+            features = [before["student"](batch.labeled_images).features, before["student"](strong).features]
+        else:
+            features = list(before["student"](torch.cat([batch.labeled_images, strong])).features.split(2))
+        head(torch.cat(features))
+        for feature in features:
+            per_pass(feature)
+    got = _running_stats(after["probability_head"])
+    for name, value in _running_stats(head).items():
+        torch.testing.assert_close(got[name], value, msg=name)
+    assert all(int(value) == 1 for name, value in got.items() if name.endswith("num_batches_tracked"))
+    # per-pass normalisation (the former behaviour) would leave other statistics
+    per_pass_stats = _running_stats(per_pass)
+    assert any(not torch.allclose(got[name].float(), per_pass_stats[name].float(), atol=1e-6) for name in got
+               if "running_mean" in name)
 
 
 def test_joint_pass_gives_other_batchnorm_statistics_than_separate_passes():

@@ -1,11 +1,16 @@
 """Strong view of the unlabeled batch: geometry, mixing, colour, determinism (CPU, small shapes)."""
 
+import numpy as np
 import pytest
 import torch
 from torchvision.transforms.v2 import functional as TF
 
 from prcl.constants import IMAGENET_MEAN, IMAGENET_STD
+from PIL import Image
+from torchvision.transforms import functional as TF_pil
+
 from prcl.data.strong_view import (
+    JITTER_OPERATIONS,
     StrongView,
     class_mix_masks,
     colour_jitter,
@@ -13,6 +18,8 @@ from prcl.data.strong_view import (
     gaussian_blur,
     hsv_to_rgb,
     mix,
+    quantise_confidence,
+    random_rescale_crop,
     rgb_to_hsv,
 )
 
@@ -44,22 +51,47 @@ def tagged_batch(seed: int, batch: int = B):
     return images, labels, confidence
 
 
-def test_class_mix_mask_selects_half_of_the_present_classes():
+def test_class_mix_mask_selects_half_of_the_values_present_padding_included():
     labels = blocky_labels(0, batch=8)
-    labels[:, :3, :3] = -1  # ignored pixels never count as a class and are never kept
+    labels[::2, :3, :3] = -1  # the rescale's padding: one of the values drawn, as the release's torch.unique
     masks = class_mix_masks(labels, gen(1))
     assert masks.shape == labels.shape and masks.dtype == torch.bool
     seen_sizes = set()
     for b in range(labels.shape[0]):
         present = labels[b].unique()
-        present = present[present >= 0]
         chosen = labels[b][masks[b]].unique()
         assert len(chosen) == len(present) // 2
         seen_sizes.add(len(present))
         assert set(chosen.tolist()) <= set(present.tolist())
         assert torch.equal(masks[b], torch.isin(labels[b], chosen))
-        assert not masks[b][:3, :3].any()
     assert len(seen_sizes) > 1  # the test covered several class counts
+
+
+@pytest.mark.parametrize("num_classes", [2, 3])
+def test_class_mix_draws_the_padding_as_a_class_with_the_release_probability(num_classes):
+    # n values (the classes and -1): floor(n / 2) of them are drawn, so -1 with probability floor(n/2) / n,
+    # as the release's labels[torch.randperm(n)][:n // 2] over torch.unique(labels).
+    draws = 4000
+    labels = torch.arange(num_classes).repeat_interleave(4).view(1, num_classes, 4).expand(draws, -1, -1).clone()
+    labels[:, -1, 2:] = -1
+    masks = class_mix_masks(labels, gen(40), num_classes=num_classes)
+    padding_kept = masks[:, -1, 2:].all(dim=1)
+    assert torch.equal(padding_kept, masks[:, -1, 2:].any(dim=1))  # all the padding or none of it
+    n = num_classes + 1
+    expected = (n // 2) / n
+    sigma = (expected * (1 - expected) / draws) ** 0.5
+    assert abs(padding_kept.float().mean().item() - expected) < 4 * sigma, padding_kept.float().mean()
+
+
+def test_class_mix_on_one_class_and_padding_keeps_either_the_class_or_the_padding():
+    labels = torch.full((400, 6, 6), 3)
+    labels[:, :, 4:] = -1
+    labels[:, 4:, :] = -1
+    masks = class_mix_masks(labels, gen(41), num_classes=5)
+    keeps_class = masks.eq(labels >= 0).flatten(1).all(dim=1)
+    keeps_padding = masks.eq(labels < 0).flatten(1).all(dim=1)
+    assert torch.all(keeps_class ^ keeps_padding)  # exactly one of the two, every time
+    assert 0.4 < keeps_padding.float().mean() < 0.6
 
 
 def test_class_mix_choice_is_uniform_over_classes():
@@ -124,7 +156,8 @@ def test_cutout_zeroes_exactly_the_box():
 @pytest.mark.parametrize("mode", ["classmix", "cutmix", "cutout", "none"])
 def test_geometry_keeps_image_label_and_confidence_aligned(mode):
     images, labels, confidence = tagged_batch(10)
-    view = StrongView(mix=mode, colour=False, blur=False, flip=True, image_interpolation="nearest")
+    view = StrongView(mix=mode, colour=False, blur=False, flip=True, image_interpolation="nearest",
+                      image_padding="zeros", quantise_confidence=False)
     padded_somewhere = False
     for seed in range(6):
         out_images, out_labels, out_confidence = view(images, labels, confidence, gen(seed))
@@ -145,7 +178,8 @@ def test_geometry_keeps_image_label_and_confidence_aligned(mode):
 
 def test_flip_is_applied_to_all_three_alike():
     images, labels, confidence = tagged_batch(11)
-    view = StrongView(scale_range=(1.0, 1.0), mix="none", colour=False, blur=False, flip=True)
+    view = StrongView(scale_range=(1.0, 1.0), mix="none", colour=False, blur=False, flip=True,
+                      quantise_confidence=False)
     out_images, out_labels, out_confidence = view(images, labels, confidence, gen(12))
     flipped = [not torch.equal(out_labels[b], labels[b]) for b in range(B)]
     assert any(flipped) and not all(flipped)
@@ -158,12 +192,12 @@ def test_flip_is_applied_to_all_three_alike():
 
 def test_downscale_pads_right_and_bottom():
     images, labels, confidence = tagged_batch(13)
-    view = StrongView(scale_range=(0.5, 0.5), mix="none", colour=False, blur=False, flip=False)
+    view = StrongView(scale_range=(0.5, 0.5), mix="none", colour=False, blur=False, flip=False, image_padding="zeros")
     out_images, out_labels, out_confidence = view(images, labels, confidence, gen(14))
     assert torch.all(out_labels[:, : H // 2, : W // 2] >= 0)
     assert torch.all(out_labels[:, H // 2 :, :] == -1) and torch.all(out_labels[:, :, W // 2 :] == -1)
     assert torch.all(out_confidence[:, H // 2 :, :] == 0) and torch.all(out_confidence[:, :, W // 2 :] == 0)
-    assert torch.all(out_images[:, :, H // 2 + 1 :, :] == 0)  # 0 in normalised space (the mean colour)
+    assert torch.all(out_images[:, :, H // 2 :, :] == 0)  # 0 in normalised space (the mean colour)
     # label of output pixel (i, j) is the input label at (2i + 1, 2j + 1) or a neighbour of the same block
     assert torch.equal(out_labels[:, : H // 2 : 4, : W // 2 : 4], labels[:, ::8, ::8])
 
@@ -198,7 +232,7 @@ def test_colour_ops_change_images_but_never_labels():
     confidence = torch.rand(B, H, W, generator=gen(25))
     view = StrongView(scale_range=(1.0, 1.0), mix="none", colour=True, blur=True, flip=False, jitter_p=1.0, blur_p=1.0)
     out_images, out_labels, out_confidence = view(images, labels, confidence, gen(26))
-    assert torch.equal(out_labels, labels) and torch.equal(out_confidence, confidence)
+    assert torch.equal(out_labels, labels) and torch.equal(out_confidence, quantise_confidence(confidence))
     for b in range(B):
         assert (out_images[b] - images[b]).abs().max() > 0.05
     # with both probabilities 0 the images pass unchanged (identity geometry at scale 1)
@@ -269,3 +303,100 @@ def test_class_mix_with_a_given_num_classes_still_selects_half():
         chosen = labels[b][masks[b]].unique()
         assert len(chosen) == len(present) // 2
         assert torch.equal(masks[b], torch.isin(labels[b], chosen))
+
+
+# --------------------------------------------------------------------------------------------
+# the release's strong view, point by point (its transform() in dataset_helpers/VOC.py)
+# --------------------------------------------------------------------------------------------
+
+
+def test_rescale_pads_with_the_reflection_of_the_image():
+    # 4x4 at scale 0.75: resized to 3x3 (nearest: rows and columns 0, 2, 3 of the input), then one
+    # row and one column of reflect padding (numpy.pad "reflect": the edge is not repeated), crop at 0.
+    image = (10 * torch.arange(4).view(4, 1) + torch.arange(4).view(1, 4)).float().expand(1, 3, 4, 4)
+    labels = torch.arange(16).view(1, 4, 4)
+    confidence = torch.full((1, 4, 4), 0.9)
+    out_image, out_labels, out_confidence = random_rescale_crop(
+        image, labels, confidence, (0.75, 0.75), gen(0), image_interpolation="nearest")
+    kept = torch.tensor([0, 2, 3, 2])  # the resized row/column 1 mirrored past the edge
+    assert torch.equal(out_image[0, 0], image[0, 0][kept][:, kept])
+    assert torch.equal(out_labels[0, :3, :3], labels[0][kept[:3]][:, kept[:3]])
+    assert torch.all(out_labels[0, 3, :] == -1) and torch.all(out_labels[0, :, 3] == -1)
+    assert torch.all(out_confidence[0, 3, :] == 0) and torch.all(out_confidence[0, :3, :3] == 0.9)
+    zeros, _, _ = random_rescale_crop(image, labels, confidence, (0.75, 0.75), gen(0),
+                                      image_interpolation="nearest", image_padding="zeros")
+    assert torch.all(zeros[0, :, 3, :] == 0) and torch.equal(zeros[0, :, :3, :3], out_image[0, :, :3, :3])
+
+
+def test_rescale_reflection_matches_numpy_pad_when_the_pad_is_longer_than_the_image():
+    image = torch.rand(1, 3, 9, 9, generator=gen(1))
+    out, _, _ = random_rescale_crop(image, torch.zeros(1, 9, 9, dtype=torch.long), torch.ones(1, 9, 9),
+                                    (0.34, 0.34), gen(2), image_interpolation="nearest")
+    small = torch.nn.functional.interpolate(image, size=(3, 3), mode="nearest-exact")
+    expected = np.pad(small[0].numpy(), ((0, 0), (0, 6), (0, 6)), mode="reflect")
+    assert np.array_equal(out[0].numpy(), expected)
+
+
+def test_downscale_is_antialiased_like_pil_bilinear():
+    # Columns 1, 0, 0, 0 repeated: PIL's bilinear shrink by 4 averages them (about 0.25); a plain
+    # bilinear sample between two pixels (the former grid_sample) reads 0 or 0.5.
+    stripes = torch.tensor([1.0, 0.0, 0.0, 0.0]).repeat(4).view(1, 16).expand(16, 16)
+    image = stripes.expand(1, 3, 16, 16).contiguous()
+    out, _, _ = random_rescale_crop(image, torch.zeros(1, 16, 16, dtype=torch.long), torch.ones(1, 16, 16),
+                                    (0.25, 0.25), gen(3))
+    pil = Image.fromarray((stripes.numpy() * 255).astype(np.uint8))
+    expected = torch.from_numpy(np.asarray(pil.resize((4, 4), Image.BILINEAR), dtype=np.float32)) / 255
+    assert torch.allclose(out[0, 0, :4, :4], expected, atol=1.5 / 255), (out[0, 0, :4, :4], expected)
+
+
+def test_crop_offsets_are_whole_pixels_of_the_rescaled_image():
+    image = torch.arange(24 * 24).float().view(1, 1, 24, 24).expand(1, 3, 24, 24).contiguous()
+    for seed in range(5):
+        out, _, _ = random_rescale_crop(image, torch.zeros(1, 24, 24, dtype=torch.long), torch.ones(1, 24, 24),
+                                        (1.0, 1.0), gen(seed), image_interpolation="nearest")
+        top, left = divmod(int(out[0, 0, 0, 0]), 24)
+        assert torch.equal(out[0, 0], image[0, 0, top : top + 24, left : left + 24])
+
+
+def test_confidence_is_quantised_as_the_release_8_bit_round_trip():
+    q = torch.rand(2, 16, 16, generator=gen(4))
+    q[0, 0, 0] = 0.9725  # >= 0.97, but 255 q = 247.99: the release reads 247/255 = 0.9686
+    round_trip = torch.stack([TF_pil.to_tensor(TF_pil.to_pil_image(q[b : b + 1]))[0] for b in range(2)])
+    assert torch.equal(quantise_confidence(q), round_trip)
+    view = StrongView(scale_range=(1.0, 1.0), mix="none", colour=False, blur=False, flip=False)
+    _, _, out = view(torch.zeros(2, 3, 16, 16), torch.zeros(2, 16, 16, dtype=torch.long), q, gen(5))
+    assert torch.equal(out, round_trip) and out[0, 0, 0] < 0.97
+
+
+def test_colour_jitter_applies_each_image_own_order_like_torchvision():
+    rgb = torch.rand(4, 3, 12, 12, generator=gen(6))
+    brightness = torch.tensor([0.8, 1.2, 0.9, 1.1])
+    contrast = torch.tensor([1.2, 0.76, 1.1, 0.8])
+    saturation = torch.tensor([0.8, 1.24, 1.2, 0.8])
+    hue = torch.tensor([0.2, -0.25, 0.1, -0.15])
+    order = torch.tensor([[3, 2, 1, 0], [1, 3, 0, 2], [0, 1, 2, 3], [2, 0, 3, 1]])
+    adjust = {"brightness": TF.adjust_brightness, "contrast": TF.adjust_contrast,
+              "saturation": TF.adjust_saturation, "hue": TF.adjust_hue}
+    factors = {"brightness": brightness, "contrast": contrast, "saturation": saturation, "hue": hue}
+    ours = colour_jitter(rgb, brightness, contrast, saturation, hue, order)
+    fixed = colour_jitter(rgb, brightness, contrast, saturation, hue)
+    for b in range(4):
+        expected = rgb[b]
+        for index in order[b].tolist():
+            name = JITTER_OPERATIONS[index]
+            expected = adjust[name](expected, float(factors[name][b]))
+        assert torch.allclose(ours[b], expected, atol=1e-5)
+        if b != 2:  # the fixed order (image 2's) gives another image: the order matters here
+            assert (fixed[b] - expected).abs().max() > 1e-3
+    assert torch.allclose(ours[2], fixed[2], atol=1e-6)
+
+
+def test_strong_view_draws_a_permutation_per_image():
+    images = torch.rand(32, 3, 8, 8, generator=gen(7))
+    labels = torch.zeros(32, 8, 8, dtype=torch.long)
+    confidence = torch.ones(32, 8, 8)
+    kwargs = dict(scale_range=(1.0, 1.0), mix="none", blur=False, flip=False, jitter_p=1.0)
+    random_order, _, _ = StrongView(**kwargs)(images, labels, confidence, gen(8))
+    fixed_order, _, _ = StrongView(jitter_order="fixed", **kwargs)(images, labels, confidence, gen(8))
+    same = [torch.allclose(random_order[b], fixed_order[b], atol=1e-5) for b in range(32)]
+    assert sum(same) < 12  # the identity permutation is 1 of 24; a fixed order would match all 32

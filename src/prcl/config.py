@@ -101,6 +101,10 @@ class MethodConfig(_Section):
     strong_threshold: Unit = 0.8
     mix: Literal["classmix", "cutmix", "cutout", "none"] = "classmix"
     strong_scale_range: Scales = Field(default_factory=lambda: [0.5, 1.5])
+    # The strong view's padding where the rescale shrinks the image: reflect (the release) or zeros (the mean colour).
+    strong_padding: Literal["reflect", "zeros"] = "reflect"
+    # Confidences as the release's 8-bit round trip leaves them, floor(255 q) / 255 (thresholds 248/255, 179/255).
+    quantise_confidence: bool = True
     # separate: the student sees the labeled batch, then the strong view, in two forward passes (the
     # reference; BatchNorm statistics per batch); joint: one pass over both concatenated.
     student_passes: Literal["separate", "joint"] = "separate"

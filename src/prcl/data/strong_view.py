@@ -1,23 +1,24 @@
-"""Strong view of the unlabeled batch, built on the tensors' device for the whole batch at once.
+"""Strong view of the unlabeled batch, built on the tensors' device.
 
-docs/method.md, "The training step" (step 3) and "Data pipelines". The same geometry is applied
-to the images, the teacher's pseudo-labels and its confidences; colour operations touch the images
-only:
+docs/method.md, "The training step" (step 3) and "Data pipelines". It reproduces the release's
+two ``batch_transform`` calls and its mix: the same geometry is applied to the images, the
+teacher's pseudo-labels and its confidences; colour operations touch the images only:
 
-1. random rescale (one scale per image) and crop back to (H, W), by one batched ``grid_sample``:
-   bilinear for images, nearest for pseudo-labels and confidences. Where the rescaled image is
-   smaller than the crop it sits at the top-left corner and the right/bottom border is padding:
-   image 0 in normalised space (the ImageNet mean colour; ``image_padding="reflection"`` mirrors
-   instead), pseudo-label -1 (ignore), confidence 0.
-2. mixing with the next image of the batch, (i + 1) mod B: ClassMix (default), CutMix, CutOut or
-   none.
-3. colour jitter (one block with probability 0.8 per image: brightness, contrast, saturation, hue,
-   in this fixed order), Gaussian blur (probability 0.5, sigma uniform in 0.15-1.15), horizontal
+0. the confidences are quantised to ``floor(255 q) / 255``, as the release's 8-bit PIL round trip
+   leaves them (``quantise_confidence``);
+1. random rescale (one scale per image) to ``int(H s) x int(W s)`` (images bilinear, antialiased
+   when shrinking; pseudo-labels and confidences nearest), padding at the right/bottom where that
+   is smaller than the crop (image: reflection, or 0 = the ImageNet mean colour; pseudo-label -1;
+   confidence 0), and an (H, W) crop at a whole-pixel offset;
+2. mixing with the next image of the batch, (i + 1) mod B: ClassMix (default; the padding value
+   -1 counts as a class), CutMix, CutOut or none;
+3. colour jitter (with probability 0.8 per image: brightness, contrast, saturation, hue, in a
+   random order per image), Gaussian blur (probability 0.5, sigma uniform in 0.15-1.15), horizontal
    flip (probability 0.5, all three tensors).
 
 Every random parameter is drawn per image from the optional ``torch.Generator`` (which must live
-on the tensors' device); with ``generator=None`` the global RNG is used. Nothing leaves the device
-and nothing loops over the batch.
+on the tensors' device); with ``generator=None`` the global RNG is used. Nothing leaves the device;
+only the rescale, whose output sizes differ per image, loops over the batch.
 """
 
 from __future__ import annotations
@@ -61,6 +62,21 @@ def _next_image(x: torch.Tensor) -> torch.Tensor:
 # 1. rescale + crop
 # --------------------------------------------------------------------------------------------
 
+PADDING_MODES = ("reflect", "zeros")
+
+
+def reflect_index(index: torch.Tensor, size: int) -> torch.Tensor:
+    """Indices past the end of an axis of ``size`` pixels, mirrored as ``numpy.pad(mode="reflect")``
+    mirrors them (the edge pixel is not repeated; a pad longer than the axis reflects again).
+
+    index: int64 tensor of indices >= 0; returns indices in [0, size).
+    """
+    if size == 1:
+        return torch.zeros_like(index)
+    period = 2 * (size - 1)
+    index = index % period
+    return torch.where(index < size, index, period - index)
+
 
 def random_rescale_crop(
     images: torch.Tensor,
@@ -69,40 +85,65 @@ def random_rescale_crop(
     scale_range: tuple[float, float] = (0.5, 1.5),
     generator: torch.Generator | None = None,
     image_interpolation: str = "bilinear",
-    image_padding: str = "zeros",
+    image_padding: str = "reflect",
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Rescale each image by its own random factor and crop a random (H, W) window.
+    """Rescale each image by its own random factor, pad it if smaller than the crop, crop (H, W).
 
     images (B,3,H,W) float, pseudo_labels (B,H,W) int64, confidence (B,H,W) float; returns the
-    same shapes and dtypes. Image i is scaled by s_i ~ U(scale_range); the crop window starts at
-    an offset uniform in [0, s_i*W - W] (and likewise in height) when the rescaled image is larger
-    than the crop, at 0 otherwise (padding right/bottom: label -1, confidence 0, image 0 or
-    reflection per ``image_padding``).
+    same shapes and dtypes. As the release's ``transform`` does per PIL image: image i is resized
+    to ``(int(H s_i), int(W s_i))`` with s_i ~ U(scale_range) (image: bilinear, antialiased when
+    shrinking, like PIL's bilinear; ``image_interpolation="nearest"`` for tests; pseudo-labels and
+    confidences: nearest, like PIL's); where that is smaller than (H, W) it is padded at the right
+    and bottom (image: reflection as ``numpy.pad(mode="reflect")``, or 0 = the mean colour with
+    ``image_padding="zeros"``; pseudo-label -1; confidence 0); then an (H, W) window is cut at a
+    whole-pixel offset uniform over the positions inside the padded image.
+
+    The sizes differ per image, so this loops over the batch (a few small kernels per image) and
+    reads the random draws on the host once per call.
     """
+    if image_padding not in PADDING_MODES:
+        raise ValueError(f"unknown padding {image_padding!r}; choose one of {', '.join(PADDING_MODES)}")
     batch, _, height, width = images.shape
     device = images.device
-    scale = _uniform(batch, scale_range[0], scale_range[1], device, generator)
-    offset_x = _rand((batch,), device, generator) * (scale * width - width).clamp(min=0)
-    offset_y = _rand((batch,), device, generator) * (scale * height - height).clamp(min=0)
-
-    # Output pixel centre x_o (normalised, align_corners=False) lies at pixel (x_o + 1) W/2 of the
-    # crop, i.e. at pixel ((x_o + 1) W/2 + offset) / s of the input: an affine map per image.
-    theta = torch.zeros(batch, 2, 3, device=device)
-    theta[:, 0, 0] = 1.0 / scale
-    theta[:, 0, 2] = (1.0 + 2.0 * offset_x / width) / scale - 1.0
-    theta[:, 1, 1] = 1.0 / scale
-    theta[:, 1, 2] = (1.0 + 2.0 * offset_y / height) / scale - 1.0
-    grid = F.affine_grid(theta, [batch, 1, height, width], align_corners=False)
-
-    images = F.grid_sample(
-        images, grid.to(images.dtype), mode=image_interpolation, padding_mode=image_padding, align_corners=False
-    )
-    # Labels are shifted so that ignore is 0: the zero padding becomes ignore after the shift back.
-    targets = torch.stack([(pseudo_labels - IGNORE_INDEX).float(), confidence.float()], dim=1)
-    targets = F.grid_sample(targets, grid, mode="nearest", padding_mode="zeros", align_corners=False)
+    draws = _rand((3, batch), device, generator)
+    scales = (scale_range[0] + (scale_range[1] - scale_range[0]) * draws[0]).tolist()
+    fractions_y, fractions_x = draws[1].tolist(), draws[2].tolist()
+    mode = "bilinear" if image_interpolation == "bilinear" else "nearest-exact"
+    # Labels shifted so that ignore is 0, so that the zero padding below becomes ignore after the shift back.
+    targets = torch.stack([(pseudo_labels - IGNORE_INDEX).to(confidence.dtype), confidence], dim=1)
+    out_images, out_targets = [], []
+    for i in range(batch):
+        new_h, new_w = int(height * scales[i]), int(width * scales[i])
+        image = F.interpolate(images[i : i + 1], size=(new_h, new_w), mode=mode,
+                              antialias=mode == "bilinear", align_corners=False if mode == "bilinear" else None)
+        target = F.interpolate(targets[i : i + 1], size=(new_h, new_w), mode="nearest-exact")
+        # RandomCrop.get_params of the padded image: a whole offset in [0, padded - crop].
+        top = int(fractions_y[i] * (max(new_h, height) - height + 1))
+        left = int(fractions_x[i] * (max(new_w, width) - width + 1))
+        rows = torch.arange(top, top + height, device=device)
+        cols = torch.arange(left, left + width, device=device)
+        inside = (rows < new_h)[:, None] & (cols < new_w)[None, :]  # (H, W)
+        if image_padding == "reflect":
+            image = image[:, :, reflect_index(rows, new_h)][:, :, :, reflect_index(cols, new_w)]
+        else:
+            image = image[:, :, rows.clamp(max=new_h - 1)][:, :, :, cols.clamp(max=new_w - 1)] * inside
+        target = target[:, :, rows.clamp(max=new_h - 1)][:, :, :, cols.clamp(max=new_w - 1)] * inside
+        out_images.append(image)
+        out_targets.append(target)
+    images = torch.cat(out_images)
+    targets = torch.cat(out_targets)
     pseudo_labels = targets[:, 0].round().long() + IGNORE_INDEX
-    confidence = targets[:, 1].to(confidence.dtype)
+    confidence = targets[:, 1]
     return images, pseudo_labels, confidence
+
+
+def quantise_confidence(confidence: torch.Tensor) -> torch.Tensor:
+    """Confidences as the release's 8-bit PIL round trip leaves them: ``floor(255 q) / 255``.
+
+    The release passes q through ``to_pil_image`` (``mul(255).byte()``, a truncation) and back,
+    so its thresholds act as 248/255 (0.97) and 179/255 (0.7). (B,H,W) -> (B,H,W), same dtype.
+    """
+    return torch.floor(confidence * 255) / 255
 
 
 # --------------------------------------------------------------------------------------------
@@ -115,29 +156,28 @@ def class_mix_masks(
 ) -> torch.Tensor:
     """ClassMix masks: True where pixel (b, h, w) keeps image b, False where it comes from b+1.
 
-    pseudo_labels (B,H,W) int64 with -1 = ignore. For image b, floor(n_b / 2) of its n_b present
-    classes (labels >= 0) are chosen uniformly at random without replacement; the mask is True
-    exactly on the pixels of those classes (never on ignored pixels). Vectorised: every
-    (image, class) pair gets a uniform score, absent classes score -1, and the classes ranked
-    below floor(n_b / 2) are chosen. ``num_classes`` (an upper bound on the label values + 1)
-    avoids a device sync; by default it is read from the labels (the random draw has shape
-    (B, num_classes), so the same generator state gives other choices for another num_classes).
-    Returns (B,H,W) bool.
+    pseudo_labels (B,H,W) int64 with -1 = the rescale's padding. As the release's
+    ``generate_class_mask`` (``torch.unique`` of the map), the values present in image b's map are
+    its "classes", the padding value -1 among them when the image was padded: floor(n_b / 2) of
+    its n_b values are chosen uniformly at random without replacement, and the mask is True
+    exactly on the pixels of the chosen values. Vectorised: every (image, value) pair gets a
+    uniform score, absent values score -1, and the values ranked below floor(n_b / 2) are chosen.
+    ``num_classes`` (an upper bound on the label values + 1) avoids a device sync; by default it
+    is read from the labels (the random draw has shape (B, num_classes + 1), so the same generator
+    state gives other choices for another num_classes). Returns (B,H,W) bool.
     """
     batch = pseudo_labels.shape[0]
     device = pseudo_labels.device
-    shifted = pseudo_labels.reshape(batch, -1) + 1  # 0 = ignore, c + 1 = class c
+    shifted = pseudo_labels.reshape(batch, -1) - IGNORE_INDEX  # 0 = padding (-1), c + 1 = class c
     if num_classes is None:
         num_classes = int(shifted.max()) if shifted.numel() else 0
     present = torch.zeros(batch, num_classes + 1, dtype=torch.bool, device=device)
     present.scatter_(1, shifted, True)
-    present = present[:, 1:]
 
-    scores = _rand((batch, num_classes), device, generator).masked_fill(~present, -1.0)
+    scores = _rand((batch, num_classes + 1), device, generator).masked_fill(~present, -1.0)
     rank = scores.argsort(dim=1, descending=True).argsort(dim=1)
     num_chosen = present.sum(dim=1, keepdim=True) // 2
     chosen = (rank < num_chosen) & present
-    chosen = torch.cat([torch.zeros(batch, 1, dtype=torch.bool, device=device), chosen], dim=1)
     return chosen.gather(1, shifted).view_as(pseudo_labels)
 
 
@@ -256,27 +296,53 @@ def hsv_to_rgb(hsv: torch.Tensor) -> torch.Tensor:
     return value - value * saturation * torch.minimum(k, 4.0 - k).clamp(0.0, 1.0)
 
 
+def _adjust_hue(rgb: torch.Tensor, hue: torch.Tensor) -> torch.Tensor:
+    """Rotate the hue of (B,3,H,W) RGB by hue (B,) turns."""
+    hsv = rgb_to_hsv(rgb)
+    hue_shifted = (hsv[:, 0] + hue.view(-1, 1, 1).to(rgb.dtype)) % 1.0
+    return hsv_to_rgb(torch.stack([hue_shifted, hsv[:, 1], hsv[:, 2]], dim=1)).clamp(0.0, 1.0)
+
+
+JITTER_OPERATIONS = ("brightness", "contrast", "saturation", "hue")  # torchvision ColorJitter's numbering
+
+
 def colour_jitter(
     rgb: torch.Tensor,
     brightness: torch.Tensor,
     contrast: torch.Tensor,
     saturation: torch.Tensor,
     hue: torch.Tensor,
+    order: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Brightness, contrast, saturation and hue adjustment with one factor per image.
 
     rgb (B,3,H,W) in [0,1]; brightness, contrast, saturation (B,) multiplicative factors (1 =
     unchanged), hue (B,) shift in turns (0 = unchanged). Same definitions as torchvision's
     adjust_* functions: brightness scales, contrast blends with the image's mean grey level,
-    saturation blends with the per-pixel grey, hue rotates in HSV. Returns (B,3,H,W) in [0,1].
+    saturation blends with the per-pixel grey, hue rotates in HSV. ``order`` (B,4) int64: image
+    b applies operation ``order[b, k]`` (0-3 in the order of ``JITTER_OPERATIONS``) k-th, as
+    torchvision's ColorJitter applies its four operations in a random permutation; None: the
+    order of ``JITTER_OPERATIONS`` for every image. Returns (B,3,H,W) in [0,1].
     """
-    rgb = _blend(rgb, torch.zeros_like(rgb), brightness)
-    rgb = _blend(rgb, _grey(rgb).mean(dim=(1, 2, 3), keepdim=True), contrast)
-    rgb = _blend(rgb, _grey(rgb), saturation)
-    hsv = rgb_to_hsv(rgb)
-    hue_shifted = (hsv[:, 0] + hue.view(-1, 1, 1).to(rgb.dtype)) % 1.0
-    hsv = torch.stack([hue_shifted, hsv[:, 1], hsv[:, 2]], dim=1)
-    return hsv_to_rgb(hsv).clamp(0.0, 1.0)
+    operations = (
+        lambda x: _blend(x, torch.zeros_like(x), brightness),
+        lambda x: _blend(x, _grey(x).mean(dim=(1, 2, 3), keepdim=True), contrast),
+        lambda x: _blend(x, _grey(x), saturation),
+        lambda x: _adjust_hue(x, hue),
+    )
+    if order is None:
+        for operation in operations:
+            rgb = operation(rgb)
+        return rgb
+    # Batched: at each position every operation is computed for the whole batch and each image
+    # keeps the one its permutation names there (4x the arithmetic of one pass, no host sync).
+    for position in range(len(operations)):
+        which = order[:, position].view(-1, 1, 1, 1)
+        result = rgb
+        for index, operation in enumerate(operations):
+            result = torch.where(which == index, operation(rgb), result)
+        rgb = result
+    return rgb
 
 
 def gaussian_blur(images: torch.Tensor, sigma: torch.Tensor, radius: int) -> torch.Tensor:
@@ -321,8 +387,10 @@ class StrongView:
     none; ``colour``/``blur``/``flip`` switch those steps. Keyword-only extras: jitter probability
     and strengths (factors uniform in [1 - s, 1 + s], hue shift uniform in [-hue, hue] turns),
     blur probability and sigma range, flip probability, normalisation constants,
-    ``image_interpolation`` ("bilinear" or "nearest") and ``image_padding`` ("zeros" or
-    "reflection") for the rescale, ``num_classes`` (saves ClassMix a device sync per call).
+    ``image_interpolation`` ("bilinear" or "nearest") and ``image_padding`` ("reflect" or "zeros")
+    for the rescale, ``jitter_order`` ("random": a permutation per image, as torchvision's
+    ColorJitter; "fixed"), ``quantise_confidence`` (``floor(255 q) / 255`` first, as the release),
+    ``num_classes`` (saves ClassMix a device sync per call).
     """
 
     def __init__(
@@ -344,7 +412,9 @@ class StrongView:
         mean: tuple[float, float, float] = IMAGENET_MEAN,
         std: tuple[float, float, float] = IMAGENET_STD,
         image_interpolation: str = "bilinear",
-        image_padding: str = "zeros",
+        image_padding: str = "reflect",
+        jitter_order: str = "random",
+        quantise_confidence: bool = True,
         num_classes: int | None = None,
     ) -> None:
         if mix not in MIX_MODES:
@@ -369,7 +439,13 @@ class StrongView:
         self.mean = tuple(mean)
         self.std = tuple(std)
         self.image_interpolation = image_interpolation
+        if image_padding not in PADDING_MODES:
+            raise ValueError(f"unknown padding {image_padding!r}; choose one of {', '.join(PADDING_MODES)}")
+        if jitter_order not in ("random", "fixed"):
+            raise ValueError(f"unknown jitter order {jitter_order!r}; choose random or fixed")
         self.image_padding = image_padding
+        self.jitter_order = jitter_order
+        self.quantise_confidence = quantise_confidence
         self.num_classes = num_classes
 
     def __repr__(self) -> str:
@@ -385,10 +461,13 @@ class StrongView:
         contrast = _uniform(batch, 1 - self.contrast, 1 + self.contrast, device, generator)
         saturation = _uniform(batch, 1 - self.saturation, 1 + self.saturation, device, generator)
         hue = _uniform(batch, -self.hue, self.hue, device, generator)
+        order = None
+        if self.jitter_order == "random":  # a uniform permutation per image, as torch.randperm(4)
+            order = _rand((batch, len(JITTER_OPERATIONS)), device, generator).argsort(dim=1)
         mean = torch.tensor(self.mean, device=device, dtype=images.dtype).view(1, 3, 1, 1)
         std = torch.tensor(self.std, device=device, dtype=images.dtype).view(1, 3, 1, 1)
         rgb = (images * std + mean).clamp(0.0, 1.0)
-        jittered = (colour_jitter(rgb, brightness, contrast, saturation, hue) - mean) / std
+        jittered = (colour_jitter(rgb, brightness, contrast, saturation, hue, order) - mean) / std
         # Images outside the block keep their exact values (no normalisation round trip).
         return torch.where(apply.view(-1, 1, 1, 1), jittered, images)
 
@@ -408,7 +487,8 @@ class StrongView:
                 f"{tuple(pseudo_labels.shape)} and {tuple(confidence.shape)}"
             )
         batch, device = images.shape[0], images.device
-
+        if self.quantise_confidence:
+            confidence = quantise_confidence(confidence)
         images, pseudo_labels, confidence = random_rescale_crop(
             images,
             pseudo_labels,

@@ -29,6 +29,8 @@ class MeanTeacher(Method):
         self.un_threshold = cfg.method.un_threshold
         self.student_passes = cfg.method.student_passes
         self.strong_view = StrongView(scale_range=tuple(cfg.method.strong_scale_range), mix=cfg.method.mix,
+                                      image_padding=cfg.method.strong_padding,
+                                      quantise_confidence=cfg.method.quantise_confidence,
                                       num_classes=cfg.data.num_classes)
 
     def build_networks(self, student: nn.Module) -> Networks:

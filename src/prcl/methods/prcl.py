@@ -68,8 +68,10 @@ class PRCL(MeanTeacher):
             head_var = None
             var = torch.full_like(mu, 0.5 * self.variance_scale, dtype=torch.float32)
         else:
-            # The probability head runs on each pass's feature F, so its BatchNorm sees the same batches.
-            head_var = torch.cat([nets["probability_head"](out.features) for out in outputs])
+            # One call on both passes' features, as the release: the head's BatchNorm normalises the
+            # labeled and strong-view pixels together, whatever the student's passes were.
+            features = torch.cat([out.features for out in outputs]) if len(outputs) > 1 else outputs[0].features
+            head_var = nets["probability_head"](features)
             var = head_var * self.variance_scale if self.variance_scale != 1.0 else head_var
 
         # Contrast on the stride-4 maps of labeled and unlabeled images together: labeled pixels
