@@ -52,7 +52,18 @@ def test_each_method_trains_and_writes_a_complete_run_directory(demo_root, tmp_p
         assert all(r["prcl_anchors"] == 16 * r["prcl_anchor_classes"] for r in train)
         assert all(1 <= r["prcl_anchor_classes"] <= r["prcl_present_classes"] <= 4 for r in train)
         assert load_checkpoint(out / "checkpoints/last.pt")["probability_head"] is not None
+        # the variance's and the softmax's error-finding AUROCs at every evaluation and in the summary
+        evaluations = [r for r in read_metrics(out) if r["type"] == "eval"]
+        assert evaluations and all("auroc_variance" in r["uncertainty"] for r in evaluations)
+        for key in ("uncertainty", "test_uncertainty"):
+            measures = written[key]
+            assert set(measures) == {"auroc_variance", "auroc_one_minus_max_prob", "auroc_entropy", "ece",
+                                     "error_rate", "pixels"}
+            assert measures["pixels"] > 0 and 0 <= measures["ece"] <= 1
+            assert all(measures[k] is None or 0 <= measures[k] <= 1 for k in measures if k.startswith("auroc"))
     else:
+        assert "uncertainty" not in written and "test_uncertainty" not in written
+        assert all("uncertainty" not in r for r in read_metrics(out) if r["type"] == "eval")
         assert "contrast_weight" not in train[0] and "prcl_anchors" not in train[0]
         assert "probability_head" not in load_checkpoint(out / "checkpoints/last.pt")
 
@@ -181,6 +192,8 @@ def test_eval_and_predict_commands_on_a_trained_checkpoint(demo_root, tmp_path, 
     miou_line = next(line for line in table.splitlines() if line.startswith("mIoU"))
     assert "protocol whole" in miou_line and "split valid" in miou_line and "teacher" in miou_line
     assert "the reference's mean over all classes" in table
+    assert "errors found by (AUROC, 0.5 = chance): variance" in table  # a PRCL checkpoint has a probability head
+    assert "auroc_variance" in json.loads((tmp_path / "eval.json").read_text())["uncertainty"]
     assert main(["eval", "-c", str(tmp_path / "run/config.yaml"), "--checkpoint", str(checkpoint),
                  "--split", "test", "--use", "student", "--out", str(tmp_path / "eval-test.json")]) == 0
     miou_line = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("mIoU"))

@@ -36,6 +36,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from prcl.data.transforms import as_pair
 from prcl.engine.distributed import is_distributed, rank, world_size
 from prcl.engine.sampling import ignore_stop_signals
+from prcl.engine.uncertainty import UncertaintyMeter
 
 if TYPE_CHECKING:
     from prcl.config import Config
@@ -295,6 +296,7 @@ def evaluate(
     progress: bool = False,
     seed: int = 0,
     ids: Sequence[int] | None = None,
+    variance: Callable[[Any], torch.Tensor] | None = None,
 ) -> dict[str, Any]:
     """Score ``model`` over this rank's ``loader`` with a confusion matrix summed over ranks.
 
@@ -304,16 +306,23 @@ def evaluate(
     ``seed`` and ``ids[k]`` (default k): the dataset index, so the crops do not depend on how the
     images are split over ranks.
 
+    ``variance(output)`` (optional; PRCL's probability head: the mean variance (N, 1, h', w') of
+    the model's output) adds "uncertainty": how well that variance and the softmax baselines find
+    the prediction's errors, and the softmax's calibration (prcl.engine.uncertainty), over the
+    scored pixels, the variance averaged over the views like the probabilities.
+
     Returns a JSON-ready dict: miou (over classes present in the ground truth), miou_all_classes
     (the reference's mean over all classes; None when a class is absent), per_class_iou (list,
-    None for absent classes), pixel_accuracy, protocol, flip, scales, images (over all ranks).
+    None for absent classes), pixel_accuracy, protocol, flip, scales, images (over all ranks), and
+    uncertainty with ``variance``.
     """
     if protocol not in PROTOCOLS:
         raise ValueError(f"protocol must be one of {', '.join(PROTOCOLS)}, got {protocol!r}")
     device = torch.device(device)
     inference_protocol = protocol if protocol in INFERENCE_PROTOCOLS else "whole"
-    map_fn = dense_maps(model, num_classes)
+    map_fn = dense_maps(model, num_classes, extra=variance)
     confusion = ConfusionMatrix(num_classes, device)
+    meter = UncertaintyMeter(num_classes, device) if variance is not None else None
     images = torch.zeros((), dtype=torch.int64, device=device)
     batches = loader
     if progress and rank() == 0:
@@ -327,13 +336,20 @@ def evaluate(
         if protocol == "random-crop":
             generator = torch.Generator().manual_seed((seed << 32) + (ids[k] if ids is not None else k))
         image, label = crop_for_protocol(image, label, protocol, window, generator)
-        probabilities = average_views(map_fn, image, inference_protocol, window, stride, flip, scales)
+        maps = average_views(map_fn, image, inference_protocol, window, stride, flip, scales)
+        probabilities = maps[:, :num_classes]
         confusion.update(probabilities.argmax(dim=1), label)
+        if meter is not None:
+            meter.update(probabilities, label, maps[:, num_classes])
         images += image.shape[0]
 
     confusion.all_reduce()
     if is_distributed():
         dist.all_reduce(images, op=dist.ReduceOp.SUM)
+    uncertainty = {}
+    if meter is not None:
+        meter.all_reduce()
+        uncertainty = {"uncertainty": meter.result()}
     return {
         "miou": _finite_or_none(confusion.miou("present")),
         "miou_all_classes": _finite_or_none(confusion.miou("all")),
@@ -343,11 +359,20 @@ def evaluate(
         "flip": bool(flip),
         "scales": [float(s) for s in scales],
         "images": int(images),
+        **uncertainty,
     }
 
 
+def mean_variance(probability_head: nn.Module) -> Callable[[Any], torch.Tensor]:
+    """The probability head's variance averaged over its dimensions, from a segmenter's output: (N, 1, h, w)."""
+    def fn(output: Any) -> torch.Tensor:
+        return probability_head(output.features).float().mean(dim=1, keepdim=True)
+    return fn
+
+
 def evaluate_model(
-    model: nn.Module, dataset: Dataset, cfg: Config, device: torch.device | str, progress: bool = False
+    model: nn.Module, dataset: Dataset, cfg: Config, device: torch.device | str, progress: bool = False,
+    probability_head: nn.Module | None = None,
 ) -> dict[str, Any]:
     """mIoU of ``model`` on ``dataset`` under ``cfg.eval``'s protocol (the model is left in eval mode).
 
@@ -355,12 +380,18 @@ def evaluate_model(
     ``data.num_classes`` and ``data.num_workers``); dataset items are dicts with "image" (3, H, W)
     and "mask" (H, W). Under a process group each rank scores the images
     ``range(rank, len(dataset), world_size)``, once each, and the counts are summed over ranks,
-    so every rank returns the same result, with ``images == len(dataset)``. See :func:`evaluate`.
+    so every rank returns the same result, with ``images == len(dataset)``. With a
+    ``probability_head`` (PRCL's, applied to the model's feature F) the result has the
+    uncertainty measures. See :func:`evaluate`.
     """
     model.eval()
+    variance = None
+    if probability_head is not None:
+        probability_head.eval()
+        variance = mean_variance(probability_head)
     ids = range(rank(), len(dataset), world_size())
     loader = DataLoader(Subset(dataset, ids), batch_size=1, num_workers=cfg.data.num_workers,
                         worker_init_fn=ignore_stop_signals)  # a stop signal is the trainer's to handle
     e = cfg.eval
     return evaluate(model, loader, cfg.data.num_classes, device, e.protocol, e.window, e.stride, e.flip,
-                    tuple(e.scales), progress=progress, ids=ids)
+                    tuple(e.scales), progress=progress, ids=ids, variance=variance)

@@ -396,7 +396,9 @@ class Trainer:
         return unwrap_model(head) if head is not None else None
 
     def evaluate(self, dataset: Dataset) -> dict:
-        return evaluate_model(self.eval_network(), dataset, self.cfg, self.device)
+        """mIoU of the evaluated network; with a probability head, its uncertainty measures too."""
+        return evaluate_model(self.eval_network(), dataset, self.cfg, self.device,
+                              probability_head=self.probability_head_network())
 
     def _train_loop(self, total: int, labeled, unlabeled, images_per_step: int, bar, signals: list[int]) -> dict | None:
         """Steps until ``total``; evaluates and checkpoints on schedule. Returns the last validation result."""
@@ -503,10 +505,14 @@ class Trainer:
             if self.train_seconds else None,
             "train_seconds": self.train_seconds,
         }
+        if "uncertainty" in last_result:
+            summary["uncertainty"] = last_result["uncertainty"]
         if self.data.test is not None:
             test = self.evaluate(self.data.test)
             summary["test_miou"] = test["miou"]
             summary["test_per_class_iou"] = test["per_class_iou"]
+            if "uncertainty" in test:
+                summary["test_uncertainty"] = test["uncertainty"]
             self.log({"type": "eval", "split": "test", "step": self.step, **test})
         if self.main:
             write_json(self.out_dir / "summary.json", summary)

@@ -41,7 +41,7 @@ def evaluate_checkpoint(cfg: Config, checkpoint: str | Path, split: str = "valid
     if predictor.num_classes != cfg.data.num_classes:
         raise UserError(f"{checkpoint} predicts {predictor.num_classes} classes but the config's dataset has "
                         f"{cfg.data.num_classes}; evaluate with the config it was trained with")
-    result = evaluate_model(predictor.model, dataset, cfg, torch_device)
+    result = evaluate_model(predictor.model, dataset, cfg, torch_device, probability_head=predictor.probability_head)
     result["class_names"] = data.class_names
     result["checkpoint"] = str(checkpoint)
     result["split"] = split
@@ -61,7 +61,19 @@ def format_table(result: dict) -> str:
         f"{result['images']} images") if part)
     lines.append(f"{'mIoU':<{width}}{100 * result['miou']:>8.2f}   ({scored})")
     lines.append(_all_class_note(result))
+    if "uncertainty" in result:
+        lines.append(format_uncertainty(result["uncertainty"]))
     return "\n".join(lines)
+
+
+def format_uncertainty(measures: dict) -> str:
+    """One line: how well each per-pixel uncertainty finds the errors (AUROC), and the softmax's ECE."""
+    def value(key: str) -> str:
+        number = measures.get(key)
+        return "undefined" if number is None else f"{number:.3f}"
+    return (f"errors found by (AUROC, 0.5 = chance): variance {value('auroc_variance')}, "
+            f"1 - max softmax {value('auroc_one_minus_max_prob')}, softmax entropy {value('auroc_entropy')}; "
+            f"softmax ECE {value('ece')}")
 
 
 def _all_class_note(result: dict) -> str:

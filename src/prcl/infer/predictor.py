@@ -25,7 +25,7 @@ from prcl.constants import IMAGENET_MEAN, IMAGENET_STD
 from prcl.data.datasets import to_rgb8
 from prcl.devices import resolve_device
 from prcl.engine.checkpoint import load_checkpoint
-from prcl.engine.evaluate import average_views, dense_maps
+from prcl.engine.evaluate import average_views, dense_maps, mean_variance
 from prcl.errors import UserError
 from prcl.models import ProbabilityHead, build_segmenter
 
@@ -183,11 +183,6 @@ class Predictor:
             image = (image.float() / 255.0 - mean) / std
         return image.float()[None].to(self.device)
 
-    def _mean_variance(self, output: Any) -> torch.Tensor:
-        """The probability head's variance averaged over its dimensions: (N, 1, h, w)."""
-        assert self.probability_head is not None
-        return self.probability_head(output.features).float().mean(dim=1, keepdim=True)
-
     def predict(self, image: ImageInput) -> Prediction:
         """Predict one picture: a PIL image, a uint8 (H, W, 3) array, or a normalised float (3, H, W) tensor."""
         return self.predict_batch([image])[0]
@@ -205,7 +200,7 @@ class Predictor:
         head = self.probability_head
         if head is not None:
             head.eval()
-        map_fn = dense_maps(self.model, self.num_classes, extra=self._mean_variance if head is not None else None)
+        map_fn = dense_maps(self.model, self.num_classes, extra=mean_variance(head) if head is not None else None)
         tensors = [self._to_tensor(image) for image in images]
         by_size: dict[tuple[int, int], list[int]] = {}
         for index, tensor in enumerate(tensors):

@@ -1,0 +1,117 @@
+"""How well a per-pixel uncertainty finds the prediction's errors, accumulated without keeping pixels.
+
+For every scored pixel (one with a ground truth) we know whether the prediction is wrong and have
+uncertainty scores in [0, 1]: the probability head's mean variance (PRCL), ``1 - max softmax
+probability`` and the softmax entropy divided by ``log C``. :class:`UncertaintyMeter` keeps, per
+score, a histogram of its values over the wrong pixels and one over the right pixels
+(``bins`` equal bins on [0, 1]), and the usual calibration bins of the softmax confidence. From
+them:
+
+- **AUROC** of a score for "this pixel is wrong": the probability that a wrong pixel scores higher
+  than a right one, ties counting one half. Values in one histogram bin count as tied, so it is
+  exact when distinct values fall in distinct bins (4096 bins: a resolution of 1/4096) and off by
+  at most the fraction of pairs that share a bin otherwise. Undefined (None) when every pixel is
+  right or every pixel is wrong.
+- **ECE**, the expected calibration error of the softmax: over 15 equal-width bins of the
+  confidence ``max p``, ``sum_b (n_b / N) |accuracy_b - mean confidence_b|``. Exact.
+
+Counts are int64 and sums float64 on the device; ``all_reduce`` sums them over processes.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.distributed as dist
+
+from prcl.engine.distributed import is_distributed
+
+SCORES = ("variance", "one_minus_max_prob", "entropy")
+
+
+def auroc_from_histograms(wrong: torch.Tensor, right: torch.Tensor) -> float | None:
+    """P(score of a wrong pixel > score of a right one) + P(tie) / 2, from two histograms over the same bins.
+
+    wrong, right: (bins,) counts, bin k holding the k-th smallest values. None when either is empty.
+    """
+    wrong, right = wrong.double(), right.double()
+    num_wrong, num_right = float(wrong.sum()), float(right.sum())
+    if num_wrong == 0 or num_right == 0:
+        return None
+    right_below = torch.cumsum(right, dim=0) - right  # right pixels in strictly lower bins
+    pairs = (wrong * (right_below + 0.5 * right)).sum()
+    return float(pairs) / (num_wrong * num_right)
+
+
+class UncertaintyMeter:
+    """Histograms of uncertainty scores over wrong and right pixels, and the softmax's calibration bins.
+
+    ``update(probabilities, target, variance=None)``: probabilities (N, C, H, W) softmax, target
+    (N, H, W) int64 with -1 = not scored, variance (N, H, W) in [0, 1] or None. ``result()`` gives a
+    JSON-ready dict: ``auroc_<score>`` for each score seen, ``ece``, ``error_rate`` and ``pixels``.
+    """
+
+    def __init__(self, num_classes: int, device: torch.device | str = "cpu", bins: int = 4096,
+                 calibration_bins: int = 15) -> None:
+        self.num_classes = num_classes
+        self.bins = bins
+        self.histograms = {name: torch.zeros(2, bins, dtype=torch.int64, device=device) for name in SCORES}
+        self.seen = {name: False for name in SCORES}
+        # per calibration bin: pixels, right pixels, sum of confidences
+        self.calibration = torch.zeros(3, calibration_bins, dtype=torch.float64, device=device)
+
+    def _bin(self, values: torch.Tensor, bins: int) -> torch.Tensor:
+        return (values.double() * bins).long().clamp_(0, bins - 1)
+
+    def _add(self, name: str, values: torch.Tensor, wrong: torch.Tensor) -> None:
+        index = self._bin(values, self.bins) + self.bins * (~wrong).long()  # row 0 wrong, row 1 right
+        self.histograms[name] += torch.bincount(index, minlength=2 * self.bins).view(2, self.bins)
+        self.seen[name] = True
+
+    @torch.no_grad()
+    def update(self, probabilities: torch.Tensor, target: torch.Tensor, variance: torch.Tensor | None = None) -> None:
+        scored = target >= 0
+        confidence, prediction = probabilities.float().max(dim=1)
+        wrong = (prediction != target)[scored]
+        confidence = confidence[scored]
+        p = probabilities.float().movedim(1, -1)[scored]  # (P, C)
+        entropy = -(p * p.clamp_min(1e-12).log()).sum(dim=-1) / math.log(max(self.num_classes, 2))
+        self._add("one_minus_max_prob", 1.0 - confidence, wrong)
+        self._add("entropy", entropy, wrong)
+        if variance is not None:
+            self._add("variance", variance.float()[scored], wrong)
+        calibration_bins = self.calibration.shape[1]
+        index = self._bin(confidence, calibration_bins)
+        self.calibration[0] += torch.bincount(index, minlength=calibration_bins).double()
+        self.calibration[1] += torch.bincount(index, weights=(~wrong).double(), minlength=calibration_bins)
+        self.calibration[2] += torch.bincount(index, weights=confidence.double(), minlength=calibration_bins)
+
+    def all_reduce(self) -> None:
+        """Sum the counts over processes (call once, after the last update, on every process)."""
+        if not is_distributed():
+            return
+        for name in SCORES:
+            dist.all_reduce(self.histograms[name], op=dist.ReduceOp.SUM)
+            seen = torch.tensor(int(self.seen[name]), device=self.histograms[name].device)
+            dist.all_reduce(seen, op=dist.ReduceOp.MAX)
+            self.seen[name] = bool(seen)
+        dist.all_reduce(self.calibration, op=dist.ReduceOp.SUM)
+
+    def result(self) -> dict[str, float | int | None]:
+        counts, right, confidence_sum = self.calibration
+        pixels = float(counts.sum())
+        out: dict[str, float | int | None] = {}
+        for name in SCORES:
+            if self.seen[name]:
+                wrong_histogram, right_histogram = self.histograms[name]
+                out[f"auroc_{name}"] = auroc_from_histograms(wrong_histogram, right_histogram)
+        if pixels == 0:
+            out.update(ece=None, error_rate=None, pixels=0)
+            return out
+        filled = counts > 0
+        gaps = (right[filled] / counts[filled] - confidence_sum[filled] / counts[filled]).abs()
+        out["ece"] = float((counts[filled] / pixels * gaps).sum())
+        out["error_rate"] = 1.0 - float(right.sum()) / pixels
+        out["pixels"] = int(pixels)
+        return out

@@ -1,0 +1,107 @@
+"""Uncertainty quality measures: AUROC of a score for the prediction's errors, and the softmax's ECE."""
+
+import math
+
+import pytest
+import torch
+
+from prcl.engine.uncertainty import UncertaintyMeter, auroc_from_histograms
+
+
+def direct_auroc(wrong_scores: torch.Tensor, right_scores: torch.Tensor) -> float:
+    """Every (wrong, right) pair: 1 when the wrong pixel scores higher, 1/2 on a tie."""
+    difference = wrong_scores.double()[:, None] - right_scores.double()[None, :]
+    return float(((difference > 0).double() + 0.5 * (difference == 0).double()).mean())
+
+
+def direct_ece(confidence: torch.Tensor, right: torch.Tensor, bins: int = 15) -> float:
+    total = 0.0
+    index = (confidence.double() * bins).long().clamp(0, bins - 1)
+    for b in range(bins):
+        members = index == b
+        if members.any():
+            total += members.double().mean() * abs(right[members].double().mean() - confidence[members].double().mean())
+    return float(total)
+
+
+def meter_with(variance: torch.Tensor, wrong: torch.Tensor, bins: int = 4096) -> UncertaintyMeter:
+    """A meter fed pixels whose prediction is wrong where ``wrong`` is True, with the given variances."""
+    n = variance.numel()
+    probabilities = torch.zeros(1, 2, 1, n)
+    probabilities[0, 0, 0] = 0.7
+    probabilities[0, 1, 0] = 0.3
+    target = torch.where(wrong, 1, 0).view(1, 1, n)
+    meter = UncertaintyMeter(num_classes=2, bins=bins)
+    meter.update(probabilities, target, variance.view(1, 1, n))
+    return meter
+
+
+def test_auroc_of_a_hand_made_case_with_a_tie():
+    # wrong 0.9, 0.5; right 0.1, 0.5, 0.3: 0.9 beats all three, 0.5 beats two and ties one -> 5.5 / 6
+    variance = torch.tensor([0.9, 0.5, 0.1, 0.5, 0.3])
+    wrong = torch.tensor([True, True, False, False, False])
+    assert meter_with(variance, wrong).result()["auroc_variance"] == pytest.approx(5.5 / 6, abs=1e-12)
+
+
+def test_auroc_equals_the_pairwise_count_on_random_values_with_ties():
+    g = torch.Generator().manual_seed(0)
+    bins = 64
+    # values on bin centres, so a bin holds one distinct value: the histogram count is exact
+    variance = (torch.randint(0, bins, (3000,), generator=g).double() + 0.5) / bins
+    wrong = torch.rand(3000, generator=g) < 0.2 + 0.6 * variance  # higher variance, more errors
+    got = meter_with(variance.float(), wrong, bins=bins).result()["auroc_variance"]
+    expected = direct_auroc(variance[wrong], variance[~wrong])
+    assert got == pytest.approx(expected, abs=1e-9)
+    assert 0.6 < got < 0.9  # informative, and the test can tell
+
+
+def test_auroc_is_undefined_with_one_kind_of_pixel_only():
+    variance = torch.tensor([0.2, 0.4, 0.6])
+    assert meter_with(variance, torch.zeros(3, dtype=torch.bool)).result()["auroc_variance"] is None
+    assert meter_with(variance, torch.ones(3, dtype=torch.bool)).result()["auroc_variance"] is None
+    assert auroc_from_histograms(torch.zeros(4), torch.ones(4)) is None
+
+
+def test_softmax_baselines_and_ece_against_direct_computations():
+    g = torch.Generator().manual_seed(1)
+    logits = torch.randn(2, 4, 8, 8, generator=g) * 2
+    probabilities = logits.softmax(dim=1)
+    target = torch.randint(0, 4, (2, 8, 8), generator=g)
+    target[0, :2] = -1  # not scored
+    meter = UncertaintyMeter(num_classes=4, bins=1 << 20)
+    meter.update(probabilities[:1], target[:1])
+    meter.update(probabilities[1:], target[1:])  # accumulates over batches
+    result = meter.result()
+
+    scored = target >= 0
+    confidence, prediction = probabilities.max(dim=1)
+    wrong = (prediction != target)[scored]
+    confidence = confidence[scored]
+    p = probabilities.movedim(1, -1)[scored]
+    entropy = -(p * p.log()).sum(-1) / math.log(4)
+    assert result["pixels"] == int(scored.sum())
+    assert result["error_rate"] == pytest.approx(float(wrong.double().mean()))
+    assert result["auroc_one_minus_max_prob"] == pytest.approx(direct_auroc((1 - confidence)[wrong],
+                                                                            (1 - confidence)[~wrong]), abs=1e-4)
+    assert result["auroc_entropy"] == pytest.approx(direct_auroc(entropy[wrong], entropy[~wrong]), abs=1e-4)
+    assert result["ece"] == pytest.approx(direct_ece(confidence, ~wrong), abs=1e-12)
+    assert "auroc_variance" not in result  # no variance given: not reported
+
+
+def test_ece_is_zero_for_a_calibrated_bin_and_the_gap_otherwise():
+    # 10 pixels at confidence 0.8 (one bin), 8 right: calibrated; then all right: gap 0.2
+    probabilities = torch.tensor([0.8, 0.2]).view(1, 2, 1, 1).expand(1, 2, 1, 10).contiguous()
+    target = torch.tensor([0] * 8 + [1] * 2).view(1, 1, 10)
+    meter = UncertaintyMeter(num_classes=2)
+    meter.update(probabilities, target)
+    assert meter.result()["ece"] == pytest.approx(0.0, abs=1e-7)  # 0.8 in float32 against float64
+    meter = UncertaintyMeter(num_classes=2)
+    meter.update(probabilities, torch.zeros(1, 1, 10, dtype=torch.long))
+    assert meter.result()["ece"] == pytest.approx(0.2, abs=1e-6)
+
+
+def test_nothing_scored_gives_no_numbers():
+    meter = UncertaintyMeter(num_classes=3)
+    meter.update(torch.full((1, 3, 2, 2), 1 / 3), torch.full((1, 2, 2), -1))
+    assert meter.result() == {"auroc_one_minus_max_prob": None, "auroc_entropy": None, "ece": None,
+                              "error_rate": None, "pixels": 0}
