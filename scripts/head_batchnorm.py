@@ -48,7 +48,7 @@ def main() -> None:
                           torch.Generator().manual_seed(mixed_seed(cfg.train.seed, step, 0)))
         nets["student"].train()
         with torch.no_grad():
-            outputs, _, _ = method.student_pass(nets, batch)
+            outputs = method.student_pass(nets, batch).outputs
             features = [out.features for out in outputs]
             head = nets["probability_head"].train()
             per_pass = copy.deepcopy(head)

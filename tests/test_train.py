@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 
@@ -45,6 +46,9 @@ def test_each_method_trains_and_writes_a_complete_run_directory(demo_root, tmp_p
     assert all(0 <= r["data_seconds"] < r["images_per_second"] * 1e6 and r["peak_memory_mb"] > 50 for r in train)
     if method != "supervised":
         assert "unsup" in train[0] and 0 <= train[0]["unlabeled_above_un_threshold"] <= 1
+        # the demo's unlabeled images have masks: the pseudo-label probe reports at every logged step
+        assert all(0 <= r["pseudo_label_accuracy"] <= 1 and "pseudo_label_auroc_confidence" in r for r in train)
+        assert ("pseudo_label_auroc_variance" in train[0]) == (method == "prcl")
     if method == "prcl":
         assert all(r["prcl"] > 0 for r in train) and "variance" in train[0]
         assert 0 <= train[0]["unlabeled_above_weak_threshold"] <= 1
@@ -241,3 +245,19 @@ def test_channels_last_changes_the_layout_not_the_training(demo_root, tmp_path):
     nhwc, nchw = _weights(tmp_path / "true/checkpoints/last.pt"), _weights(tmp_path / "false/checkpoints/last.pt")
     for key, value in nchw["student"].items():
         torch.testing.assert_close(nhwc["student"][key], value, rtol=1e-4, atol=1e-5, msg=key)
+
+
+def test_pseudo_label_probe_is_off_without_unlabeled_masks(demo_root, tmp_path):
+    torch.manual_seed(0)
+    probe_on = tiny_config(demo_root, tmp_path / "on", iterations=2)
+    Trainer(probe_on).fit()  # generates the demo data, with masks for every image
+    copy = tmp_path / "data"
+    shutil.copytree(demo_root, copy)
+    unlabeled_ids = (copy / "splits/8/0/unlabeled_filename.txt").read_text().split()
+    for image_id in unlabeled_ids:
+        (copy / "masks" / f"{image_id}.png").unlink()
+    Trainer(tiny_config(copy, tmp_path / "off", iterations=2)).fit()
+    on = [r for r in read_metrics(tmp_path / "on") if r["type"] == "train"]
+    off = [r for r in read_metrics(tmp_path / "off") if r["type"] == "train"]
+    assert all("pseudo_label_accuracy" in r for r in on)
+    assert all("pseudo_label_accuracy" not in r and "unsup" in r for r in off)

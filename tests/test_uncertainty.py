@@ -5,7 +5,8 @@ import math
 import pytest
 import torch
 
-from prcl.engine.uncertainty import UncertaintyMeter, auroc_from_histograms
+from prcl.engine.uncertainty import UncertaintyMeter, auroc_from_histograms, error_auroc
+from prcl.methods.mean_teacher import pseudo_label_probe
 
 
 def direct_auroc(wrong_scores: torch.Tensor, right_scores: torch.Tensor) -> float:
@@ -105,3 +106,20 @@ def test_nothing_scored_gives_no_numbers():
     meter.update(torch.full((1, 3, 2, 2), 1 / 3), torch.full((1, 2, 2), -1))
     assert meter.result() == {"auroc_one_minus_max_prob": None, "auroc_entropy": None, "ece": None,
                               "error_rate": None, "pixels": 0}
+
+
+def test_pseudo_label_probe_on_a_hand_made_strong_view():
+    # one image, 2 x 4 at stride 4 (no resize): pseudo-labels vs truth, confidences and variances
+    labels = torch.tensor([[[0, 0, 1, 1], [2, 2, -1, 1]]])
+    truth = torch.tensor([[[0, 1, 1, 1], [2, 0, 2, -1]]])
+    confidence = torch.tensor([[[0.99, 0.6, 0.98, 0.9], [0.75, 0.5, 0.0, 0.99]]])
+    variance = torch.tensor([[[0.1, 0.8, 0.2, 0.3], [0.4, 0.7, 0.9, 0.9]]]).unsqueeze(1).expand(1, 3, 2, 4)
+    probes = pseudo_label_probe(labels, confidence, truth, {"un": 0.97, "weak": 0.7}, variance)
+    # scored: (0,0) right, (0,1) wrong, (0,2) right, (0,3) right, (1,0) right, (1,1) wrong
+    assert probes["pseudo_label_accuracy"] == pytest.approx(4 / 6)
+    assert probes["pseudo_label_accuracy_above_un"] == pytest.approx(1.0)  # 0.99, 0.98: both right
+    assert probes["pseudo_label_accuracy_above_weak"] == pytest.approx(1.0)  # 0.99, 0.98, 0.9, 0.75
+    # the two wrong pixels have the highest variances and the lowest confidences: AUROC 1 for both
+    assert probes["pseudo_label_auroc_variance"] == pytest.approx(1.0)
+    assert probes["pseudo_label_auroc_confidence"] == pytest.approx(1.0)
+    assert error_auroc(torch.tensor([0.2, 0.2]), torch.tensor([True, False])) == pytest.approx(0.5)

@@ -163,6 +163,9 @@ class TrainConfig(_Section):
     max_nonfinite_steps: AtLeast(1) = 10  # stop after this many non-finite losses in a row
     progress: bool = True
     tensorboard: bool = True  # TensorBoard scalars under <out_dir>/tensorboard when tensorboard is installed
+    # at logged steps, where every unlabeled image has a mask: are the pseudo-labels right, and does the
+    # uncertainty find the wrong ones (never trained on)
+    pseudo_label_probe: bool = True
 
 
 class EvalConfig(_Section):

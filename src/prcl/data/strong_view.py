@@ -86,7 +86,8 @@ def random_rescale_crop(
     generator: torch.Generator | None = None,
     image_interpolation: str = "bilinear",
     image_padding: str = "reflect",
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    true_labels: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, ...]:
     """Rescale each image by its own random factor, pad it if smaller than the crop, crop (H, W).
 
     images (B,3,H,W) float, pseudo_labels (B,H,W) int64, confidence (B,H,W) float; returns the
@@ -99,7 +100,8 @@ def random_rescale_crop(
     whole-pixel offset uniform over the positions inside the padded image.
 
     The sizes differ per image, so this loops over the batch (a few small kernels per image) and
-    reads the random draws on the host once per call.
+    reads the random draws on the host once per call. ``true_labels`` (B,H,W) int64, optional (a
+    probe's ground truth), moves with the pseudo-labels and is returned fourth.
     """
     if image_padding not in PADDING_MODES:
         raise ValueError(f"unknown padding {image_padding!r}; choose one of {', '.join(PADDING_MODES)}")
@@ -110,7 +112,10 @@ def random_rescale_crop(
     fractions_y, fractions_x = draws[1].tolist(), draws[2].tolist()
     mode = "bilinear" if image_interpolation == "bilinear" else "nearest-exact"
     # Labels shifted so that ignore is 0, so that the zero padding below becomes ignore after the shift back.
-    targets = torch.stack([(pseudo_labels - IGNORE_INDEX).to(confidence.dtype), confidence], dim=1)
+    channels = [(pseudo_labels - IGNORE_INDEX).to(confidence.dtype), confidence]
+    if true_labels is not None:
+        channels.append((true_labels - IGNORE_INDEX).to(confidence.dtype))
+    targets = torch.stack(channels, dim=1)
     out_images, out_targets = [], []
     for i in range(batch):
         new_h, new_w = int(height * scales[i]), int(width * scales[i])
@@ -134,6 +139,8 @@ def random_rescale_crop(
     targets = torch.cat(out_targets)
     pseudo_labels = targets[:, 0].round().long() + IGNORE_INDEX
     confidence = targets[:, 1]
+    if true_labels is not None:
+        return images, pseudo_labels, confidence, targets[:, 2].round().long() + IGNORE_INDEX
     return images, pseudo_labels, confidence
 
 
@@ -215,7 +222,8 @@ def mix(
     mode: str = "classmix",
     generator: torch.Generator | None = None,
     num_classes: int | None = None,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    true_labels: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, ...]:
     """Mix each image with the next one of the batch, (i + 1) mod B (itself when B = 1).
 
     images (B,3,H,W), pseudo_labels (B,H,W) int64 (-1 ignore), confidence (B,H,W); returns the
@@ -227,11 +235,13 @@ def mix(
         pseudo-label -1, confidence 0;
       - "none": unchanged.
     ``num_classes`` (optional, ClassMix only) saves a device sync, see ``class_mix_masks``.
+    ``true_labels`` (optional, a probe's ground truth) is mixed like the pseudo-labels and returned fourth.
     """
     if mode not in MIX_MODES:
         raise ValueError(f"unknown mix mode {mode!r}; choose one of {', '.join(MIX_MODES)}")
+    extra = () if true_labels is None else (true_labels,)
     if mode == "none":
-        return images, pseudo_labels, confidence
+        return (images, pseudo_labels, confidence, *extra)
     batch, _, height, width = images.shape
     if mode == "classmix":
         keep = class_mix_masks(pseudo_labels, generator, num_classes)
@@ -242,12 +252,14 @@ def mix(
                 images.masked_fill(box[:, None], 0.0),
                 pseudo_labels.masked_fill(box, IGNORE_INDEX),
                 confidence.masked_fill(box, 0.0),
+                *(labels.masked_fill(box, IGNORE_INDEX) for labels in extra),
             )
         keep = ~box
     return (
         torch.where(keep[:, None], images, _next_image(images)),
         torch.where(keep, pseudo_labels, _next_image(pseudo_labels)),
         torch.where(keep, confidence, _next_image(confidence)),
+        *(torch.where(keep, labels, _next_image(labels)) for labels in extra),
     )
 
 
@@ -477,7 +489,11 @@ class StrongView:
         pseudo_labels: torch.Tensor,
         confidence: torch.Tensor,
         generator: torch.Generator | None = None,
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        true_labels: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, ...]:
+        """The strong view (images, pseudo-labels, confidences); with ``true_labels`` (B,H,W), a
+        probe's ground truth, also those labels moved and mixed as the pseudo-labels (fourth).
+        The random draws do not depend on whether ``true_labels`` is given."""
         if images.dim() != 4 or images.shape[1] != 3:
             raise ValueError(f"images must be (B,3,H,W), got {tuple(images.shape)}")
         expected = (images.shape[0], *images.shape[2:])
@@ -489,7 +505,7 @@ class StrongView:
         batch, device = images.shape[0], images.device
         if self.quantise_confidence:
             confidence = quantise_confidence(confidence)
-        images, pseudo_labels, confidence = random_rescale_crop(
+        images, pseudo_labels, confidence, *extra = random_rescale_crop(
             images,
             pseudo_labels,
             confidence,
@@ -497,9 +513,11 @@ class StrongView:
             generator,
             image_interpolation=self.image_interpolation,
             image_padding=self.image_padding,
+            true_labels=true_labels,
         )
-        images, pseudo_labels, confidence = mix(
-            images, pseudo_labels, confidence, self.mix_mode, generator, self.num_classes
+        images, pseudo_labels, confidence, *extra = mix(
+            images, pseudo_labels, confidence, self.mix_mode, generator, self.num_classes,
+            true_labels=extra[0] if extra else None,
         )
         if self.colour:
             images = self._jitter(images, generator)
@@ -512,4 +530,5 @@ class StrongView:
             images = horizontal_flip(images, flip)
             pseudo_labels = horizontal_flip(pseudo_labels, flip)
             confidence = horizontal_flip(confidence, flip)
-        return images, pseudo_labels, confidence
+            extra = [horizontal_flip(labels, flip) for labels in extra]
+        return (images, pseudo_labels, confidence, *extra)

@@ -123,6 +123,9 @@ def build_run_data(cfg: Config) -> RunData:
 
     labeled = make(splits.labeled, True, labeled_tf)
     unlabeled = make(splits.unlabeled, False, unlabeled_tf)
+    if cfg.train.pseudo_label_probe and unlabeled.ids and all(unlabeled.mask_path(i).is_file() for i in unlabeled.ids):
+        # masks of the unlabeled images exist (the demo, VOC's SegmentationClassAug): read for the probe only
+        unlabeled = make(splits.unlabeled, True, unlabeled_tf)
     valid = (make(splits.valid, True, eval_transform(), split="val") if data.dataset == "cityscapes"
              else make(splits.valid, True, eval_transform()))
     check_splits(splits)

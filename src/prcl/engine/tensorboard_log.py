@@ -82,8 +82,12 @@ class TensorBoardLog:
         prefix = line.get("split", "eval") if kind == "eval" else kind
         if prefix not in ("train", "valid", "test", "eval") or "step" not in line or self._open() is None:
             return
-        for key, value in line.items():
-            if key != "step" and isinstance(value, (int, float)) and not isinstance(value, bool):
+        scalars = {key: value for key, value in line.items() if key != "step"}
+        for key, value in line.items():  # one level of nesting: valid/uncertainty/auroc_variance
+            if isinstance(value, dict):
+                scalars.update({f"{key}/{inner}": number for inner, number in value.items()})
+        for key, value in scalars.items():
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
                 self.writer.add_scalar(f"{prefix}/{key}", value, line["step"])
 
     def close(self) -> None:

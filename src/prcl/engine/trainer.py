@@ -360,7 +360,9 @@ class Trainer:
             labels=labeled["mask"].to(device, non_blocking=True),
             unlabeled_images=unlabeled["image"].to(device, non_blocking=True, memory_format=self.memory_format)
             if unlabeled is not None else None,
-            step=self.step, generator=generator, probe=self._logged(self.step + 1))
+            step=self.step, generator=generator, probe=self._logged(self.step + 1),
+            unlabeled_masks=unlabeled["mask"].to(device, non_blocking=True)
+            if unlabeled is not None and "mask" in unlabeled else None)
         for net in self.trained_nets:
             net.train()
         amp = torch.autocast(device.type, dtype=self.autocast_dtype) if cfg.train.amp else nullcontext()
@@ -382,7 +384,7 @@ class Trainer:
         self.method.after_step(self.nets, self.step)
         tensors = {k: v for k, v in losses.items() if isinstance(v, torch.Tensor)}
         values = torch.stack([v.detach().float().to(device) for v in tensors.values()]).tolist()  # one sync
-        record = {k: float(v) for k, v in losses.items() if not isinstance(v, torch.Tensor)}
+        record = {k: None if v is None else float(v) for k, v in losses.items() if not isinstance(v, torch.Tensor)}
         record.update(zip(tensors, values))
         record.update(lr=lr, grad_norm=float(grad_norm))
         return record

@@ -44,6 +44,13 @@ def auroc_from_histograms(wrong: torch.Tensor, right: torch.Tensor) -> float | N
     return float(pairs) / (num_wrong * num_right)
 
 
+def error_auroc(scores: torch.Tensor, wrong: torch.Tensor, bins: int = 4096) -> float | None:
+    """AUROC of ``scores`` (any shape, values in [0, 1]) for ``wrong`` (same shape, bool), as the meter bins it."""
+    index = (scores.double().reshape(-1) * bins).long().clamp_(0, bins - 1) + bins * (~wrong.reshape(-1)).long()
+    histograms = torch.bincount(index, minlength=2 * bins).view(2, bins)
+    return auroc_from_histograms(histograms[0], histograms[1])
+
+
 class UncertaintyMeter:
     """Histograms of uncertainty scores over wrong and right pixels, and the softmax's calibration bins.
 

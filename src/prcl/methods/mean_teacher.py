@@ -2,20 +2,61 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 import torch
 from torch import nn
 
 from prcl.data.strong_view import StrongView
+from prcl.engine.uncertainty import error_auroc
 from prcl.losses import pseudo_label_loss
 from prcl.models import ema_update, make_teacher
 from prcl.models.deeplab import SegmenterOutput
 
-from .base import Method, Networks, StepInput, supervised_loss, teacher_pseudo_labels
+from .base import Method, Networks, StepInput, nearest_resize, supervised_loss, teacher_pseudo_labels
 
 if TYPE_CHECKING:
     from prcl.config import Config
+
+
+class StudentPass(NamedTuple):
+    """The student's outputs (one per pass, labeled images first), the strong view's pseudo-labels
+    and confidences (Bu, H, W), and, at probe steps with unlabeled masks, their ground truth moved
+    and mixed alike (Bu, H, W), else None."""
+
+    outputs: list[SegmenterOutput]
+    strong_labels: torch.Tensor
+    strong_confidence: torch.Tensor
+    strong_truth: torch.Tensor | None = None
+
+
+@torch.no_grad()
+def pseudo_label_probe(strong_labels: torch.Tensor, strong_confidence: torch.Tensor, truth: torch.Tensor,
+                       thresholds: dict[str, float], variance: torch.Tensor | None = None) -> dict[str, float]:
+    """Are the strong view's pseudo-labels right, and does their uncertainty say when they are not?
+
+    At stride 4 (the variance's resolution), over the pixels with a pseudo-label and a ground truth:
+    ``pseudo_label_accuracy``, the accuracy above each named confidence threshold
+    (``pseudo_label_accuracy_above_<name>``, None when no pixel reaches it), and the AUROC for
+    "this pseudo-label is wrong" of ``1 - q`` (``pseudo_label_auroc_confidence``) and, for PRCL, of
+    the probability head's mean variance (``pseudo_label_auroc_variance``; variance (Bu, D, h, w)).
+    """
+    size = variance.shape[-2:] if variance is not None else strong_labels.shape[-2:]
+    labels, truth = nearest_resize(strong_labels, size), nearest_resize(truth, size)
+    confidence = nearest_resize(strong_confidence, size)
+    scored = (labels >= 0) & (truth >= 0)
+    if not scored.any():
+        return {}
+    wrong = (labels != truth)[scored]
+    confidence = confidence[scored]
+    probes: dict[str, float | None] = {"pseudo_label_accuracy": 1.0 - float(wrong.float().mean())}
+    for name, threshold in thresholds.items():
+        above = confidence >= threshold
+        probes[f"pseudo_label_accuracy_above_{name}"] = 1.0 - float(wrong[above].float().mean()) if above.any() else None
+    probes["pseudo_label_auroc_confidence"] = error_auroc(1.0 - confidence, wrong)
+    if variance is not None:
+        probes["pseudo_label_auroc_variance"] = error_auroc(variance.float().mean(dim=1)[scored], wrong)
+    return probes
 
 
 class MeanTeacher(Method):
@@ -38,9 +79,7 @@ class MeanTeacher(Method):
         nets["teacher"] = make_teacher(student)  # a copy with requires_grad False: never optimised
         return nets
 
-    def student_pass(
-        self, nets: Networks, batch: StepInput
-    ) -> tuple[list[SegmenterOutput], torch.Tensor, torch.Tensor]:
+    def student_pass(self, nets: Networks, batch: StepInput) -> StudentPass:
         """Teacher pseudo-labels, the strong view, and the student on labeled + strong images.
 
         ``method.student_passes = separate`` (the reference): one forward pass on the labeled
@@ -48,19 +87,24 @@ class MeanTeacher(Method):
         alone and updates its running statistics twice per step. ``joint``: one pass over both
         batches concatenated.
 
-        Returns (the student outputs, one per pass, labeled images first; strong-view labels
-        (Bu, H, W); their confidences (Bu, H, W)).
+        At probe steps with unlabeled masks, those masks go through the strong view's geometry and
+        mixing too (``StudentPass.strong_truth``); the random draws are the same either way.
         """
         teacher = nets["teacher"].train()  # as the reference: the teacher's BatchNorm uses batch statistics
         pseudo_labels, confidence = teacher_pseudo_labels(teacher, batch.unlabeled_images)
-        strong_images, strong_labels, strong_confidence = self.strong_view(
-            batch.unlabeled_images, pseudo_labels, confidence, generator=batch.generator)
+        truth = batch.unlabeled_masks if batch.probe else None
+        strong_images, strong_labels, strong_confidence, *strong_truth = self.strong_view(
+            batch.unlabeled_images, pseudo_labels, confidence, generator=batch.generator, true_labels=truth)
         student = nets["student"]
         if self.student_passes == "separate":
             outputs = [student(batch.labeled_images), student(strong_images)]
         else:
             outputs = [student(torch.cat([batch.labeled_images, strong_images]))]
-        return outputs, strong_labels, strong_confidence
+        return StudentPass(outputs, strong_labels, strong_confidence, strong_truth[0] if strong_truth else None)
+
+    def thresholds(self) -> dict[str, float]:
+        """The confidence thresholds the probe reports pseudo-label accuracy above."""
+        return {"un_threshold": self.un_threshold}
 
     def label_losses(self, outputs: list[SegmenterOutput], batch: StepInput, strong_labels: torch.Tensor,
                      strong_confidence: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -72,11 +116,13 @@ class MeanTeacher(Method):
         return logits, sup, unsup
 
     def train_step(self, nets: Networks, batch: StepInput) -> dict[str, torch.Tensor]:
-        outputs, strong_labels, strong_confidence = self.student_pass(nets, batch)
+        outputs, strong_labels, strong_confidence, strong_truth = self.student_pass(nets, batch)
         _, sup, unsup = self.label_losses(outputs, batch, strong_labels, strong_confidence)
         losses = {"loss": sup + unsup, "sup": sup.detach(), "unsup": unsup.detach()}
         if batch.probe:
             losses["unlabeled_above_un_threshold"] = (strong_confidence >= self.un_threshold).float().mean()
+            if strong_truth is not None:
+                losses.update(pseudo_label_probe(strong_labels, strong_confidence, strong_truth, self.thresholds()))
         return losses
 
     def after_step(self, nets: Networks, step: int) -> None:

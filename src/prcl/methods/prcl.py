@@ -18,7 +18,7 @@ from prcl.models import ProbabilityHead
 from prcl.models.deeplab import FEATURE_CHANNELS, REPRESENTATION_DIM
 
 from .base import Networks, StepInput, nearest_resize
-from .mean_teacher import MeanTeacher
+from .mean_teacher import MeanTeacher, pseudo_label_probe
 
 if TYPE_CHECKING:
     from prcl.config import Config
@@ -59,7 +59,7 @@ class PRCL(MeanTeacher):
         return groups
 
     def train_step(self, nets: Networks, batch: StepInput) -> dict[str, torch.Tensor | float]:
-        outputs, strong_labels, strong_confidence = self.student_pass(nets, batch)
+        outputs, strong_labels, strong_confidence, strong_truth = self.student_pass(nets, batch)
         logits, sup, unsup = self.label_losses(outputs, batch, strong_labels, strong_confidence)
         mu = torch.cat([out.mu for out in outputs])
         num_labeled = batch.labeled_images.shape[0]
@@ -98,7 +98,14 @@ class PRCL(MeanTeacher):
             losses["unlabeled_above_weak_threshold"] = valid[num_labeled:].float().mean()
             losses.update({f"prcl_{key}": value for key, value in details.items() if key != "variance_gap_loss"})
             losses.update(self._probes(sup, contrast, weight, details, [out.features for out in outputs]))
+            if strong_truth is not None:
+                unlabeled_var = head_var[num_labeled:].detach() if head_var is not None else None
+                losses.update(pseudo_label_probe(strong_labels, strong_confidence, strong_truth, self.thresholds(),
+                                                 unlabeled_var))
         return losses
+
+    def thresholds(self) -> dict[str, float]:
+        return {"un_threshold": self.un_threshold, "weak_threshold": self.weak_threshold}
 
     @staticmethod
     def _probes(sup: torch.Tensor, contrast: torch.Tensor, weight: float, details: dict[str, torch.Tensor],
