@@ -30,5 +30,7 @@ def test_demo_trains_three_methods_and_reports_them(tmp_path):
             for key, value in values.items():
                 if (section, key) not in (("method", "name"), ("train", "out_dir")):
                     assert value == configs["prcl"][section][key], (method, section, key)
+    measures = written["prcl_uncertainty"]  # the PRCL run's error-finding AUROCs on the reported split
+    assert "auroc_variance" in measures and "auroc_entropy" in measures and 0 <= measures["ece"] <= 1
     figure = Image.open(written["figure"])
     assert figure.width == 6 * 64 * 2  # image, label, three predictions, uncertainty

@@ -21,6 +21,7 @@ from prcl.config import Config, load_config
 from prcl.data import IMAGENET_MEAN, IMAGENET_STD
 from prcl.engine.checkpoint import write_json
 from prcl.engine.trainer import Trainer
+from prcl.engine.uncertainty import format_uncertainty
 
 METHODS = ("supervised", "mean_teacher", "prcl")
 TITLES = {"supervised": "supervised", "mean_teacher": "mean teacher", "prcl": "PRCL"}
@@ -94,6 +95,8 @@ def run_demo(out_dir: Path = Path("runs/demo"), overrides: list[str] | None = No
         "seed": seed,
         "seconds": time.perf_counter() - started,  # this invocation (finished runs are reused)
         "train_seconds": {m: s["train_seconds"] for m, s in summaries.items()},
+        # how well the PRCL run's variance and its softmax find its errors on the reported split
+        "prcl_uncertainty": summaries["prcl"].get("test_uncertainty" if split == "test" else "uncertainty"),
     }
     out_dir.mkdir(parents=True, exist_ok=True)
     report["figure"] = str(_figure(out_dir, cfgs, trainers, report))
@@ -105,5 +108,7 @@ def run_demo(out_dir: Path = Path("runs/demo"), overrides: list[str] | None = No
     print(f"PRCL: {report['gain']:+.1f} mIoU points over supervised, {report['gain_over_mean_teacher']:+.1f} over "
           f"the mean teacher, with {report['labeled']} labeled and {report['unlabeled']} unlabeled images "
           f"({report['seconds'] / 60:.1f} min)")
+    if report["prcl_uncertainty"]:
+        print(f"PRCL {format_uncertainty(report['prcl_uncertainty'])}")
     print(f"report: {out_dir / 'report.json'}  figure: {report['figure']}")
     return report

@@ -122,3 +122,13 @@ class UncertaintyMeter:
         out["error_rate"] = 1.0 - float(right.sum()) / pixels
         out["pixels"] = int(pixels)
         return out
+
+
+def format_uncertainty(measures: dict) -> str:
+    """One line: how well each per-pixel uncertainty finds the errors (AUROC), and the softmax's ECE."""
+    def value(key: str) -> str:
+        number = measures.get(key)
+        return "undefined" if number is None else f"{number:.3f}"
+    return (f"errors found by (AUROC, 0.5 = chance): variance {value('auroc_variance')}, "
+            f"1 - max softmax {value('auroc_one_minus_max_prob')}, softmax entropy {value('auroc_entropy')}; "
+            f"softmax ECE {value('ece')}")

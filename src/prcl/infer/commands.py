@@ -62,18 +62,10 @@ def format_table(result: dict) -> str:
     lines.append(f"{'mIoU':<{width}}{100 * result['miou']:>8.2f}   ({scored})")
     lines.append(_all_class_note(result))
     if "uncertainty" in result:
+        from prcl.engine.uncertainty import format_uncertainty
+
         lines.append(format_uncertainty(result["uncertainty"]))
     return "\n".join(lines)
-
-
-def format_uncertainty(measures: dict) -> str:
-    """One line: how well each per-pixel uncertainty finds the errors (AUROC), and the softmax's ECE."""
-    def value(key: str) -> str:
-        number = measures.get(key)
-        return "undefined" if number is None else f"{number:.3f}"
-    return (f"errors found by (AUROC, 0.5 = chance): variance {value('auroc_variance')}, "
-            f"1 - max softmax {value('auroc_one_minus_max_prob')}, softmax entropy {value('auroc_entropy')}; "
-            f"softmax ECE {value('ece')}")
 
 
 def _all_class_note(result: dict) -> str:
