@@ -212,3 +212,35 @@ def test_batches_hold_one_picture_size() -> None:
         assert 1 <= len(batch) <= 2
         assert len({picture.shape for _, picture in batch}) == 1
     assert [[path.name for path, _ in batch] for batch in batches][:2] == [["a", "c"], ["b", "e"]]
+
+
+def test_uncertainty_map_is_the_entropy_by_default_or_the_variance(
+    checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from prcl.infer.visualize import heatmap
+
+    picture = np.random.default_rng(5).integers(0, 256, (36, 44, 3), dtype=np.uint8)
+    Image.fromarray(picture).save(tmp_path / "p.png")
+    prediction = Predictor.from_checkpoint(checkpoint).predict(picture)
+    p = np.clip(prediction.probabilities, 1e-12, 1)
+    entropy = -(p * np.log(p)).sum(0) / np.log(NUM_CLASSES)
+    np.testing.assert_allclose(prediction.entropy, entropy, rtol=1e-5, atol=1e-6)
+    for choice, expected in (("entropy", heatmap(prediction.entropy, 0.0, 1.0)),
+                             ("variance", heatmap(prediction.uncertainty))):
+        args = ["predict", "--checkpoint", str(checkpoint), str(tmp_path / "p.png"), "--out", str(tmp_path / choice)]
+        assert main(args + (["--uncertainty", choice] if choice == "variance" else [])) == 0
+        with Image.open(tmp_path / choice / "p_uncertainty.png") as written:
+            # the same network on the same picture: at most one colour level apart (float rounding)
+            assert np.abs(np.asarray(written).astype(int) - expected.astype(int)).max() <= 1, choice
+    capsys.readouterr()
+    # without a probability head there is no variance map: one clear line, exit 2
+    state = torch.load(checkpoint, weights_only=False)
+    state.pop("probability_head")
+    headless = tmp_path / "headless.pt"
+    save_checkpoint(headless, state)
+    assert main(["predict", "--checkpoint", str(headless), str(tmp_path / "p.png"), "--out", str(tmp_path / "h"),
+                 "--uncertainty", "variance"]) == 2
+    line = _one_error_line(capsys.readouterr().err)
+    assert "no probability head" in line and "--uncertainty entropy" in line
+    assert main(["predict", "--checkpoint", str(headless), str(tmp_path / "p.png"), "--out", str(tmp_path / "h")]) == 0
+    assert (tmp_path / "h" / "p_uncertainty.png").is_file()

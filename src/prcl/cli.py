@@ -71,7 +71,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
                                "out": "--out FOLDER"})
     result = predict_files(args.checkpoint, args.inputs, args.out, device=args.device, protocol=args.protocol,
                            window=args.window, stride=args.stride, save_probs=args.save_probs,
-                           batch_size=args.batch)
+                           batch_size=args.batch, uncertainty=args.uncertainty)
     print(f"{len(result.written)} written, {len(result.failed)} failed (outputs in {args.out})")
     return 1 if result.failed else 0
 
@@ -341,8 +341,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = _one_line_errors(sub.add_parser(
         "predict", help="write palette masks, overlays and uncertainty maps for images",
-        description="For each image write <name>_mask.png (palette), <name>_overlay.png and, for PRCL "
-                    "checkpoints, <name>_uncertainty.png into --out. <name> is the file's stem (photo.jpg -> "
+        description="For each image write <name>_mask.png (palette), <name>_overlay.png and "
+                    "<name>_uncertainty.png (see --uncertainty) into --out. <name> is the file's stem (photo.jpg -> "
                     "photo_mask.png); inputs that share a stem keep their extension (x.jpg and x.png -> "
                     "x.jpg_mask.png and x.png_mask.png) so no output overwrites another. Existing outputs "
                     "of the same names are replaced. A file that cannot be decoded is named on stderr and "
@@ -363,6 +363,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also write <name>_probs.npy: the (C, H, W) float32 softmax probabilities")
     p.add_argument("--batch", type=int, default=4, help="images of the same size predicted together (default 4; "
                    "lower it when the device runs out of memory on large images)")
+    p.add_argument("--uncertainty", choices=["entropy", "variance"], default="entropy",
+                   help="what <name>_uncertainty.png shows: the softmax entropy (default; any checkpoint) or the "
+                   "PRCL probability head's mean variance. On the demo the entropy finds the errors far better "
+                   "(AUROC, docs/usage.md)")
     p.set_defaults(func=cmd_predict)
 
     p = _one_line_errors(sub.add_parser("splits", help="write or check split files"))

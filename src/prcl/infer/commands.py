@@ -23,6 +23,7 @@ from prcl.errors import UserError
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 DECODE_THREADS = 2  # prcl predict: threads decoding the next images
 ENCODE_THREADS = 2  # and encoding the PNGs of the last ones
+UNCERTAINTY_MAPS = ("entropy", "variance")  # what <name>_uncertainty.png shows (predict --uncertainty)
 
 
 def evaluate_checkpoint(cfg: Config, checkpoint: str | Path, split: str = "valid", use: str = "teacher",
@@ -286,10 +287,15 @@ def _size_batches(items: Iterable[tuple[Path, np.ndarray | str]], batch_size: in
 
 def predict_files(checkpoint: str | Path, inputs: list[str], out_dir: str | Path, device: str = "cpu",
                   protocol: str | None = None, window: int | None = None, stride: int | None = None,
-                  save_probs: bool = False, progress: bool | None = None, batch_size: int = 4) -> PredictResult:
-    """For each image: ``<name>_mask.png`` (palette), ``<name>_overlay.png`` and, with a probability
-    head, ``<name>_uncertainty.png`` (mean variance) in ``out_dir``, all at the image's size; with
-    ``save_probs`` also ``<name>_probs.npy``, the (C, H, W) float32 softmax probabilities.
+                  save_probs: bool = False, progress: bool | None = None, batch_size: int = 4,
+                  uncertainty: str = "entropy") -> PredictResult:
+    """For each image: ``<name>_mask.png`` (palette), ``<name>_overlay.png`` and
+    ``<name>_uncertainty.png`` in ``out_dir``, all at the image's size; with ``save_probs`` also
+    ``<name>_probs.npy``, the (C, H, W) float32 softmax probabilities.
+
+    ``uncertainty``: "entropy" (the softmax entropy, any checkpoint; the default: on the demo it
+    finds the prediction's errors far better than the variance, docs/usage.md) or "variance" (the
+    probability head's mean variance, PRCL checkpoints only).
 
     ``inputs`` are files, folders (searched recursively) and globs, see :func:`_inputs`. ``<name>``
     is the input's stem (``photo.jpg`` -> ``photo_mask.png``); inputs sharing a stem keep their
@@ -310,6 +316,8 @@ def predict_files(checkpoint: str | Path, inputs: list[str], out_dir: str | Path
 
     torch_device = resolve_device(device, "--device")
     check_views(protocol, window, stride)
+    if uncertainty not in UNCERTAINTY_MAPS:
+        raise UserError(f"--uncertainty must be one of {', '.join(UNCERTAINTY_MAPS)}, got {uncertainty!r}")
     if batch_size < 1:
         raise UserError(f"--batch must be a positive number of images, got {batch_size}")
     out = check_output_folder(out_dir, "--out")
@@ -319,6 +327,9 @@ def predict_files(checkpoint: str | Path, inputs: list[str], out_dir: str | Path
     for note in notes:
         print(f"prcl: {note}; skipped", file=sys.stderr)
     predictor = Predictor.from_checkpoint(checkpoint, device=torch_device)
+    if uncertainty == "variance" and predictor.probability_head is None:
+        raise UserError(f"{checkpoint} has no probability head (not a PRCL checkpoint), so no variance map; "
+                        f"use --uncertainty entropy")
     _set_views(predictor, protocol, window, stride)
     out.mkdir(parents=True, exist_ok=True)
     bar = tqdm(total=len(files), desc="predict", unit="image", file=sys.stderr, dynamic_ncols=True,
@@ -336,7 +347,7 @@ def predict_files(checkpoint: str | Path, inputs: list[str], out_dir: str | Path
             predictions = predictor.predict_batch([picture for _, picture in batch])
             for (path, picture), prediction in zip(batch, predictions):
                 writes.append(writer.submit(_write_outputs, out, names[path], picture, prediction,
-                                            predictor.num_classes, flat_palette, save_probs))
+                                            predictor.num_classes, flat_palette, save_probs, uncertainty))
                 result.written.append(out / f"{names[path]}_mask.png")
             while len(writes) > 2 * batch_size:  # a bounded queue; a write error surfaces here
                 writes.popleft().result()
@@ -348,7 +359,7 @@ def predict_files(checkpoint: str | Path, inputs: list[str], out_dir: str | Path
 
 
 def _write_outputs(out: Path, name: str, picture: np.ndarray, prediction, num_classes: int,
-                   flat_palette: list[int], save_probs: bool) -> None:
+                   flat_palette: list[int], save_probs: bool, uncertainty: str = "entropy") -> None:
     """The files of one prediction (see :func:`predict_files`), each written atomically; ``flat_palette``
     is the mask PNGs' 256 x RGB palette as a flat list."""
     from prcl.engine.checkpoint import atomic_write
@@ -358,7 +369,9 @@ def _write_outputs(out: Path, name: str, picture: np.ndarray, prediction, num_cl
     mask.putpalette(flat_palette)
     outputs = {f"{name}_mask.png": mask,
                f"{name}_overlay.png": Image.fromarray(overlay(picture, prediction.mask, num_classes=num_classes))}
-    if prediction.uncertainty is not None:
+    if uncertainty == "entropy":
+        outputs[f"{name}_uncertainty.png"] = Image.fromarray(heatmap(prediction.entropy, 0.0, 1.0))
+    elif prediction.uncertainty is not None:
         outputs[f"{name}_uncertainty.png"] = Image.fromarray(heatmap(prediction.uncertainty))
     for filename, image in outputs.items():
         with atomic_write(out / filename) as handle:

@@ -41,6 +41,12 @@ class Prediction:
     confidence: np.ndarray  # (H, W) float32 probability of the predicted class
     uncertainty: np.ndarray | None  # (H, W) float32 mean variance in (0, 1); None without a probability head
 
+    @property
+    def entropy(self) -> np.ndarray:
+        """(H, W) float32 softmax entropy divided by log C, in [0, 1]: 1 = every class equally likely."""
+        p = np.clip(self.probabilities, 1e-12, 1.0)
+        return (-(p * np.log(p)).sum(axis=0) / np.log(max(p.shape[0], 2))).astype(np.float32)
+
 
 def config_from_checkpoint(state: dict[str, Any], path: str | Path) -> Config:
     """The (resolved) Config stored as a plain dict under ``state["config"]``."""
