@@ -15,7 +15,6 @@ remaining pieces differ:
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 from PIL import Image, ImageFilter
 from skimage import data
@@ -63,5 +62,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    np.set_printoptions(precision=3)
     main()
