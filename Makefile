@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 # torch/torchvision come from the machine's local wheels where pip is capped (see pyproject ranges).
 STAMP := $(VENV)/.installed-dev
 
-.PHONY: demo test bench clean
+.PHONY: demo test test-fast bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -20,6 +20,10 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest
+
+# the edit loop: everything but the tests that train or spawn processes (CI runs the whole suite)
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -m "not slow"
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_prcl_loss.py
