@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -15,6 +14,7 @@ from prcl.cli import main
 from prcl.devices import resolve_device
 from prcl.errors import UserError
 from prcl.infer import Predictor
+from prcl.infer.predictor import Prediction
 from prcl.infer import commands as commands_module
 
 DEMO_CONFIG = str(Path(__file__).resolve().parents[1] / "src" / "prcl" / "configs" / "demo.yaml")
@@ -155,13 +155,18 @@ def test_eval_writes_its_json_atomically(
 
 
 class _FakePredictor:
+    """Predicts class (first pixel's red value mod 3) everywhere, with certainty; no probability head."""
+
     num_classes = 3
+    probability_head = None
 
-    def predict(self, picture: np.ndarray) -> SimpleNamespace:
+    def predict(self, picture: np.ndarray) -> Prediction:
         assert picture.dtype == np.uint8 and picture.shape[2] == 3
-        return SimpleNamespace(mask=np.full(picture.shape[:2], int(picture[0, 0, 0]) % 3, np.int64), uncertainty=None)
+        mask = np.full(picture.shape[:2], int(picture[0, 0, 0]) % 3, np.int64)
+        probabilities = np.eye(3, dtype=np.float32)[mask].transpose(2, 0, 1)
+        return Prediction(mask=mask, probabilities=probabilities, confidence=probabilities.max(0), uncertainty=None)
 
-    def predict_batch(self, pictures: list[np.ndarray]) -> list[SimpleNamespace]:
+    def predict_batch(self, pictures: list[np.ndarray]) -> list[Prediction]:
         return [self.predict(picture) for picture in pictures]
 
 
@@ -188,8 +193,9 @@ def test_predict_inputs_sharing_a_stem_get_distinct_outputs(
     out = tmp_path / "pred"
     assert main(["predict", "--checkpoint", "m.pt", str(photos), "--out", str(out)]) == 0
     names = sorted(p.name for p in out.iterdir())
-    assert names == ["x.bmp_mask.png", "x.bmp_overlay.png", "x.png_mask.png", "x.png_overlay.png",
-                     "y_mask.png", "y_overlay.png"]
+    assert names == ["x.bmp_mask.png", "x.bmp_overlay.png", "x.bmp_uncertainty.png", "x.png_mask.png",
+                     "x.png_overlay.png", "x.png_uncertainty.png", "y_mask.png", "y_overlay.png",
+                     "y_uncertainty.png"]
     assert np.asarray(Image.open(out / "x.png_mask.png")).max() == 1
     assert np.asarray(Image.open(out / "x.bmp_mask.png")).max() == 2
     capsys.readouterr()
