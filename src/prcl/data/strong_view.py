@@ -127,12 +127,13 @@ def random_rescale_crop(
         left = int(fractions_x[i] * (max(new_w, width) - width + 1))
         rows = torch.arange(top, top + height, device=device)
         cols = torch.arange(left, left + width, device=device)
-        inside = (rows < new_h)[:, None] & (cols < new_w)[None, :]  # (H, W)
+        inside = (rows < new_h)[:, None] & (cols < new_w)[None, :]  # (H, W); outside: the padding
+        edge_rows, edge_cols = rows.clamp(max=new_h - 1), cols.clamp(max=new_w - 1)
+        target = target[:, :, edge_rows][:, :, :, edge_cols] * inside
         if image_padding == "reflect":
             image = image[:, :, reflect_index(rows, new_h)][:, :, :, reflect_index(cols, new_w)]
         else:
-            image = image[:, :, rows.clamp(max=new_h - 1)][:, :, :, cols.clamp(max=new_w - 1)] * inside
-        target = target[:, :, rows.clamp(max=new_h - 1)][:, :, :, cols.clamp(max=new_w - 1)] * inside
+            image = image[:, :, edge_rows][:, :, :, edge_cols] * inside
         out_images.append(image)
         out_targets.append(target)
     images = torch.cat(out_images)

@@ -353,6 +353,7 @@ class Trainer:
         """One optimisation step; None when the loss or a gradient was not finite (step skipped)."""
         cfg, device = self.cfg, self.device
         lr = self._set_lr(schedule_progress(self.step, cfg))
+        probe = self._logged(self.step + 1)
         generator = torch.Generator(device).manual_seed(
             mixed_seed(cfg.train.seed, self.step, distributed.rank()))
         batch = StepInput(
@@ -360,9 +361,9 @@ class Trainer:
             labels=labeled["mask"].to(device, non_blocking=True),
             unlabeled_images=unlabeled["image"].to(device, non_blocking=True, memory_format=self.memory_format)
             if unlabeled is not None else None,
-            step=self.step, generator=generator, probe=self._logged(self.step + 1),
-            unlabeled_masks=unlabeled["mask"].to(device, non_blocking=True)
-            if unlabeled is not None and "mask" in unlabeled else None)
+            step=self.step, generator=generator, probe=probe,
+            unlabeled_masks=unlabeled["mask"].to(device, non_blocking=True)  # read by the probe only
+            if probe and unlabeled is not None and "mask" in unlabeled else None)
         for net in self.trained_nets:
             net.train()
         amp = torch.autocast(device.type, dtype=self.autocast_dtype) if cfg.train.amp else nullcontext()

@@ -44,11 +44,26 @@ def auroc_from_histograms(wrong: torch.Tensor, right: torch.Tensor) -> float | N
     return float(pairs) / (num_wrong * num_right)
 
 
+def _bin(values: torch.Tensor, bins: int) -> torch.Tensor:
+    """Values in [0, 1] -> bin indices of ``bins`` equal bins (int64, same shape)."""
+    return (values.double() * bins).long().clamp_(0, bins - 1)
+
+
+def error_histograms(scores: torch.Tensor, wrong: torch.Tensor, bins: int) -> torch.Tensor:
+    """(2, bins) counts of ``scores`` (values in [0, 1]) over the wrong pixels (row 0) and the right ones (row 1)."""
+    index = _bin(scores.reshape(-1), bins) + bins * (~wrong.reshape(-1)).long()
+    return torch.bincount(index, minlength=2 * bins).view(2, bins)
+
+
 def error_auroc(scores: torch.Tensor, wrong: torch.Tensor, bins: int = 4096) -> float | None:
     """AUROC of ``scores`` (any shape, values in [0, 1]) for ``wrong`` (same shape, bool), as the meter bins it."""
-    index = (scores.double().reshape(-1) * bins).long().clamp_(0, bins - 1) + bins * (~wrong.reshape(-1)).long()
-    histograms = torch.bincount(index, minlength=2 * bins).view(2, bins)
-    return auroc_from_histograms(histograms[0], histograms[1])
+    return auroc_from_histograms(*error_histograms(scores, wrong, bins))
+
+
+def normalised_entropy(probabilities: torch.Tensor, dim: int = 1) -> torch.Tensor:
+    """Softmax entropy over ``dim`` divided by log C: 0 = certain, 1 = every class equally likely."""
+    p = probabilities.float().clamp_min(1e-12)
+    return -(p * p.log()).sum(dim=dim) / math.log(max(probabilities.shape[dim], 2))
 
 
 class UncertaintyMeter:
@@ -68,12 +83,8 @@ class UncertaintyMeter:
         # per calibration bin: pixels, right pixels, sum of confidences
         self.calibration = torch.zeros(3, calibration_bins, dtype=torch.float64, device=device)
 
-    def _bin(self, values: torch.Tensor, bins: int) -> torch.Tensor:
-        return (values.double() * bins).long().clamp_(0, bins - 1)
-
     def _add(self, name: str, values: torch.Tensor, wrong: torch.Tensor) -> None:
-        index = self._bin(values, self.bins) + self.bins * (~wrong).long()  # row 0 wrong, row 1 right
-        self.histograms[name] += torch.bincount(index, minlength=2 * self.bins).view(2, self.bins)
+        self.histograms[name] += error_histograms(values, wrong, self.bins)
         self.seen[name] = True
 
     @torch.no_grad()
@@ -82,14 +93,13 @@ class UncertaintyMeter:
         confidence, prediction = probabilities.float().max(dim=1)
         wrong = (prediction != target)[scored]
         confidence = confidence[scored]
-        p = probabilities.float().movedim(1, -1)[scored]  # (P, C)
-        entropy = -(p * p.clamp_min(1e-12).log()).sum(dim=-1) / math.log(max(self.num_classes, 2))
+        entropy = normalised_entropy(probabilities)[scored]
         self._add("one_minus_max_prob", 1.0 - confidence, wrong)
         self._add("entropy", entropy, wrong)
         if variance is not None:
             self._add("variance", variance.float()[scored], wrong)
         calibration_bins = self.calibration.shape[1]
-        index = self._bin(confidence, calibration_bins)
+        index = _bin(confidence, calibration_bins)
         self.calibration[0] += torch.bincount(index, minlength=calibration_bins).double()
         self.calibration[1] += torch.bincount(index, weights=(~wrong).double(), minlength=calibration_bins)
         self.calibration[2] += torch.bincount(index, weights=confidence.double(), minlength=calibration_bins)

@@ -26,6 +26,7 @@ from prcl.data.datasets import to_rgb8
 from prcl.devices import resolve_device
 from prcl.engine.checkpoint import load_checkpoint
 from prcl.engine.evaluate import average_views, dense_maps, mean_variance
+from prcl.engine.uncertainty import normalised_entropy
 from prcl.errors import UserError
 from prcl.models import ProbabilityHead, build_segmenter
 
@@ -44,8 +45,7 @@ class Prediction:
     @property
     def entropy(self) -> np.ndarray:
         """(H, W) float32 softmax entropy divided by log C, in [0, 1]: 1 = every class equally likely."""
-        p = np.clip(self.probabilities, 1e-12, 1.0)
-        return (-(p * np.log(p)).sum(axis=0) / np.log(max(p.shape[0], 2))).astype(np.float32)
+        return normalised_entropy(torch.from_numpy(self.probabilities), dim=0).numpy()
 
 
 def config_from_checkpoint(state: dict[str, Any], path: str | Path) -> Config:
