@@ -1,8 +1,10 @@
 """Full training steps (teacher, strong view, student, losses, backward, optimisers, EMA) per setting.
 
-Each setting is a method with its switches (``method:passes[:amp][:compile]``, e.g. ``prcl:separate``,
-``mean_teacher:joint``, ``prcl:separate:amp:compile``; amp is bf16 where the device has it, else fp16;
-compile is ``train.compile``); every setting builds a fresh ``Trainer`` (the
+Each setting is a method with its switches (``method:passes[:amp][:compile][:logged|:probe]``, e.g.
+``prcl:separate``, ``mean_teacher:joint``, ``prcl:separate:amp:compile``; amp is bf16 where the device
+has it, else fp16; compile is ``train.compile``; ``logged`` makes every step a logged one, with the
+method's probes; ``probe`` also gives the unlabeled images masks, so the pseudo-label probe runs
+too); every setting builds a fresh ``Trainer`` (the
 trainer the ``prcl train`` command runs) on a tiny demo run directory and feeds it random batches of
 the real size on the device: ResNet-101, ``--crop`` (321), ``--batch`` labeled + ``--batch``
 unlabeled images, 21 classes, labels of 3 blocky classes per image. Reported per setting: the
@@ -10,11 +12,13 @@ first step (it compiles the PRCL score kernel where torch.compile is used), the 
 timed steps, images per second (labeled + unlabeled), and peak GPU memory on CUDA. The share of
 the contrast is 1 - t(mean_teacher) / t(prcl) for the same passes and precision. ``--interleave``
 takes the settings' steps in turn in one process and reports, per prcl setting, the median of the
-per-step ratios t(prcl) / t(mean_teacher): the figure least moved by a machine whose speed drifts.
+per-step ratios t(prcl) / t(mean_teacher): the figure least moved by a machine whose speed drifts;
+a ``probe`` setting gets the ratio to its ``:logged`` twin (the pseudo-label probe's cost).
 
     python benchmarks/bench_train_step.py --device cpu --batch 2 --steps 5
     python benchmarks/bench_train_step.py --device cpu --interleave --steps 15 --settings mean_teacher:separate prcl:separate
     python benchmarks/bench_train_step.py --device cuda --batch 8 --steps 20 --amp both
+    python benchmarks/bench_train_step.py --device cpu --interleave --steps 15 --settings prcl:separate:logged prcl:separate:probe
 """
 
 from __future__ import annotations
@@ -33,14 +37,21 @@ import torch.nn.functional as F
 NUM_CLASSES = 21
 
 
-def batch(size: int, crop: int, generator: torch.Generator) -> tuple[dict, dict]:
-    """Labeled (image, mask) and unlabeled (image) batches: 3 classes per image in 4x4 blocks."""
-    images = torch.randn(size, 3, crop, crop, generator=generator)
+def blocky_masks(size: int, crop: int, generator: torch.Generator) -> torch.Tensor:
+    """(size, crop, crop) int64 masks: 3 classes per image in 4x4 blocks."""
     classes = torch.stack([torch.randperm(NUM_CLASSES, generator=generator)[:3] for _ in range(size)])
     blocks = torch.randint(0, 3, (size, 4, 4), generator=generator)
     coarse = torch.gather(classes, 1, blocks.reshape(size, -1)).reshape(size, 1, 4, 4).float()
-    masks = F.interpolate(coarse, size=(crop, crop), mode="nearest")[:, 0].long()
-    return {"image": images, "mask": masks}, {"image": torch.randn(size, 3, crop, crop, generator=generator)}
+    return F.interpolate(coarse, size=(crop, crop), mode="nearest")[:, 0].long()
+
+
+def batch(size: int, crop: int, generator: torch.Generator) -> tuple[dict, dict]:
+    """Labeled (image, mask) and unlabeled (image, mask: read by the pseudo-label probe only) batches."""
+    images = torch.randn(size, 3, crop, crop, generator=generator)
+    masks = blocky_masks(size, crop, generator)
+    unlabeled = {"image": torch.randn(size, 3, crop, crop, generator=generator),
+                 "mask": blocky_masks(size, crop, generator)}
+    return {"image": images, "mask": masks}, unlabeled
 
 
 def device_name(device: torch.device) -> str:
@@ -70,10 +81,13 @@ class Setting:
         from prcl.engine.trainer import Trainer
 
         method, passes, *rest = setting.split(":")
-        unknown = set(rest) - {"amp", "compile"}
+        unknown = set(rest) - {"amp", "compile", "logged", "probe"}
         if unknown:
-            raise SystemExit(f"unknown switch {sorted(unknown)} in setting {setting!r}: use amp and/or compile")
+            raise SystemExit(f"unknown switch {sorted(unknown)} in setting {setting!r}: "
+                             "use amp, compile, logged or probe")
         amp, compiled = "amp" in rest, "compile" in rest
+        self.probe = "probe" in rest
+        logged = self.probe or "logged" in rest
         out_dir = root / setting.replace(":", "_")
         self.cfg = load_config(None, [
             "data.dataset=demo", f"data.root={root / 'data'}", "data.demo.num_train=16", "data.demo.num_valid=2",
@@ -83,7 +97,8 @@ class Setting:
             f"method.student_passes={passes}", f"prcl.kernel={args.kernel}", f"train.amp={str(amp).lower()}",
             f"train.compile={str(compiled).lower()}",
             f"train.device={args.device}", f"train.out_dir={out_dir}", "train.progress=false",
-            "train.iterations=1000", "train.log_every=100000",  # no logged (probed) step among the timed ones
+            # every step logged (with the method's probes), or none among the timed ones
+            "train.iterations=1000", f"train.log_every={1 if logged else 100000}",
             *args.set,
         ])
         torch.manual_seed(0)
@@ -100,6 +115,8 @@ class Setting:
             torch.cuda.reset_peak_memory_stats(self.device)
         sync = torch.cuda.synchronize if self.device.type == "cuda" else (lambda: None)
         labeled, unlabeled = self.batches[len(self.times) % 2]
+        if not self.probe:  # without masks the unlabeled images have no pseudo-label probe
+            unlabeled = {"image": unlabeled["image"]}
         sync()
         started = time.perf_counter()
         record = self.trainer.train_step(labeled, unlabeled if self.method != "supervised" else None)
@@ -142,8 +159,13 @@ def run_interleaved(settings: list[str], args: argparse.Namespace, root: Path) -
     results = [m.result() for m in built]
     by_name = {m.name: m for m in built}
     for measured, result in zip(built, results):
-        twin = by_name.get(measured.name.replace("prcl:", "mean_teacher:", 1))
-        if measured.name.startswith("prcl:") and twin is not None:
+        if ":probe" in measured.name:
+            twin = by_name.get(measured.name.replace(":probe", ":logged"))
+        elif measured.name.startswith("prcl:"):
+            twin = by_name.get(measured.name.replace("prcl:", "mean_teacher:", 1))
+        else:
+            twin = None
+        if twin is not None:
             ratios = [p / t for p, t in zip(measured.times[args.warmup:], twin.times[args.warmup:])]
             result["ratio"] = round(statistics.median(ratios), 3)
             result["ratios"] = [round(r, 3) for r in ratios]
@@ -208,7 +230,8 @@ def main() -> None:
               f"{', '.join(f'{t:.3f}' for t in r['rounds'])} |")
     for r in results:
         if "ratio" in r:
-            print(f"{r['setting']} / its mean_teacher twin, median of {len(r['ratios'])} interleaved steps: "
+            twin = "its :logged twin" if ":probe" in r["setting"] else "its mean_teacher twin"
+            print(f"{r['setting']} / {twin}, median of {len(r['ratios'])} interleaved steps: "
                   f"{r['ratio']:.3f} (per step: {', '.join(f'{x:.2f}' for x in r['ratios'])})")
     sys.stdout.flush()
 

@@ -57,9 +57,14 @@ def collect(process: subprocess.Popen) -> dict:
     if process.returncode == 0 and summary.is_file():
         s = json.loads(summary.read_text())
         result.update(test=100 * s["test_miou"], valid=100 * s["miou"])
+        for split, key in (("valid", "uncertainty"), ("test", "test_uncertainty")):
+            for name, value in s.get(key, {}).items():
+                if name.startswith("auroc_") and value is not None:
+                    result[f"{split}_{name}"] = value
         train = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
         train = [r for r in train if r.get("type") == "train"]
-        for key in ("prcl", "prcl_gap_share", "prcl_grad_ratio", "variance"):
+        for key in ("prcl", "prcl_gap_share", "prcl_grad_ratio", "variance", "pseudo_label_auroc_variance",
+                    "pseudo_label_auroc_confidence"):
             points = [(r["step"], r[key]) for r in train if key in r]
             if points:
                 result[key] = points
@@ -99,9 +104,18 @@ def at(points: list | None, which: int) -> str:
     return "-" if not points else f"{points[which][1]:.3g}"
 
 
+def auroc(runs: list[dict], key: str) -> str:
+    values = [r[key] for r in runs if key in r]
+    if not values:
+        return "-"
+    return f"{values[0]:.2f}" if len(values) == 1 else f"{statistics.mean(values):.2f} ± {statistics.stdev(values):.2f}"
+
+
 def table(results: list[dict], rows: list[str]) -> str:
     lines = ["| row | test mIoU | valid mIoU | seeds | PRCL loss first -> last | gap share first -> last "
-             "| grad ratio first -> last |", "|---|---:|---:|---:|---|---|---|"]
+             "| grad ratio first -> last | head variance first -> last | valid AUROC variance / entropy "
+             "| test AUROC variance / entropy | pseudo-label AUROC variance first -> last |",
+             "|---|---:|---:|---:|---|---|---|---|---|---|---|"]
     for row in rows:
         runs = sorted((r for r in results if r["row"] == row and "test" in r), key=lambda r: r["seed"])
         if not runs:
@@ -111,7 +125,11 @@ def table(results: list[dict], rows: list[str]) -> str:
             f"| {row} | {spread([r['test'] for r in runs])} | {spread([r['valid'] for r in runs])} | {len(runs)} "
             f"| {at(first.get('prcl'), 0)} -> {at(first.get('prcl'), -1)} "
             f"| {at(first.get('prcl_gap_share'), 0)} -> {at(first.get('prcl_gap_share'), -1)} "
-            f"| {at(first.get('prcl_grad_ratio'), 0)} -> {at(first.get('prcl_grad_ratio'), -1)} |")
+            f"| {at(first.get('prcl_grad_ratio'), 0)} -> {at(first.get('prcl_grad_ratio'), -1)} "
+            f"| {at(first.get('variance'), 0)} -> {at(first.get('variance'), -1)} "
+            f"| {auroc(runs, 'valid_auroc_variance')} / {auroc(runs, 'valid_auroc_entropy')} "
+            f"| {auroc(runs, 'test_auroc_variance')} / {auroc(runs, 'test_auroc_entropy')} "
+            f"| {at(first.get('pseudo_label_auroc_variance'), 0)} -> {at(first.get('pseudo_label_auroc_variance'), -1)} |")
     return "\n".join(lines)
 
 
@@ -119,7 +137,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="runs/ablation", help="runs.jsonl, tuning.json, ablation.md")
     parser.add_argument("--work", help="run directories and logs (default: --out)")
-    parser.add_argument("--rows", nargs="+", default=list(ROWS), choices=list(ROWS))
+    parser.add_argument("--rows", nargs="+", default=list(ROWS), help=f"rows among {list(ROWS)} and --row names")
+    parser.add_argument("--row", nargs="+", default=[], metavar="NAME=OVERRIDES",
+                        help='extra rows, e.g. "head_lr_1e-3={fix} optim.uncer_lr=0.001"')
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--jobs", type=int, default=1, help="runs at a time")
     parser.add_argument("--fix", default=DEFAULT_FIX, help="overrides of the fix, unless --tune picks one")
@@ -133,6 +153,13 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     (work / "logs").mkdir(parents=True, exist_ok=True)
     common = list(args.set)
+    rows = dict(ROWS)
+    for entry in args.row:
+        name, _, overrides = entry.partition("=")
+        rows[name] = overrides
+    unknown = [row for row in args.rows if row not in rows]
+    if unknown:
+        parser.error(f"unknown rows {unknown}: choose among {list(rows)} or add them with --row NAME=OVERRIDES")
 
     # One demo dataset for every run, written before the runs start (no two writers).
     from prcl.config import load_config
@@ -152,7 +179,7 @@ def main() -> None:
         (out / "tuning.json").write_text(json.dumps(choice, indent=1))
         print(f"chosen on valid: {fix} ({scores})", flush=True)
 
-    jobs = [(row, shlex.split(ROWS[row].format(fix=fix)), seed) for seed in args.seeds for row in args.rows]
+    jobs = [(row, shlex.split(rows[row].format(fix=fix)), seed) for seed in args.seeds for row in args.rows]
     results = run_all(jobs, out, work, common, args.jobs)
     text = f"fix: `{fix}`\n\n" + table(results, args.rows) + "\n"
     (out / "ablation.md").write_text(text)

@@ -1,0 +1,83 @@
+"""Evaluation's cost with the uncertainty measures against without them, interleaved.
+
+Builds a segmenter (``--encoder``, random weights: the speed does not depend on the values) and
+PRCL's probability head, and ``--images`` random images with random masks of ``--size`` pixels.
+Each round scores them all twice with :func:`prcl.engine.evaluate.evaluate`, once as a mean-teacher
+checkpoint is scored (mIoU only) and once as a PRCL checkpoint is (the head's mean variance, the
+histograms of three uncertainty scores and the calibration bins), the order alternating between
+rounds so that a drift of the machine's speed falls on both alike. Reported: the median seconds per
+image of each and the median over rounds of the per-round ratio (with / without).
+
+    python benchmarks/bench_evaluate.py --device cpu --images 8 --rounds 5
+    python benchmarks/bench_evaluate.py --device cpu --encoder tf_efficientnet_lite0 --size 96 96 --images 100 --classes 6
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_train_step import device_name  # noqa: E402
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--encoder", default="resnet101")
+    parser.add_argument("--classes", type=int, default=21)
+    parser.add_argument("--images", type=int, default=8)
+    parser.add_argument("--size", type=int, nargs=2, default=[321, 321], metavar=("H", "W"))
+    parser.add_argument("--rounds", type=int, default=5)
+    args = parser.parse_args()
+
+    from prcl.engine.evaluate import evaluate, mean_variance
+    from prcl.models import ProbabilityHead, build_segmenter
+
+    device = torch.device(args.device)
+    torch.manual_seed(0)
+    model = build_segmenter(args.encoder, args.classes, 16).to(device).eval()
+    head = ProbabilityHead().to(device).eval()
+    generator = torch.Generator().manual_seed(0)
+    height, width = args.size
+    loader = [{"image": torch.randn(1, 3, height, width, generator=generator),
+               "mask": torch.randint(-1, args.classes, (1, height, width), generator=generator)}
+              for _ in range(args.images)]
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+
+    def timed(variance) -> float:
+        sync()
+        started = time.perf_counter()
+        result = evaluate(model, loader, args.classes, device, variance=variance)
+        sync()
+        assert ("uncertainty" in result) == (variance is not None)
+        return (time.perf_counter() - started) / args.images
+
+    timed(None)  # warm-up: first calls allocate and pick kernels
+    timed(mean_variance(head))
+    without, with_, ratios = [], [], []
+    for round_index in range(args.rounds):
+        if round_index % 2 == 0:
+            a = timed(None)
+            b = timed(mean_variance(head))
+        else:
+            b = timed(mean_variance(head))
+            a = timed(None)
+        without.append(a)
+        with_.append(b)
+        ratios.append(b / a)
+    print(f"{device_name(device)}, {args.encoder}, {args.images} images of {height} x {width}, {args.classes} classes, "
+          f"{args.rounds} rounds")
+    print(f"without uncertainty: {1000 * statistics.median(without):.1f} ms per image")
+    print(f"with uncertainty:    {1000 * statistics.median(with_):.1f} ms per image")
+    print(f"with / without, median of per-round ratios: {statistics.median(ratios):.3f} "
+          f"(per round: {', '.join(f'{r:.3f}' for r in ratios)})")
+
+
+if __name__ == "__main__":
+    main()
