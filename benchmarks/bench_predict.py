@@ -36,7 +36,7 @@ def main() -> None:
     args = parser.parse_args()
 
     from prcl.config import config_to_dict, load_config
-    from prcl.engine.checkpoint import save_checkpoint
+    from prcl.checkpoint import save_checkpoint
     from prcl.infer.commands import predict_files
     from prcl.models import ProbabilityHead, build_segmenter
 

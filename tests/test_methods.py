@@ -140,7 +140,7 @@ class EntropyMinimisation(Method):
 
 @pytest.mark.slow
 def test_a_new_method_runs_through_the_unchanged_trainer(demo_root, tmp_path, monkeypatch):
-    from prcl.engine.checkpoint import load_checkpoint
+    from prcl.checkpoint import load_checkpoint
     from prcl.engine.trainer import Trainer
     from prcl.methods import METHODS
     from tiny_run import tiny_overrides

@@ -9,9 +9,9 @@ import pytest
 import torch
 from PIL import Image
 
+from prcl.checkpoint import save_checkpoint
 from prcl.cli import main
 from prcl.config import config_to_dict, load_config
-from prcl.engine.checkpoint import save_checkpoint
 from prcl.infer import Predictor
 from prcl.infer.visualize import palette
 

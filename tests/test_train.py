@@ -10,8 +10,8 @@ import sys
 import pytest
 import torch
 
+from prcl.checkpoint import load_checkpoint
 from prcl.cli import main
-from prcl.engine.checkpoint import load_checkpoint
 from prcl.engine.trainer import Trainer, TrainingDiverged
 
 from tiny_run import tiny_config

@@ -3,7 +3,7 @@
 Layers merge in order, each checked (type, choice, range) as it is merged: the defaults below, a YAML file and the
 ``_base_`` files it names (prcl.yaml_files), then overrides read as YAML (``null``/``none`` mean null). Then
 ``resolve_config`` fills in what was left null (num_classes, the unlabeled batch, eval window and stride, the schedule:
-prcl.engine.schedules) and ``{section.key}`` in train.out_dir, so a saved config.yaml loads back equal. Every mistake
+prcl.schedules) and ``{section.key}`` in train.out_dir, so a saved config.yaml loads back equal. Every mistake
 is a ``prcl.errors.UserError``: one line naming the key and the file or override it came from.
 """
 
@@ -18,6 +18,7 @@ from pydantic_core import PydanticCustomError
 from prcl.devices import DEVICE_PATTERN
 from prcl.errors import UserError
 from prcl.io import atomic_write
+from prcl.schedules import resolve_schedule
 from prcl.yaml_files import changed_keys, merge_layer, parse_value, read_layers, unknown_key, write_yaml
 
 DATASET_NUM_CLASSES = {"voc": 21, "cityscapes": 19}
@@ -289,7 +290,6 @@ def launch_world_size() -> int:
 def resolve_config(cfg: Config, world_size: int | None = None) -> Config:
     """A copy with the derived values (those left null) filled in, see the module docstring; ``world_size``
     (default: torchrun's WORLD_SIZE, else 1) gives the global batch from which ``train.epoch_images`` derives."""
-    from prcl.engine.schedules import resolve_schedule
     world = launch_world_size() if world_size is None else world_size
     resolved = cfg.model_copy(deep=True)
     data, train, evaluation = resolved.data, resolved.train, resolved.eval

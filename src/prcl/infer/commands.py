@@ -63,7 +63,7 @@ def format_table(result: dict) -> str:
     lines.append(f"{'mIoU':<{width}}{100 * result['miou']:>8.2f}   ({scored})")
     lines.append(_all_class_note(result))
     if "uncertainty" in result:
-        from prcl.engine.uncertainty import format_uncertainty
+        from prcl.metrics import format_uncertainty
 
         lines.append(format_uncertainty(result["uncertainty"]))
     return "\n".join(lines)
@@ -94,7 +94,7 @@ def run_eval(args) -> dict:
     is written atomically.
     """
     from prcl.config import apply_overrides, load_config
-    from prcl.engine.checkpoint import write_json
+    from prcl.io import write_json
 
     resolve_device(args.device, "--device")
     out = check_output_file(eval_output_path(args.checkpoint, args.out, args.split),
@@ -362,8 +362,8 @@ def _write_outputs(out: Path, name: str, picture: np.ndarray, prediction, num_cl
                    flat_palette: list[int], save_probs: bool, uncertainty: str = "entropy") -> None:
     """The files of one prediction (see :func:`predict_files`), each written atomically; ``flat_palette``
     is the mask PNGs' 256 x RGB palette as a flat list."""
-    from prcl.engine.checkpoint import atomic_write
     from prcl.infer.visualize import heatmap, overlay
+    from prcl.io import atomic_write
 
     mask = Image.fromarray(prediction.mask.astype(np.uint8), mode="P")
     mask.putpalette(flat_palette)
@@ -374,8 +374,8 @@ def _write_outputs(out: Path, name: str, picture: np.ndarray, prediction, num_cl
     elif prediction.uncertainty is not None:
         outputs[f"{name}_uncertainty.png"] = Image.fromarray(heatmap(prediction.uncertainty))
     for filename, image in outputs.items():
-        with atomic_write(out / filename) as handle:
+        with atomic_write(out / filename, "wb") as handle:
             image.save(handle, format="PNG")
     if save_probs:
-        with atomic_write(out / f"{name}_probs.npy") as handle:
+        with atomic_write(out / f"{name}_probs.npy", "wb") as handle:
             np.save(handle, np.asarray(prediction.probabilities, dtype=np.float32))
