@@ -23,6 +23,10 @@ from prcl.yaml_files import changed_keys, merge_layer, parse_value, read_layers,
 
 DATASET_NUM_CLASSES = {"voc": 21, "cityscapes": 19}
 
+# The names method.name accepts: those of the registry prcl.methods.METHODS, in its order (a test checks that they
+# agree), written out here so that reading a config imports neither torch nor the methods.
+METHOD_NAMES = ("supervised", "mean_teacher", "prcl")
+
 
 def _must(text: str, test: Callable[[Any], bool]) -> AfterValidator:
     """A check on one key, failing as '<key> must <text>, got <value>'."""
@@ -87,10 +91,9 @@ class ModelConfig(_Section):
 
 
 def _registered_method(name: str) -> str:
-    """A name in ``prcl.methods.METHODS`` (adding a method: one file and one registry line, no schema change)."""
-    from prcl.methods import METHODS
-    if name not in METHODS:
-        raise PydanticCustomError("literal_error", "unknown method", {"expected": " or ".join(METHODS)})
+    """A name in ``METHOD_NAMES`` (adding a method: one file, one registry line and its name there)."""
+    if name not in METHOD_NAMES:
+        raise PydanticCustomError("literal_error", "unknown method", {"expected": " or ".join(METHOD_NAMES)})
     return name
 
 
