@@ -2,7 +2,7 @@
 
 Writes a checkpoint (``--encoder``, 21 classes, a probability head, random weights: the speed does
 not depend on the values) and ``--images`` random pictures of ``--size`` pixels into a temporary
-folder, then times :func:`prcl.infer.commands.predict_files` (decode, network, PNG outputs) once
+folder, then times :func:`prcl.commands.predict.predict_files` (decode, network, PNG outputs) once
 per batch size, after one untimed warm-up run. Every run writes the same files.
 
     python benchmarks/bench_predict.py --device cpu --images 16 --batches 1 4
@@ -36,8 +36,8 @@ def main() -> None:
     args = parser.parse_args()
 
     from prcl.config import config_to_dict, load_config
-    from prcl.engine.checkpoint import save_checkpoint
-    from prcl.infer.commands import predict_files
+    from prcl.checkpoint import save_checkpoint
+    from prcl.commands.predict import predict_files
     from prcl.models import ProbabilityHead, build_segmenter
 
     torch.manual_seed(0)

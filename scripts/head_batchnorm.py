@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 from prcl.config import load_config
-from prcl.engine.checkpoint import load_checkpoint
+from prcl.checkpoint import load_checkpoint
 from prcl.engine.data_setup import build_run_data
 from prcl.engine.sampling import mixed_seed, step_loader
 from prcl.methods import StepInput, build_method

@@ -11,11 +11,11 @@ import torch
 from PIL import Image
 
 from prcl.cli import main
+from prcl.commands import evaluate as evaluate_command
 from prcl.devices import resolve_device
 from prcl.errors import UserError
 from prcl.infer import Predictor
 from prcl.infer.predictor import Prediction
-from prcl.infer import commands as commands_module
 
 DEMO_CONFIG = str(Path(__file__).resolve().parents[1] / "src" / "prcl" / "configs" / "demo.yaml")
 
@@ -116,7 +116,7 @@ def no_evaluation(monkeypatch: pytest.MonkeyPatch) -> None:
     def fail(*args, **kwargs):
         raise AssertionError("evaluated although the output path cannot be written")
 
-    monkeypatch.setattr(commands_module, "evaluate_checkpoint", fail)
+    monkeypatch.setattr(evaluate_command, "evaluate_checkpoint", fail)
 
 
 def test_eval_out_that_cannot_be_written_fails_before_evaluating(
@@ -144,7 +144,7 @@ def test_eval_writes_its_json_atomically(
 ) -> None:
     result = {"class_names": ["a", "b"], "per_class_iou": [0.5, None], "protocol": "whole", "images": 3,
               "miou": 0.5, "miou_all_classes": None, "split": "valid", "network": "teacher"}
-    monkeypatch.setattr(commands_module, "evaluate_checkpoint", lambda *a, **k: dict(result))
+    monkeypatch.setattr(evaluate_command, "evaluate_checkpoint", lambda *a, **k: dict(result))
     out = tmp_path / "new" / "folder" / "r.json"
     assert main(["eval", "-c", DEMO_CONFIG, "--checkpoint", str(tmp_path / "m.pt"), "--out", str(out)]) == 0
     assert json.loads(out.read_text())["miou"] == 0.5

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from prcl.engine import checkpoint as checkpoint_module
-from prcl.engine.checkpoint import capture_rng_state, load_checkpoint, restore_rng_state, save_checkpoint
+from prcl import checkpoint as checkpoint_module
+from prcl.checkpoint import capture_rng_state, load_checkpoint, restore_rng_state, save_checkpoint
 from prcl.errors import UserError
 
 

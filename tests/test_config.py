@@ -303,11 +303,11 @@ def test_out_dir_with_an_unknown_name_is_a_user_error():
 
 def test_atomic_write_replaces_or_keeps_the_file_and_leaves_no_temporary(tmp_path):
     path = tmp_path / "sub" / "file.txt"
-    with atomic_write(path) as stream:
+    with atomic_write(path, "w") as stream:
         stream.write("old ü\n")
     assert path.read_text(encoding="utf-8") == "old ü\n"
     with pytest.raises(RuntimeError, match="boom"):
-        with atomic_write(path) as stream:
+        with atomic_write(path, "w") as stream:
             stream.write("half of the new")
             assert [p.name for p in path.parent.iterdir() if p.name.startswith(".file.txt.")]  # the temporary
             raise RuntimeError("boom")

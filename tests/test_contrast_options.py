@@ -156,7 +156,7 @@ def test_deterministic_scores_are_a_scaled_negative_squared_distance():
 
 @pytest.mark.slow
 def test_gdp_state_survives_checkpoint_and_resume(demo_root, tmp_path):
-    from prcl.engine.checkpoint import load_checkpoint
+    from prcl.checkpoint import load_checkpoint
     from prcl.engine.trainer import Trainer
 
     # One schedule of 4 steps for all three trainers; the first half stops early at step 2.

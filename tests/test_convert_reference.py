@@ -7,9 +7,9 @@ import pytest
 import torch
 from PIL import Image
 
+from prcl.checkpoint import load_checkpoint
 from prcl.cli import main
 from prcl.data.datasets import VOC_CLASS_NAMES
-from prcl.engine.checkpoint import load_checkpoint
 from prcl.engine.trainer import CHECKPOINT_FORMAT
 from prcl.infer import Predictor
 from prcl.models import ProbabilityHead, build_segmenter

@@ -19,14 +19,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from prcl.engine.evaluate import (
-    ConfusionMatrix,
-    average_views,
-    crop_for_protocol,
-    dense_maps,
-    evaluate,
-    evaluate_model,
-)
+from prcl.engine.evaluate import evaluate, evaluate_model
+from prcl.infer.protocols import average_views, crop_for_protocol, dense_maps
+from prcl.metrics import ConfusionMatrix
 
 NUM_CLASSES = 4
 

@@ -11,8 +11,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from prcl.checkpoint import save_checkpoint
 from prcl.cli import main
-from prcl.engine.checkpoint import save_checkpoint
 from prcl.errors import UserError
 from prcl.infer import export
 

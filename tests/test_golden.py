@@ -17,8 +17,8 @@ import math
 import pytest
 import torch
 
+from prcl.checkpoint import load_checkpoint
 from prcl.config import load_config
-from prcl.engine.checkpoint import load_checkpoint
 from prcl.engine.trainer import Trainer
 
 from tiny_run import tiny_overrides

@@ -11,12 +11,13 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from prcl.checkpoint import save_checkpoint
 from prcl.config import config_to_dict, load_config
 from prcl.data.transforms import IMAGENET_MEAN, IMAGENET_STD
-from prcl.engine.checkpoint import save_checkpoint
-from prcl.engine.evaluate import average_views, dense_maps, evaluate_model
+from prcl.engine.evaluate import evaluate_model
 from prcl.errors import UserError
 from prcl.infer import Predictor, colorize, denormalize, heatmap, make_grid, overlay, palette
+from prcl.infer.protocols import average_views, dense_maps
 
 from tiny_run import tiny_networks
 

@@ -12,8 +12,8 @@ import time
 import pytest
 import torch
 
+from prcl.checkpoint import load_checkpoint
 from prcl.cli import main
-from prcl.engine.checkpoint import load_checkpoint
 from prcl.engine.trainer import Trainer
 
 from tiny_run import tiny_config, tiny_overrides

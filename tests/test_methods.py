@@ -9,9 +9,10 @@ import math
 import pytest
 import torch
 
-from prcl.config import load_config
+from prcl import config as config_module
+from prcl.config import METHOD_NAMES, load_config
 from prcl.errors import UserError
-from prcl.methods import Method, StepInput, build_method
+from prcl.methods import METHODS, Method, StepInput, build_method
 from prcl.methods.base import supervised_loss
 from prcl.methods.prcl import contrast_mask
 from prcl.methods.base import teacher_pseudo_labels
@@ -140,12 +141,12 @@ class EntropyMinimisation(Method):
 
 @pytest.mark.slow
 def test_a_new_method_runs_through_the_unchanged_trainer(demo_root, tmp_path, monkeypatch):
-    from prcl.engine.checkpoint import load_checkpoint
+    from prcl.checkpoint import load_checkpoint
     from prcl.engine.trainer import Trainer
-    from prcl.methods import METHODS
     from tiny_run import tiny_overrides
 
     monkeypatch.setitem(METHODS, "entropy", EntropyMinimisation)
+    monkeypatch.setattr(config_module, "METHOD_NAMES", (*config_module.METHOD_NAMES, "entropy"))
     out = tmp_path / "run"
     cfg = load_config(None, tiny_overrides(demo_root, out, method="entropy", iterations=3))
     trainer = Trainer(cfg)
@@ -168,6 +169,11 @@ def test_a_new_method_runs_through_the_unchanged_trainer(demo_root, tmp_path, mo
     assert int(resumed.method.updates) == 3
     resumed.fit()
     assert int(load_checkpoint(out / "checkpoints" / "last.pt")["method"]["updates"]) == 4
+
+
+def test_the_config_accepts_the_registered_methods_in_their_order():
+    """``prcl.config.METHOD_NAMES`` (torch-free, read by every config) lists the registry's names."""
+    assert tuple(METHODS) == METHOD_NAMES
 
 
 def test_unknown_method_is_refused_with_the_registered_names():

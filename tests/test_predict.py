@@ -9,9 +9,9 @@ import pytest
 import torch
 from PIL import Image
 
+from prcl.checkpoint import save_checkpoint
 from prcl.cli import main
 from prcl.config import config_to_dict, load_config
-from prcl.engine.checkpoint import save_checkpoint
 from prcl.infer import Predictor
 from prcl.infer.visualize import palette
 
@@ -199,7 +199,7 @@ def test_batches_give_the_predictions_of_single_images(
 
 def test_batches_hold_one_picture_size() -> None:
     """Grouping by size: transposed sizes (same pixel count) never share a batch; failures pass through."""
-    from prcl.infer.commands import _size_batches
+    from prcl.commands.predict import _size_batches
 
     shapes = {"a": (2, 3), "b": (3, 2), "c": (2, 3), "d": (2, 3), "e": (3, 2), "f": (5, 5)}
     items = [(Path(name), np.zeros((*shape, 3), np.uint8)) for name, shape in shapes.items()]

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from prcl.config import load_config
-from prcl.engine.schedules import (
+from prcl.schedules import (
     contrast_weight,
     poly_lr,
     ramp_weight,
@@ -134,7 +134,7 @@ def test_every_paper_row_is_documented_and_resolves_to_its_documented_schedule()
 
 
 def test_the_schedule_line_a_run_prints():
-    from prcl.engine.schedules import describe_schedule
+    from prcl.schedules import describe_schedule
 
     line = describe_schedule(_voc_662(8, "train.iterations=100"), world_size=8)
     assert "200 epochs x 84 iterations = 16800" in line and "8 processes x 2" in line

@@ -10,8 +10,8 @@ import sys
 import pytest
 import torch
 
+from prcl.checkpoint import load_checkpoint
 from prcl.cli import main
-from prcl.engine.checkpoint import load_checkpoint
 from prcl.engine.trainer import Trainer, TrainingDiverged
 
 from tiny_run import tiny_config
@@ -221,7 +221,7 @@ def test_eval_and_predict_commands_on_a_trained_checkpoint(demo_root, tmp_path, 
     (None, "undefined here (NaN): 1 classes never occur (c)"),
 ])
 def test_eval_table_says_whether_the_reference_all_class_mean_differs(all_classes, expected):
-    from prcl.infer.commands import format_table
+    from prcl.commands.evaluate import format_table
 
     per_class = [0.5, 0.5, None] if all_classes is None else [0.5, 0.5, 0.5 if all_classes == 0.5 else 0.2]
     result = {"class_names": ["a", "b", "c"], "per_class_iou": per_class, "miou": 0.5,

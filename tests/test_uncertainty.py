@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from prcl.engine.uncertainty import UncertaintyMeter, auroc_from_histograms, error_auroc
+from prcl.metrics.uncertainty import UncertaintyMeter, auroc_from_histograms, error_auroc
 from prcl.methods.mean_teacher import pseudo_label_probe
 
 

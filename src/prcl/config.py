@@ -3,7 +3,7 @@
 Layers merge in order, each checked (type, choice, range) as it is merged: the defaults below, a YAML file and the
 ``_base_`` files it names (prcl.yaml_files), then overrides read as YAML (``null``/``none`` mean null). Then
 ``resolve_config`` fills in what was left null (num_classes, the unlabeled batch, eval window and stride, the schedule:
-prcl.engine.schedules) and ``{section.key}`` in train.out_dir, so a saved config.yaml loads back equal. Every mistake
+prcl.schedules) and ``{section.key}`` in train.out_dir, so a saved config.yaml loads back equal. Every mistake
 is a ``prcl.errors.UserError``: one line naming the key and the file or override it came from.
 """
 
@@ -18,9 +18,14 @@ from pydantic_core import PydanticCustomError
 from prcl.devices import DEVICE_PATTERN
 from prcl.errors import UserError
 from prcl.io import atomic_write
+from prcl.schedules import resolve_schedule
 from prcl.yaml_files import changed_keys, merge_layer, parse_value, read_layers, unknown_key, write_yaml
 
 DATASET_NUM_CLASSES = {"voc": 21, "cityscapes": 19}
+
+# The names method.name accepts: those of the registry prcl.methods.METHODS, in its order (a test checks that they
+# agree), written out here so that reading a config imports neither torch nor the methods.
+METHOD_NAMES = ("supervised", "mean_teacher", "prcl")
 
 
 def _must(text: str, test: Callable[[Any], bool]) -> AfterValidator:
@@ -86,10 +91,9 @@ class ModelConfig(_Section):
 
 
 def _registered_method(name: str) -> str:
-    """A name in ``prcl.methods.METHODS`` (adding a method: one file and one registry line, no schema change)."""
-    from prcl.methods import METHODS
-    if name not in METHODS:
-        raise PydanticCustomError("literal_error", "unknown method", {"expected": " or ".join(METHODS)})
+    """A name in ``METHOD_NAMES`` (adding a method: one file, one registry line and its name there)."""
+    if name not in METHOD_NAMES:
+        raise PydanticCustomError("literal_error", "unknown method", {"expected": " or ".join(METHOD_NAMES)})
     return name
 
 
@@ -289,7 +293,6 @@ def launch_world_size() -> int:
 def resolve_config(cfg: Config, world_size: int | None = None) -> Config:
     """A copy with the derived values (those left null) filled in, see the module docstring; ``world_size``
     (default: torchrun's WORLD_SIZE, else 1) gives the global batch from which ``train.epoch_images`` derives."""
-    from prcl.engine.schedules import resolve_schedule
     world = launch_world_size() if world_size is None else world_size
     resolved = cfg.model_copy(deep=True)
     data, train, evaluation = resolved.data, resolved.train, resolved.eval

@@ -19,9 +19,9 @@ import torch
 
 from prcl.config import Config, load_config
 from prcl.data import IMAGENET_MEAN, IMAGENET_STD
-from prcl.engine.checkpoint import write_json
 from prcl.engine.trainer import Trainer
-from prcl.engine.uncertainty import format_uncertainty
+from prcl.io import write_json
+from prcl.metrics import format_uncertainty
 
 METHODS = ("supervised", "mean_teacher", "prcl")
 TITLES = {"supervised": "supervised", "mean_teacher": "mean teacher", "prcl": "PRCL"}

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
-from .evaluate import INFERENCE_PROTOCOLS, average_views, crop_for_protocol, dense_maps
+from prcl.infer.protocols import INFERENCE_PROTOCOLS, average_views, crop_for_protocol, dense_maps
 
 if TYPE_CHECKING:
     from prcl.config import Config

@@ -28,6 +28,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import Dataset
 from tqdm import tqdm
 
+from prcl.checkpoint import capture_rng_state, load_checkpoint, restore_rng_state, save_checkpoint
 from prcl.config import (
     Config,
     config_from_dict,
@@ -38,23 +39,15 @@ from prcl.config import (
 )
 from prcl.data.validate import check_output_folder, validate_dataset_files
 from prcl.errors import UserError
+from prcl.io import atomic_write, read_records, write_json
 from prcl.methods import Networks, StepInput, build_method
 from prcl.models import build_segmenter, unwrap_model
+from prcl.schedules import describe_schedule, poly_lr, schedule_progress
 
 from . import distributed
-from .checkpoint import (
-    atomic_write,
-    capture_rng_state,
-    load_checkpoint,
-    restore_rng_state,
-    save_checkpoint,
-    write_json,
-)
 from .data_setup import build_run_data
 from .evaluate import evaluate_model
-from .metrics_log import read_records
 from .sampling import mixed_seed, step_loader
-from .schedules import describe_schedule, poly_lr, schedule_progress
 from .tensorboard_log import TensorBoardLog, prediction_rows
 
 CHECKPOINT_FORMAT = "prcl-checkpoint-2"

@@ -11,8 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from prcl.errors import UserError
-from prcl.engine.metrics_log import read_records
-from prcl.io import atomic_write
+from prcl.io import atomic_write, read_records
 
 LOSSES = ("loss", "sup", "unsup", "prcl")
 LOSS_STYLES = {"loss": "-", "sup": "--", "unsup": ":", "prcl": "-."}

@@ -20,14 +20,14 @@ import torch
 from PIL import Image
 from torch import nn
 
+from prcl.checkpoint import load_checkpoint
 from prcl.config import Config, config_from_dict
 from prcl.constants import IMAGENET_MEAN, IMAGENET_STD
 from prcl.data.datasets import to_rgb8
 from prcl.devices import resolve_device
-from prcl.engine.checkpoint import load_checkpoint
-from prcl.engine.evaluate import average_views, dense_maps, mean_variance
-from prcl.engine.uncertainty import normalised_entropy
 from prcl.errors import UserError
+from prcl.infer.protocols import average_views, dense_maps, mean_variance
+from prcl.metrics import normalised_entropy
 from prcl.models import ProbabilityHead, build_segmenter
 
 ImageInput = Image.Image | np.ndarray | torch.Tensor
@@ -82,7 +82,7 @@ class Predictor:
     (N, 256, h, w). Both are moved to ``device`` and put in eval mode. Input pictures are scaled
     to [0, 1] and normalised with ``mean``/``std`` (tensors are taken as already normalised).
     ``protocol`` ("whole" or "sliding"), ``window``, ``stride``, ``flip`` and ``scales`` are as
-    in :func:`prcl.engine.evaluate.average_views`: the maps of :func:`prcl.engine.evaluate.dense_maps`
+    in :func:`prcl.infer.protocols.average_views`: the maps of :func:`prcl.infer.protocols.dense_maps`
     (probabilities, then the mean variance) averaged over the views, as in evaluation.
     ``class_names`` (optional) names the C classes.
     """

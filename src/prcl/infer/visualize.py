@@ -14,7 +14,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from prcl.constants import IGNORE_INDEX
 from prcl.data.datasets import FILE_IGNORE_VALUE
-from prcl.engine.checkpoint import atomic_write
+from prcl.io import atomic_write
 
 IGNORE_VALUES = (IGNORE_INDEX, FILE_IGNORE_VALUE)
 

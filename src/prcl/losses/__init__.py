@@ -1,6 +1,6 @@
 """PRCL losses: mutual likelihood score, distribution prototypes, contrastive and pseudo-label losses.
 
-The weight of the contrastive loss over training (``ramp_weight``) lives in :mod:`prcl.engine.schedules`.
+The weight of the contrastive loss over training (``ramp_weight``) lives in :mod:`prcl.schedules`.
 """
 
 from .mls import mutual_likelihood_score

@@ -1,4 +1,8 @@
-"""Training methods run by one generic trainer. Adding a method: one file, one line in ``METHODS``."""
+"""Training methods run by one generic trainer.
+
+Adding a method: one file, one line in ``METHODS`` and its name in ``prcl.config.METHOD_NAMES`` (the names a
+config accepts, kept torch-free there; tests/test_methods.py checks that the two agree).
+"""
 
 from __future__ import annotations
 

@@ -8,8 +8,8 @@ import torch
 from torch import nn
 
 from prcl.data.strong_view import StrongView
-from prcl.engine.uncertainty import error_auroc
 from prcl.losses import pseudo_label_loss
+from prcl.metrics import error_auroc
 from prcl.models import ema_update, make_teacher
 from prcl.models.deeplab import SegmenterOutput
 

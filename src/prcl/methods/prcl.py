@@ -12,10 +12,10 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
-from prcl.engine.schedules import contrast_weight
 from prcl.losses import PRCLLoss
 from prcl.models import ProbabilityHead
 from prcl.models.deeplab import FEATURE_CHANNELS, REPRESENTATION_DIM
+from prcl.schedules import contrast_weight
 
 from .base import Networks, StepInput, nearest_resize
 from .mean_teacher import MeanTeacher, pseudo_label_probe

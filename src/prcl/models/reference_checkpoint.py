@@ -146,10 +146,10 @@ def convert_reference_checkpoint(
     ``build_segmenter("resnet101", 21, 16)`` and ``ProbabilityHead()``; every failure is one UserError line.
     Returns the written dict.
     """
+    from prcl.checkpoint import save_checkpoint
     from prcl.config import config_to_dict
     from prcl.data.datasets import VOC_CLASS_NAMES
     from prcl.data.validate import check_output_file
-    from prcl.engine.checkpoint import save_checkpoint
     from prcl.models import ProbabilityHead, build_segmenter
 
     path = Path(path).expanduser()

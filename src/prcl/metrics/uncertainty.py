@@ -25,8 +25,6 @@ import math
 import torch
 import torch.distributed as dist
 
-from prcl.engine.distributed import is_distributed
-
 SCORES = ("variance", "one_minus_max_prob", "entropy")
 
 
@@ -106,7 +104,7 @@ class UncertaintyMeter:
 
     def all_reduce(self) -> None:
         """Sum the counts over processes (call once, after the last update, on every process)."""
-        if not is_distributed():
+        if not (dist.is_available() and dist.is_initialized()):
             return
         for name in SCORES:
             dist.all_reduce(self.histograms[name], op=dist.ReduceOp.SUM)

@@ -9,28 +9,15 @@ in place of a good one.
 
 from __future__ import annotations
 
-import json
 import random
-from contextlib import AbstractContextManager
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import numpy as np
 import torch
 
 from prcl.errors import UserError
-from prcl.io import atomic_write as _atomic_write
-
-
-def atomic_write(path: str | Path, mode: str = "wb") -> AbstractContextManager[IO[Any]]:
-    """:func:`prcl.io.atomic_write`, binary by default (checkpoints, images)."""
-    return _atomic_write(path, mode)
-
-
-def write_json(path: str | Path, payload: Any) -> None:
-    """Write ``payload`` as indented JSON to ``path`` atomically."""
-    with atomic_write(path, "w") as stream:
-        json.dump(payload, stream, indent=2)
+from prcl.io import atomic_write
 
 
 def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:

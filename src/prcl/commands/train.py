@@ -1,0 +1,26 @@
+"""`prcl train`: one run from a config (and its overrides), resumable; a JSON summary line on stdout."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from prcl.config import load_config
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    cfg = load_config(args.config, args.overrides)  # read and checked before torch is imported
+
+    from prcl.engine import distributed
+    from prcl.engine.trainer import Trainer, TrainingInterrupted
+
+    try:
+        summary = Trainer(cfg, resume=args.resume, resume_force=args.resume_force).fit()
+    except TrainingInterrupted as stopped:
+        print(f"prcl: {stopped}", file=sys.stderr)
+        return stopped.exit_code
+    finally:
+        distributed.cleanup()  # leave the process group (under torchrun), after an error too
+    print(json.dumps({k: summary[k] for k in ("method", "miou", "iterations", "images_per_second")}))
+    return 0
