@@ -10,6 +10,7 @@ image of each and the median over rounds of the per-round ratio (with / without)
 
     python benchmarks/bench_evaluate.py --device cpu --images 8 --rounds 5
     python benchmarks/bench_evaluate.py --device cpu --encoder tf_efficientnet_lite0 --size 96 96 --images 100 --classes 6
+    python benchmarks/bench_evaluate.py --device cpu --run runs/demo/prcl --rounds 5
 """
 
 from __future__ import annotations
@@ -34,45 +35,68 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=8)
     parser.add_argument("--size", type=int, nargs=2, default=[321, 321], metavar=("H", "W"))
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--run", help="a PRCL run folder: time evaluate_model on its valid split instead")
     args = parser.parse_args()
 
-    from prcl.engine.evaluate import evaluate, mean_variance
+    from prcl.engine.evaluate import evaluate
+    from prcl.infer.protocols import mean_variance
     from prcl.models import ProbabilityHead, build_segmenter
 
     device = torch.device(args.device)
-    torch.manual_seed(0)
-    model = build_segmenter(args.encoder, args.classes, 16).to(device).eval()
-    head = ProbabilityHead().to(device).eval()
-    generator = torch.Generator().manual_seed(0)
-    height, width = args.size
-    loader = [{"image": torch.randn(1, 3, height, width, generator=generator),
-               "mask": torch.randint(-1, args.classes, (1, height, width), generator=generator)}
-              for _ in range(args.images)]
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    if args.run:
+        from prcl.config import load_config
+        from prcl.engine.data_setup import build_run_data
+        from prcl.engine.evaluate import evaluate_model
+        from prcl.infer import Predictor
 
-    def timed(variance) -> float:
+        cfg = load_config(f"{args.run}/config.yaml", [])
+        dataset = build_run_data(cfg).valid
+        predictor = Predictor.from_checkpoint(f"{args.run}/checkpoints/last.pt", device=device)
+        model, head = predictor.model, predictor.probability_head
+        if head is None:
+            raise SystemExit(f"{args.run} has no probability head: use a PRCL run")
+        images, described = len(dataset), f"{args.run}, valid split ({len(dataset)} images from disk)"
+
+        def evaluate_once(with_head: bool) -> dict:
+            return evaluate_model(model, dataset, cfg, device, probability_head=head if with_head else None)
+    else:
+        torch.manual_seed(0)
+        model = build_segmenter(args.encoder, args.classes, 16).to(device).eval()
+        head = ProbabilityHead().to(device).eval()
+        generator = torch.Generator().manual_seed(0)
+        height, width = args.size
+        loader = [{"image": torch.randn(1, 3, height, width, generator=generator),
+                   "mask": torch.randint(-1, args.classes, (1, height, width), generator=generator)}
+                  for _ in range(args.images)]
+        images = args.images
+        described = (f"{args.encoder}, {args.images} random images of {height} x {width}, {args.classes} classes")
+
+        def evaluate_once(with_head: bool) -> dict:
+            return evaluate(model, loader, args.classes, device, variance=mean_variance(head) if with_head else None)
+
+    def timed(variance: bool) -> float:
         sync()
         started = time.perf_counter()
-        result = evaluate(model, loader, args.classes, device, variance=variance)
+        result = evaluate_once(variance)
         sync()
-        assert ("uncertainty" in result) == (variance is not None)
-        return (time.perf_counter() - started) / args.images
+        assert ("uncertainty" in result) == variance
+        return (time.perf_counter() - started) / images
 
-    timed(None)  # warm-up: first calls allocate and pick kernels
-    timed(mean_variance(head))
+    timed(False)  # warm-up: first calls allocate and pick kernels
+    timed(True)
     without, with_, ratios = [], [], []
     for round_index in range(args.rounds):
         if round_index % 2 == 0:
-            a = timed(None)
-            b = timed(mean_variance(head))
+            a = timed(False)
+            b = timed(True)
         else:
-            b = timed(mean_variance(head))
-            a = timed(None)
+            b = timed(True)
+            a = timed(False)
         without.append(a)
         with_.append(b)
         ratios.append(b / a)
-    print(f"{device_name(device)}, {args.encoder}, {args.images} images of {height} x {width}, {args.classes} classes, "
-          f"{args.rounds} rounds")
+    print(f"{device_name(device)}, {described}, {args.rounds} rounds")
     print(f"without uncertainty: {1000 * statistics.median(without):.1f} ms per image")
     print(f"with uncertainty:    {1000 * statistics.median(with_):.1f} ms per image")
     print(f"with / without, median of per-round ratios: {statistics.median(ratios):.3f} "

@@ -3,7 +3,7 @@
 Scores a run's last checkpoint (the teacher and the probability head, as ``prcl eval`` does) on a
 split, keeping every scored pixel (the demo's 100 images: under a million), and prints:
 - the exact AUROC of the head's mean variance for "this pixel is wrong" (sort-based, ties counting
-  one half), beside the histogram AUROC that evaluation reports (``prcl.engine.uncertainty``);
+  one half), beside the histogram AUROC that evaluation reports (``prcl.metrics.uncertainty``);
 - the Spearman rank correlation of the variance with the softmax entropy;
 - the mean variance over right and wrong pixels, and over pixels within 3 px of a label boundary
   and the others, with the error rate of each.
@@ -42,8 +42,8 @@ def main() -> None:
 
     from prcl.config import load_config
     from prcl.engine.data_setup import build_run_data
-    from prcl.engine.evaluate import dense_maps, mean_variance
-    from prcl.engine.uncertainty import UncertaintyMeter
+    from prcl.infer.protocols import dense_maps, mean_variance
+    from prcl.metrics import UncertaintyMeter
     from prcl.infer import Predictor
 
     cfg = load_config(f"{args.run}/config.yaml", [])

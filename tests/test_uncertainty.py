@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from prcl.metrics.uncertainty import UncertaintyMeter, auroc_from_histograms, error_auroc
+from prcl.metrics.uncertainty import UncertaintyMeter, auroc_from_histograms, error_auroc, error_histograms
 from prcl.methods.mean_teacher import pseudo_label_probe
 
 
@@ -54,6 +54,28 @@ def test_auroc_equals_the_pairwise_count_on_random_values_with_ties():
     expected = direct_auroc(variance[wrong], variance[~wrong])
     assert got == pytest.approx(expected, abs=1e-9)
     assert 0.6 < got < 0.9  # informative, and the test can tell
+
+
+def test_stacked_scores_bin_as_each_score_alone():
+    # the meter bins its scores in one bincount: each must get the histogram it gets on its own,
+    # with the bin edges (0, 1, k / bins) and a 2-d pixel layout included
+    generator = torch.Generator().manual_seed(3)
+    wrong = torch.rand(5, 7, generator=generator) < 0.4
+    scores = torch.rand(3, 5, 7, generator=generator)
+    scores[0, 0, :3] = torch.tensor([0.0, 1.0, 5 / 16])
+    stacked = error_histograms(scores, wrong, 16)
+    assert stacked.shape == (3, 2, 16)
+    for k in range(3):
+        alone = error_histograms(scores[k], wrong, 16)
+        assert alone.shape == (2, 16)
+        assert torch.equal(stacked[k], alone)
+        assert int(alone[0].sum()) == int(wrong.sum()) and int(alone[1].sum()) == int((~wrong).sum())
+    assert stacked[0, int(wrong[0, 2]) ^ 1, 5] >= 1  # 5/16 falls in bin 5
+    # a mask of scored pixels counts exactly those pixels
+    scored = torch.rand(5, 7, generator=generator) < 0.6
+    masked = error_histograms(scores, wrong, 16, scored)
+    for k in range(3):
+        assert torch.equal(masked[k], error_histograms(scores[k][scored], wrong[scored], 16))
 
 
 def test_auroc_is_undefined_with_one_kind_of_pixel_only():

@@ -47,10 +47,25 @@ def _bin(values: torch.Tensor, bins: int) -> torch.Tensor:
     return (values.double() * bins).long().clamp_(0, bins - 1)
 
 
-def error_histograms(scores: torch.Tensor, wrong: torch.Tensor, bins: int) -> torch.Tensor:
-    """(2, bins) counts of ``scores`` (values in [0, 1]) over the wrong pixels (row 0) and the right ones (row 1)."""
-    index = _bin(scores.reshape(-1), bins) + bins * (~wrong.reshape(-1)).long()
-    return torch.bincount(index, minlength=2 * bins).view(2, bins)
+def error_histograms(scores: torch.Tensor, wrong: torch.Tensor, bins: int,
+                     scored: torch.Tensor | None = None) -> torch.Tensor:
+    """Counts of ``scores`` (values in [0, 1]) over the wrong pixels (row 0) and the right ones (row 1).
+
+    scores: the shape of ``wrong`` (any, bool), or (S, *wrong.shape): S scores of the same pixels;
+    scored: optional bool mask of wrong's shape, the pixels to count (default all). Returns
+    (2, bins), or (S, 2, bins) for S stacked scores, from one bincount (no pixel gathered).
+    """
+    single = scores.shape == wrong.shape
+    stacked = scores.reshape(1 if single else scores.shape[0], wrong.numel())
+    num_scores = stacked.shape[0]
+    slots = 2 * num_scores * bins
+    offsets = bins * torch.arange(num_scores, device=stacked.device)[:, None]
+    index = _bin(stacked, bins) + offsets + num_scores * bins * (~wrong.reshape(1, -1)).long()
+    if scored is not None:  # pixels not scored go to one extra slot, dropped
+        index = torch.where(scored.reshape(1, -1), index, slots)
+    counts = torch.bincount(index.reshape(-1), minlength=slots + 1)[:slots].view(2, num_scores, bins)
+    counts = counts.transpose(0, 1)
+    return counts[0] if single else counts
 
 
 def error_auroc(scores: torch.Tensor, wrong: torch.Tensor, bins: int = 4096) -> float | None:
@@ -60,8 +75,7 @@ def error_auroc(scores: torch.Tensor, wrong: torch.Tensor, bins: int = 4096) -> 
 
 def normalised_entropy(probabilities: torch.Tensor, dim: int = 1) -> torch.Tensor:
     """Softmax entropy over ``dim`` divided by log C: 0 = certain, 1 = every class equally likely."""
-    p = probabilities.float().clamp_min(1e-12)
-    return -(p * p.log()).sum(dim=dim) / math.log(max(probabilities.shape[dim], 2))
+    return torch.special.entr(probabilities.float()).sum(dim=dim) / math.log(max(probabilities.shape[dim], 2))
 
 
 class UncertaintyMeter:
@@ -81,26 +95,25 @@ class UncertaintyMeter:
         # per calibration bin: pixels, right pixels, sum of confidences
         self.calibration = torch.zeros(3, calibration_bins, dtype=torch.float64, device=device)
 
-    def _add(self, name: str, values: torch.Tensor, wrong: torch.Tensor) -> None:
-        self.histograms[name] += error_histograms(values, wrong, self.bins)
-        self.seen[name] = True
-
     @torch.no_grad()
     def update(self, probabilities: torch.Tensor, target: torch.Tensor, variance: torch.Tensor | None = None) -> None:
         scored = target >= 0
         confidence, prediction = probabilities.float().max(dim=1)
-        wrong = (prediction != target)[scored]
-        confidence = confidence[scored]
-        entropy = normalised_entropy(probabilities)[scored]
-        self._add("one_minus_max_prob", 1.0 - confidence, wrong)
-        self._add("entropy", entropy, wrong)
+        wrong = prediction != target
+        names = ["one_minus_max_prob", "entropy"] + (["variance"] if variance is not None else [])
+        scores = [1.0 - confidence, normalised_entropy(probabilities)]
         if variance is not None:
-            self._add("variance", variance.float()[scored], wrong)
+            scores.append(variance.float().reshape(confidence.shape))
+        counts = error_histograms(torch.stack(scores), wrong, self.bins, scored)  # (S, 2, bins)
+        for name, histogram in zip(names, counts):
+            self.histograms[name] += histogram
+            self.seen[name] = True
         calibration_bins = self.calibration.shape[1]
-        index = _bin(confidence, calibration_bins)
-        self.calibration[0] += torch.bincount(index, minlength=calibration_bins).double()
-        self.calibration[1] += torch.bincount(index, weights=(~wrong).double(), minlength=calibration_bins)
-        self.calibration[2] += torch.bincount(index, weights=confidence.double(), minlength=calibration_bins)
+        index = _bin(confidence, calibration_bins).reshape(-1)
+        weight = scored.reshape(-1).double()  # pixels not scored weigh nothing
+        self.calibration[0] += torch.bincount(index, weights=weight, minlength=calibration_bins)
+        self.calibration[1] += torch.bincount(index, weights=weight * (~wrong).reshape(-1), minlength=calibration_bins)
+        self.calibration[2] += torch.bincount(index, weights=weight * confidence.reshape(-1), minlength=calibration_bins)
 
     def all_reduce(self) -> None:
         """Sum the counts over processes (call once, after the last update, on every process)."""
