@@ -10,6 +10,7 @@ import pytest
 from prcl.config import load_config
 from prcl.schedules import (
     contrast_weight,
+    due,
     poly_lr,
     ramp_weight,
     reference_epoch_iterations,
@@ -157,3 +158,11 @@ def test_paper_configs_hold_the_release_recipe(name, crop, scales, strong, batch
     assert (cfg.optim.lr, cfg.optim.uncer_lr, cfg.prcl.temperature) == (3.2e-3, 5e-5, 100.0)
     assert (cfg.prcl.num_queries, cfg.prcl.num_negatives, cfg.prcl.max_epoch) == (256, 512, 200)
     assert (cfg.train.epochs, cfg.train.epoch_images) == (200, 2000)
+
+
+def test_periodic_steps_are_the_multiples_and_the_last():
+    # one rule for logs, checkpoints and evaluations: multiples of `every` (0: none) and the last step
+    assert [step for step in range(1, 11) if due(step, 4, 10)] == [4, 8, 10]
+    assert [step for step in range(1, 11) if due(step, 5, 10)] == [5, 10]
+    assert [step for step in range(1, 11) if due(step, 0, 10)] == [10]
+    assert [step for step in range(1, 4) if due(step, 1, 3)] == [1, 2, 3]

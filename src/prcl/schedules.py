@@ -19,6 +19,13 @@ if TYPE_CHECKING:
     from prcl.config import Config, TrainConfig
 
 
+def due(step: int, every: int, total: int) -> bool:
+    """Whether the step ending at count ``step`` (1-based) is a periodic one: a multiple of ``every``
+    (0: none), or the run's last step ``total``. One rule for logs (and their probes), checkpoints
+    and evaluations (``train.log_every``, ``train.checkpoint_every``, ``train.eval_every``)."""
+    return step == total or (every > 0 and step % every == 0)
+
+
 def reference_epoch_iterations(num_labels: int, global_batch: int, epoch_images: int = 2000) -> int:
     """Iterations per epoch as the reference's multi-GPU script counts them.
 

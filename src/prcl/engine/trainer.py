@@ -42,7 +42,7 @@ from prcl.errors import UserError
 from prcl.io import atomic_write, read_records, write_json
 from prcl.methods import Networks, StepInput, build_method
 from prcl.models import build_segmenter, unwrap_model
-from prcl.schedules import describe_schedule, poly_lr, schedule_progress
+from prcl.schedules import describe_schedule, due, poly_lr, schedule_progress
 
 from . import distributed
 from .data_setup import build_run_data
@@ -340,7 +340,7 @@ class Trainer:
 
     def _logged(self, step: int) -> bool:
         """Whether the step that ends at count ``step`` (1-based) is written to metrics.jsonl."""
-        return step % self.cfg.train.log_every == 0 or step == self.cfg.train.iterations
+        return due(step, self.cfg.train.log_every, self.cfg.train.iterations)
 
     def train_step(self, labeled: dict, unlabeled: dict | None) -> dict[str, float] | None:
         """One optimisation step; None when the loss or a gradient was not finite (step skipped)."""
@@ -434,9 +434,9 @@ class Trainer:
                               "skipped_steps": self.skipped_steps})
                     data_seconds, data_steps = 0.0, 0
                 bar.set_postfix(loss=f"{record['loss']:.3f}", lr=f"{record['lr']:.2e}", img_s=f"{speed:.1f}")
-            evaluate_now = self.step == total or (cfg.train.eval_every and self.step % cfg.train.eval_every == 0)
+            evaluate_now = due(self.step, cfg.train.eval_every, total)
             stop = self._stop_requested(signals)
-            if evaluate_now or stop or (cfg.train.checkpoint_every and self.step % cfg.train.checkpoint_every == 0):
+            if evaluate_now or stop or due(self.step, cfg.train.checkpoint_every, total):
                 self.save("last.pt")  # before an evaluation, which could fail
             if stop:
                 bar.close()
