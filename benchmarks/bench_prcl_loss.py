@@ -1,4 +1,4 @@
-"""PRCL loss speed and memory against one ResNet-101 student step, at the reference's VOC setting.
+"""PRCL loss speed and memory against one ResNet-101 student step, at the release's VOC setting.
 
 Each measurement runs in a fresh subprocess; extra peak memory is the rise of peak RSS (CPU) or of
 torch.cuda.max_memory_allocated (GPU) during the measured call over what the inputs already hold.
@@ -63,9 +63,9 @@ def measure(what: str, device_name: str, repeats: int) -> dict:
             (out.logits.mean() + out.mu.mean()).backward()
     else:
         mu, var, labels, valid, prob = loss_inputs(device)
-        if what == "reference":
+        if what == "release":
             sys.path.insert(0, str(Path(__file__).parent))
-            from reference_algorithm import reference_prcl_loss as loss_fn
+            from release_algorithm import release_prcl_loss as loss_fn
         else:
             from prcl.losses import PRCLLoss
 
@@ -97,7 +97,7 @@ def main() -> None:
         print(json.dumps(measure(args.only, args.device, args.repeats)))
         return
     rows = {}
-    for what in ("student", "compiled", "chunked", "reference"):
+    for what in ("student", "compiled", "chunked", "release"):
         result = subprocess.run([sys.executable, __file__, "--only", what, "--device", args.device,
                                  "--repeats", str(args.repeats)], capture_output=True, text=True)
         if result.returncode != 0:
@@ -109,7 +109,7 @@ def main() -> None:
     print(f"device: {args.device}, torch {torch.__version__}, threads {torch.get_num_threads()}")
     print(f"{'measurement':<44}{'seconds':>9}{'x student':>11}{'extra peak MB':>15}")
     names = {"student": "ResNet-101 student fwd+bwd, batch 2, 321x321", "compiled": "PRCLLoss fwd+bwd, compiled kernel",
-             "chunked": "PRCLLoss fwd+bwd, chunked kernel", "reference": "reference algorithm fwd+bwd"}
+             "chunked": "PRCLLoss fwd+bwd, chunked kernel", "release": "release algorithm fwd+bwd"}
     for what, row in rows.items():
         print(f"{names[what]:<44}{row['seconds']:>9.3f}{row['seconds'] / student:>11.2f}{row['extra_peak_mb']:>15.0f}")
 

@@ -66,7 +66,7 @@ def test_iou_and_both_averages_by_hand() -> None:
     assert iou[:3].tolist() == pytest.approx([0.75, 0.5, 0.0])
     assert math.isnan(iou[3])
     assert confusion.miou() == pytest.approx((0.75 + 0.5) / 2)  # classes in the ground truth: 0, 1
-    assert math.isnan(confusion.miou(average="all"))  # class 3 absent -> NaN, as in the reference
+    assert math.isnan(confusion.miou(average="all"))  # class 3 absent -> NaN, as in the release
     assert confusion.pixel_accuracy() == pytest.approx(5 / 7)
 
 

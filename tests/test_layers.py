@@ -192,7 +192,7 @@ def test_the_checker_flags_an_upward_import_even_inside_a_function():
 
 
 @pytest.mark.parametrize("source, module, is_package", [
-    ("from ..engine import checkpoint\n", "prcl.models.reference_checkpoint", False),  # relative, two levels
+    ("from ..engine import checkpoint\n", "prcl.models.release_checkpoint", False),  # relative, two levels
     ("from .. import cli\n", "prcl.engine", True),  # relative, from a package's __init__
     ("import prcl.methods\n", "prcl.config", False),
     ("from prcl import cli\n", "prcl.io", False),

@@ -26,10 +26,10 @@ from prcl.models import (
     load_encoder_weights,
     make_teacher,
 )
-from prcl.models.reference_checkpoint import (
-    load_reference_checkpoint,
-    reference_state_from_student,
-    student_state_from_reference,
+from prcl.models.release_checkpoint import (
+    load_release_checkpoint,
+    release_state_from_student,
+    student_state_from_release,
 )
 from prcl.models.weights import map_by_order, read_state_dict
 
@@ -78,8 +78,8 @@ def test_resnet101_student_outputs_are_81x81_at_321(resnet101_student):
     assert out.features.shape == (1, 304, 81, 81)
 
 
-def test_student_layout_matches_reference_checkpoint_keys(resnet101_student):
-    reference = reference_state_from_student(resnet101_student.state_dict())
+def test_student_layout_matches_release_checkpoint_keys(resnet101_student):
+    release = release_state_from_student(resnet101_student.state_dict())
     expected = {
         "resnet_conv1.weight": (64, 3, 7, 7),
         "resnet_layer1.0.downsample.0.weight": (256, 64, 1, 1),
@@ -96,9 +96,9 @@ def test_student_layout_matches_reference_checkpoint_keys(resnet101_student):
         "representation.3.bias": (256,),
     }
     for key, shape in expected.items():
-        assert tuple(reference[key].shape) == shape, key
-    assert not any(key.startswith("resnet_fc") for key in reference)
-    assert len(reference) == 682  # the release checkpoint's "model" entry has 682 tensors
+        assert tuple(release[key].shape) == shape, key
+    assert not any(key.startswith("resnet_fc") for key in release)
+    assert len(release) == 682  # the release checkpoint's "model" entry has 682 tensors
 
 
 @pytest.mark.parametrize("output_stride, rates", [(16, (6, 12, 18)), (8, (12, 24, 36))])
@@ -172,7 +172,7 @@ def test_bad_model_settings_raise_user_error(kwargs, fragment):
 
 
 def _reference_probability_head(head: ProbabilityHead, x: torch.Tensor) -> torch.Tensor:
-    """The formula written out with per-pixel F.linear (channels last), as in the reference code."""
+    """The formula written out with per-pixel F.linear (channels last), as in the release code."""
     y = F.linear(x.permute(0, 2, 3, 1), F.normalize(head.fc1, dim=-1)).permute(0, 3, 1, 2)
     y = F.relu(head.bn1(y))
     y = F.linear(y.permute(0, 2, 3, 1), F.normalize(head.fc2, dim=-1)).permute(0, 3, 1, 2)
@@ -458,15 +458,15 @@ def test_ema_update_averages_parameters_not_buffers():
 # ---------------------------------------------------------------- the authors' checkpoint layout
 
 
-def test_reference_checkpoint_round_trip(tmp_path):
+def test_release_checkpoint_round_trip(tmp_path):
     student = _randomise(build_segmenter("resnet18", num_classes=4), seed=6)
     head = _randomise(ProbabilityHead(), seed=7)
-    reference = reference_state_from_student(student.state_dict())
-    assert "resnet_conv1.weight" in reference and "resnet_layer4.1.bn2.bias" in reference
-    assert student_state_from_reference(reference).keys() == student.state_dict().keys()
+    release = release_state_from_student(student.state_dict())
+    assert "resnet_conv1.weight" in release and "resnet_layer4.1.bn2.bias" in release
+    assert student_state_from_release(release).keys() == student.state_dict().keys()
     path = tmp_path / "release.pth"
-    torch.save({"epoch": 1, "model": reference, "ema": reference, "uncer_head": head.state_dict()}, path)
-    loaded = load_reference_checkpoint(path)
+    torch.save({"epoch": 1, "model": release, "ema": release, "uncer_head": head.state_dict()}, path)
+    loaded = load_release_checkpoint(path)
     fresh_student = build_segmenter("resnet18", num_classes=4)
     fresh_student.load_state_dict(loaded["ema"])  # strict
     fresh_head = ProbabilityHead()
@@ -475,7 +475,7 @@ def test_reference_checkpoint_round_trip(tmp_path):
         assert torch.equal(value, student.state_dict()[key]), key
     assert torch.equal(fresh_head.fc1, head.fc1)
     with pytest.raises(UserError, match="missing.pth does not exist"):
-        load_reference_checkpoint(tmp_path / "missing.pth")
+        load_release_checkpoint(tmp_path / "missing.pth")
 
 
 def test_encoder_maps_imagenet_normalised_input_to_its_own_normalisation():

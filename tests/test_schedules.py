@@ -1,4 +1,4 @@
-"""The reference's schedules: epoch length, per-epoch staircases of lr and lambda, paper-row configs."""
+"""The release's schedules: epoch length, per-epoch staircases of lr and lambda, paper-row configs."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from prcl.schedules import (
     due,
     poly_lr,
     ramp_weight,
-    reference_epoch_iterations,
+    release_epoch_iterations,
     schedule_progress,
 )
 from prcl.errors import UserError
@@ -29,19 +29,19 @@ DATASETS_DOC = Path(__file__).resolve().parents[1] / "docs" / "datasets.md"
     (5291, 16, 331),
     (150, 48, 40),     # Cityscapes 150 on 8 GPUs x 6: L = 4, 10 passes
 ])
-def test_reference_epoch_length_on_eight_gpus(num_labels, global_batch, expected):
-    assert reference_epoch_iterations(num_labels, global_batch) == expected
+def test_release_epoch_length_on_eight_gpus(num_labels, global_batch, expected):
+    assert release_epoch_iterations(num_labels, global_batch) == expected
 
 
 @pytest.mark.parametrize("num_labels", [92, 150, 183, 366, 662, 732, 1323, 1464, 2646])
 def test_epoch_length_depends_on_the_global_batch_only(num_labels):
-    """The reference's per-rank formula, int(2000 / b / w / ceil(ceil(N / w) / b)), for 8 x 2, 4 x 4, 2 x 8, 1 x 16."""
+    """The release's per-rank formula, int(2000 / b / w / ceil(ceil(N / w) / b)), for 8 x 2, 4 x 4, 2 x 8, 1 x 16."""
     lengths = set()
     for world, batch in ((8, 2), (4, 4), (2, 8), (1, 16)):
         per_rank_batches = -(-(-(-num_labels // world)) // batch)
         passes = int(2000 / batch / world / per_rank_batches)
         lengths.add(max(passes, 1) * per_rank_batches)
-        assert reference_epoch_iterations(num_labels, world * batch) == max(passes, 1) * per_rank_batches
+        assert release_epoch_iterations(num_labels, world * batch) == max(passes, 1) * per_rank_batches
     assert len(lengths) == 1
 
 

@@ -195,7 +195,7 @@ def test_eval_and_predict_commands_on_a_trained_checkpoint(demo_root, tmp_path, 
     assert "mIoU" in table and "brick" in table
     miou_line = next(line for line in table.splitlines() if line.startswith("mIoU"))
     assert "protocol whole" in miou_line and "split valid" in miou_line and "teacher" in miou_line
-    assert "the reference's mean over all classes" in table
+    assert "the release's mean over all classes" in table
     assert "errors found by (AUROC, 0.5 = chance): variance" in table  # a PRCL checkpoint has a probability head
     assert "auroc_variance" in json.loads((tmp_path / "eval.json").read_text())["uncertainty"]
     assert main(["eval", "-c", str(tmp_path / "run/config.yaml"), "--checkpoint", str(checkpoint),
@@ -220,7 +220,7 @@ def test_eval_and_predict_commands_on_a_trained_checkpoint(demo_root, tmp_path, 
     (0.4, "differs: 40.00"),
     (None, "undefined here (NaN): 1 classes never occur (c)"),
 ])
-def test_eval_table_says_whether_the_reference_all_class_mean_differs(all_classes, expected):
+def test_eval_table_says_whether_the_release_all_class_mean_differs(all_classes, expected):
     from prcl.commands.evaluate import format_table
 
     per_class = [0.5, 0.5, None] if all_classes is None else [0.5, 0.5, 0.5 if all_classes == 0.5 else 0.2]

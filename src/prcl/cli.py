@@ -1,4 +1,4 @@
-"""The `prcl` command: train, eval, predict, splits, convert-reference, export, demo, plot.
+"""The `prcl` command: train, eval, predict, splits, convert-release, export, demo, plot.
 
 This module parses the arguments; what each command does is ``cmd_<name>`` in ``prcl.commands.<module>``,
 imported when that command runs. Mistakes a user can make end with one line on stderr naming the key or file
@@ -126,7 +126,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_command("splits", "cmd_splits"))
 
     p = _intermixed(_one_line_errors(sub.add_parser(
-        "convert-reference", help="convert the authors' release checkpoint (.pth) into a prcl checkpoint",
+        "convert-release", help="convert the authors' release checkpoint (.pth) into a prcl checkpoint",
         description="Write the authors' release checkpoint (ResNet-101 DeepLabV3+, PASCAL VOC, 21 classes, "
                     "output stride 16) as a prcl checkpoint for prcl eval, predict and export: student <- model, "
                     "teacher <- ema, probability head <- uncer_head. Its config is the packaged "
@@ -136,7 +136,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="converted checkpoint to write (required; written atomically)")
     p.add_argument("overrides", nargs="*", metavar="key.sub=value",
                    help="config overrides stored in the checkpoint, e.g. data.root=/data/VOC2012")
-    p.set_defaults(func=_command("convert", "cmd_convert_reference"))
+    p.set_defaults(func=_command("convert", "cmd_convert_release"))
 
     p = _one_line_errors(sub.add_parser(
         "export", help="export a checkpoint to ONNX (needs pip install 'prcl[export]')",

@@ -100,6 +100,8 @@ def _registered_method(name: str) -> str:
 class MethodConfig(_Section):
     name: Annotated[str, AfterValidator(_registered_method)] = "prcl"  # supervised | mean_teacher | prcl
     ema_alpha: Unit = 0.99
+    # Confidence threshold of the pseudo-label loss (name kept from the release): each unlabeled image's
+    # loss is weighted by the share of its pixels whose teacher confidence is at least this.
     un_threshold: Unit = 0.97
     weak_threshold: Unit = 0.7
     strong_threshold: Unit = 0.8
@@ -110,7 +112,7 @@ class MethodConfig(_Section):
     # Confidences as the release's 8-bit round trip leaves them, floor(255 q) / 255 (thresholds 248/255, 179/255).
     quantise_confidence: bool = True
     # separate: the student sees the labeled batch, then the strong view, in two forward passes (the
-    # reference; BatchNorm statistics per batch); joint: one pass over both concatenated.
+    # release; BatchNorm statistics per batch); joint: one pass over both concatenated.
     student_passes: Literal["separate", "joint"] = "separate"
 
 
@@ -138,6 +140,8 @@ class PRCLConfig(_Section):
 
 class OptimConfig(_Section):
     lr: Positive = 3.2e-3
+    # Learning rate of the probability head (name kept from the release; method prcl, not deterministic);
+    # it decays with the same poly schedule as lr.
     uncer_lr: NonNegative = 5e-5
     momentum: Fraction = 0.9
     nesterov: bool = True
@@ -147,11 +151,11 @@ class OptimConfig(_Section):
 
 
 class TrainConfig(_Section):
-    # Where training stops (null: train.epochs x the epoch length); default: the reference's VOC 662 run (200 x 84)
+    # Where training stops (null: train.epochs x the epoch length); default: the release's VOC 662 run (200 x 84)
     iterations: Maybe[AtLeast(1)] = 16800
     epochs: Maybe[AtLeast(1)] = None  # set: the schedules span this many epochs (needs an epoch length)
     epoch_iterations: Maybe[AtLeast(1)] = None  # set: lr and lambda step once per epoch of this many
-    epoch_images: Maybe[AtLeast(1)] = None  # set (the reference: 2000): derive epoch_iterations as the reference
+    epoch_images: Maybe[AtLeast(1)] = None  # set (the release: 2000): derive epoch_iterations as the release
     eval_every: AtLeast(0) = 1000  # 0: evaluate only at the end
     log_every: AtLeast(1) = 20
     checkpoint_every: AtLeast(0) = 1000  # 0: checkpoint only at the end
@@ -270,7 +274,7 @@ def validate_config(cfg: Config) -> None:
          "optim.nesterov=true needs optim.momentum > 0 (set optim.nesterov=false for plain SGD)"),
         (train.epochs is None or train.epoch_iterations is not None or train.epoch_images is not None,
          "train.epochs needs an epoch length: set train.epoch_iterations=N, or train.epoch_images=2000 "
-         "to derive it as the reference does"),
+         "to derive it as the release does"),
         (train.iterations is not None or train.epochs is not None,
          "train.iterations is null and train.epochs is not set: give train.iterations=N (or train.epochs "
          "with an epoch length)"),

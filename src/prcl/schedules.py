@@ -1,10 +1,10 @@
-"""Learning-rate and contrastive-weight schedules as functions of the step, and the reference's epoch.
+"""Learning-rate and contrastive-weight schedules as functions of the step, and the release's epoch.
 
 Two kinds of schedule, chosen by the config:
 
 - continuous (no ``train.epoch_iterations``): progress is ``step / train.iterations``;
 - per epoch (``train.epoch_iterations`` set, or derived from ``train.epoch_images`` as the
-  reference does): lr and lambda change once per epoch, and the schedule spans ``train.epochs``
+  release does): lr and lambda change once per epoch, and the schedule spans ``train.epochs``
   epochs (``train.iterations`` may stop the run earlier).
 """
 
@@ -26,22 +26,22 @@ def due(step: int, every: int, total: int) -> bool:
     return step == total or (every > 0 and step % every == 0)
 
 
-def reference_epoch_iterations(num_labels: int, global_batch: int, epoch_images: int = 2000) -> int:
-    """Iterations per epoch as the reference's multi-GPU script counts them.
+def release_epoch_iterations(num_labels: int, global_batch: int, epoch_images: int = 2000) -> int:
+    """Iterations per epoch as the release's multi-GPU script counts them.
 
-    The reference runs ``iter_num = int(epoch_images / batch / world_size / L)`` passes over its
+    The release runs ``iter_num = int(epoch_images / batch / world_size / L)`` passes over its
     labeled loader per epoch, L being that loader's batches per process, ``ceil(ceil(num_labels /
     world_size) / batch)``, which equals ``ceil(num_labels / global_batch)``. Both depend on the
     global labeled batch only, so 8 GPUs x 2 and 2 GPUs x 8 give the same epoch. VOC 662 at a
     global batch of 16: L = 42, 2 passes, 84 iterations; VOC 1323: 83; Cityscapes 150 at 48: 40.
 
-    Where the formula gives 0 passes (VOC 2646 and 5291 at 16: the reference as released trains
+    Where the formula gives 0 passes (VOC 2646 and 5291 at 16: the release trains
     nothing there), we run one pass over the labeled set per epoch (our choice, docs/method.md).
 
     Args:
         num_labels: labeled images.
         global_batch: labeled images per step over all processes.
-        epoch_images: the reference's nominal epoch size (2000).
+        epoch_images: the release's nominal epoch size (2000).
     """
     if num_labels < 1 or global_batch < 1 or epoch_images < 1:
         raise ValueError(f"need positive counts, got {num_labels=}, {global_batch=}, {epoch_images=}")
@@ -51,10 +51,10 @@ def reference_epoch_iterations(num_labels: int, global_batch: int, epoch_images:
 
 
 def resolve_schedule(train: TrainConfig, num_labels: int, global_batch: int) -> None:
-    """Fill in ``train.epoch_iterations`` (from ``epoch_images``, as the reference) and ``train.iterations``
+    """Fill in ``train.epoch_iterations`` (from ``epoch_images``, as the release) and ``train.iterations``
     (from ``epochs``, when null) in place; a ``train.iterations`` past the schedule's end is a UserError."""
     if train.epoch_iterations is None and train.epoch_images is not None:
-        train.epoch_iterations = reference_epoch_iterations(num_labels, global_batch, train.epoch_images)
+        train.epoch_iterations = release_epoch_iterations(num_labels, global_batch, train.epoch_images)
     if train.epochs is not None:
         length = train.epochs * train.epoch_iterations
         train.iterations = length if train.iterations is None else train.iterations
@@ -89,7 +89,7 @@ def schedule_progress(step: int, cfg: Config) -> float:
     """Training progress in [0, 1] that the lr schedule sees at ``step`` (0-based, before the update).
 
     Continuous (``step / iterations``) without an epoch length; with one, it moves in whole epochs
-    like the reference, which steps the lr once per epoch: ``(step // epoch_iterations) / epochs``.
+    like the release, which steps the lr once per epoch: ``(step // epoch_iterations) / epochs``.
     """
     epochs = schedule_epochs(cfg)
     if epochs is None:
@@ -114,7 +114,7 @@ def ramp_weight(
 
     ``lambda(e) = min_value + (max_value - min_value) * exp(ramp_mult * ((e - begin) / (max - begin))^2)``.
 
-    With the defaults (ramp_mult = -5, min 0, max 1) this is the reference's ramp-down:
+    With the defaults (ramp_mult = -5, min 0, max 1) this is the release's ramp-down:
     1.0 at epoch 0, 0.7316 at 50, 0.2865 at 100, 0.0601 at 150, 0.0071 at 199. Before
     ``begin_epoch`` the weight is ``max_value``; from ``max_epoch`` on it stays at its end value.
     ``epoch`` may be fractional, so the schedule can follow training progress continuously.
@@ -126,9 +126,9 @@ def ramp_weight(
 
 
 def contrast_weight(step: int, cfg: Config) -> float:
-    """lambda of the PRCL loss at ``step``: the reference ramp in epochs, or a constant.
+    """lambda of the PRCL loss at ``step``: the release ramp in epochs, or a constant.
 
-    The epoch is ``step // train.epoch_iterations`` when there is an epoch length (the reference's
+    The epoch is ``step // train.epoch_iterations`` when there is an epoch length (the release's
     convention; the ramp spans ``prcl.max_epoch`` of them); otherwise the run spans
     ``prcl.max_epoch`` epochs and the epoch follows progress continuously.
     """

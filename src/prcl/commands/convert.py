@@ -1,4 +1,4 @@
-"""`prcl convert-reference`: the authors' release checkpoint written as a prcl checkpoint."""
+"""`prcl convert-release`: the authors' release checkpoint written as a prcl checkpoint."""
 
 from __future__ import annotations
 
@@ -7,10 +7,10 @@ import argparse
 from prcl.commands import require
 
 
-def cmd_convert_reference(args: argparse.Namespace) -> int:
-    from prcl.models.reference_checkpoint import convert_reference_checkpoint
+def cmd_convert_release(args: argparse.Namespace) -> int:
+    from prcl.models.release_checkpoint import convert_release_checkpoint
 
-    require(args, "convert-reference", {"release": "the release .pth file", "out": "--out FILE"})
-    convert_reference_checkpoint(args.release, args.out, args.overrides)
+    require(args, "convert-release", {"release": "the release .pth file", "out": "--out FILE"})
+    convert_release_checkpoint(args.release, args.out, args.overrides)
     print(f"wrote {args.out} (converted from {args.release}; for prcl eval, predict and export, not --resume)")
     return 0

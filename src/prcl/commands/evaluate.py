@@ -41,7 +41,7 @@ def evaluate_checkpoint(cfg: Config, checkpoint: str | Path, split: str = "valid
 
 
 def format_table(result: dict) -> str:
-    """Per-class IoU table (percent), the mIoU with what was scored, and the reference's mean beside it."""
+    """Per-class IoU table (percent), the mIoU with what was scored, and the release's mean beside it."""
     names = result["class_names"]
     width = max(12, *(len(n) for n in names)) + 2
     lines = [f"{'class':<{width}}{'IoU':>8}"]
@@ -60,15 +60,15 @@ def format_table(result: dict) -> str:
 
 
 def _all_class_note(result: dict) -> str:
-    """Whether the reference's mean over all classes differs from our mean over the classes present."""
+    """Whether the release's mean over all classes differs from our mean over the classes present."""
     all_classes = result.get("miou_all_classes")
     if all_classes is None:
         absent = [name for name, iou in zip(result["class_names"], result["per_class_iou"]) if iou is None]
-        return (f"the reference's mean over all classes is undefined here (NaN): "
+        return (f"the release's mean over all classes is undefined here (NaN): "
                 f"{len(absent)} classes never occur ({', '.join(absent[:3])})")
     if abs(all_classes - result["miou"]) < 5e-5:
-        return "the reference's mean over all classes is the same"
-    return (f"the reference's mean over all classes differs: {100 * all_classes:.2f} (a class only "
+        return "the release's mean over all classes is the same"
+    return (f"the release's mean over all classes differs: {100 * all_classes:.2f} (a class only "
             f"predicted, never labeled, counts there as IoU 0)")
 
 

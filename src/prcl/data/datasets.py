@@ -408,7 +408,7 @@ class CityscapesDataset(SegmentationDataset):
     ``root/gtFine/<split>/<city>/<id>_gtFine_labelIds.png``.
 
     Ids: the canonical form is ``<city>_<seq>_<frame>`` (e.g. ``aachen_000013_000019``). Also
-    accepted: the reference's form with the ``_leftImg8bit`` suffix
+    accepted: the release's form with the ``_leftImg8bit`` suffix
     (``aachen_000013_000019_leftImg8bit``), an optional ``.png``, and a ``<city>/`` prefix. The
     city is the part before the first ``_`` (Cityscapes city names have none).
     """

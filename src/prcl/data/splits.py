@@ -1,7 +1,7 @@
 """Split files: which image ids are labeled, unlabeled and used for validation.
 
-Layout (the reference's): ``<root>/<num_labels>/<seed>/{labeled,unlabeled,valid}_filename.txt``,
-one image id per line. Files may end without a final newline (the reference's do); blank lines
+Layout (the release's): ``<root>/<num_labels>/<seed>/{labeled,unlabeled,valid}_filename.txt``,
+one image id per line. Files may end without a final newline (the release's do); blank lines
 and surrounding whitespace are ignored.
 """
 

@@ -67,7 +67,7 @@ def evaluate(
     scored pixels, the variance averaged over the views like the probabilities.
 
     Returns a JSON-ready dict: miou (over classes present in the ground truth), miou_all_classes
-    (the reference's mean over all classes; None when a class is absent), per_class_iou (list,
+    (the release's mean over all classes; None when a class is absent), per_class_iou (list,
     None for absent classes), pixel_accuracy, protocol, flip, scales, images (over all ranks), and
     uncertainty with ``variance``.
     """

@@ -8,7 +8,7 @@ Protocols:
   probabilities are averaged over the windows that cover it (standard for Cityscapes).
 - ``center``: image and label are cropped to ``window`` around the centre, then ``whole``.
 - ``random-crop``: image and label are cropped to ``window`` at a seeded random position, then
-  ``whole``. This is what the reference scores (one random crop per validation image).
+  ``whole``. This is what the release scores (one random crop per validation image).
 
 Crops never pad: an image smaller than the window keeps its size along that side.
 

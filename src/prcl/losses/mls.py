@@ -12,7 +12,7 @@ def mutual_likelihood_score(
     """Mutual likelihood score of Gaussians (mu_a, var_a) and (mu_b, var_b).
 
     ``MLS = -1/2 * mean_d[(mu_a - mu_b)^2 / (var_a + var_b) + log(var_a + var_b)]`` with both means
-    L2-normalised over the last dimension first (docs/method.md; the reference takes the mean
+    L2-normalised over the last dimension first (docs/method.md; the release takes the mean
     over the D dimensions and drops the 2*pi constant).
 
     Args:

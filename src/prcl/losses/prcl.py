@@ -73,7 +73,7 @@ def sample_contrast(mu: torch.Tensor, var: torch.Tensor, labels: torch.Tensor, v
     """Draw anchors and negatives for the PRCL loss. Shapes as in ``PRCLLoss.forward``.
 
     Options beyond the AAAI method (docs/method.md): ``prototype_variance`` ("fused", the
-    reference, or "mean", which does not shrink with the class's pixel count); ``global_prototypes``
+    release, or "mean", which does not shrink with the class's pixel count); ``global_prototypes``
     (GDP: the batch statistics are fused into this state, whose prototypes then serve as positives
     and for negative-class sampling); ``virtual_negatives`` per other class and anchor, drawn from
     the (global) prototype Gaussians at radius ``vn_radius``, with key variance the prototype's

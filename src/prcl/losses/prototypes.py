@@ -51,7 +51,7 @@ def prototypes_from_statistics(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``proto_mu`` (C, D) = weighted_mu_sum / precision_sum and ``proto_var`` (C, D).
 
-    ``variance="fused"`` (the reference): ``1 / precision_sum``, the fused Gaussian's variance, about
+    ``variance="fused"`` (the release): ``1 / precision_sum``, the fused Gaussian's variance, about
     1/N of a pixel's. ``"mean"``: ``count / precision_sum``, the harmonic mean of the pixels'
     variances, which does not shrink with the number of pixels N. Classes without pixels: mu 0, var inf.
     """

@@ -14,12 +14,12 @@ def pseudo_label_loss(
     confidence: torch.Tensor,
     threshold: float = 0.97,
 ) -> torch.Tensor:
-    """Per-image confidence-weighted pixel CE, as the reference computes it (docs/method.md).
+    """Per-image confidence-weighted pixel CE, as the release computes it (docs/method.md).
 
     Image b gets ``w_b = #(pixels with q >= threshold) / #(pixels with y^ >= 0)``; the loss is
     ``sum(w_b * ce)`` divided by the number of pixels where ``ce > 0`` -- not where ``w_b * ce > 0``:
-    an image whose weight is 0 still counts its pixels in the denominator, as in the reference.
-    An image with no valid pixel gets weight 0 (the reference divides 0 by 0 there); when no pixel
+    an image whose weight is 0 still counts its pixels in the denominator, as in the release.
+    An image with no valid pixel gets weight 0 (the release divides 0 by 0 there); when no pixel
     is left the loss is a zero that still belongs to the graph.
 
     Args:

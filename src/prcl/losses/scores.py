@@ -1,7 +1,7 @@
 """Anchor-to-key MLS scores with the key gather fused into the computation.
 
 PRCL compares every anchor (256 per class) with 1 + 512 keys (its class prototype and sampled
-negative pixels) in D = 256 dimensions. Gathering the keys first, as the reference does, builds
+negative pixels) in D = 256 dimensions. Gathering the keys first, as the release does, builds
 (A, K, D) tensors (hundreds of MB per class) and autograd keeps them for the backward. Here the
 score is a custom autograd function whose forward and backward read keys through an index, never
 store a gathered copy, and recompute what the backward needs. Keys never receive gradient.

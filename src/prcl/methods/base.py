@@ -98,7 +98,7 @@ class Method:
 
 
 def upsample(logits: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """(N, C, h, w) -> (N, C, *size), bilinear with align_corners=True like the reference."""
+    """(N, C, h, w) -> (N, C, *size), bilinear with align_corners=True like the release."""
     return F.interpolate(logits, size=size, mode="bilinear", align_corners=True)
 
 
@@ -120,5 +120,5 @@ def teacher_pseudo_labels(teacher: nn.Module, images: torch.Tensor) -> tuple[tor
 
 
 def nearest_resize(labels: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """(N, H, W) map (labels or confidences) -> (N, *size), nearest, like the reference."""
+    """(N, H, W) map (labels or confidences) -> (N, *size), nearest, like the release."""
     return F.interpolate(labels[:, None].float(), size=size, mode="nearest")[:, 0].to(labels.dtype)

@@ -82,7 +82,7 @@ class MeanTeacher(Method):
     def student_pass(self, nets: Networks, batch: StepInput) -> StudentPass:
         """Teacher pseudo-labels, the strong view, and the student on labeled + strong images.
 
-        ``method.student_passes = separate`` (the reference): one forward pass on the labeled
+        ``method.student_passes = separate`` (the release): one forward pass on the labeled
         batch, then one on the strong view, so BatchNorm takes batch statistics over each batch
         alone and updates its running statistics twice per step. ``joint``: one pass over both
         batches concatenated.
@@ -90,7 +90,7 @@ class MeanTeacher(Method):
         At probe steps with unlabeled masks, those masks go through the strong view's geometry and
         mixing too (``StudentPass.strong_truth``); the random draws are the same either way.
         """
-        teacher = nets["teacher"].train()  # as the reference: the teacher's BatchNorm uses batch statistics
+        teacher = nets["teacher"].train()  # as the release: the teacher's BatchNorm uses batch statistics
         pseudo_labels, confidence = teacher_pseudo_labels(teacher, batch.unlabeled_images)
         truth = batch.unlabeled_masks if batch.probe else None
         strong_images, strong_labels, strong_confidence, *strong_truth = self.strong_view(
@@ -129,5 +129,5 @@ class MeanTeacher(Method):
         ema_update(nets["teacher"], nets["student"], step, self.cfg.method.ema_alpha)
 
     def eval_network(self, nets: Networks) -> nn.Module:
-        """The teacher, as in the reference."""
+        """The teacher, as in the release."""
         return nets["teacher"]

@@ -57,7 +57,7 @@ class ConfusionMatrix:
 
         ``average="present"`` (our default): mean over the classes that occur in the ground truth
         (a class only predicted, never labeled, does not count; NaN when nothing was labeled).
-        ``average="all"``: the reference's plain mean over all C classes, NaN when any class is
+        ``average="all"``: the release's plain mean over all C classes, NaN when any class is
         absent from both ground truth and prediction.
         """
         iou = self.iou()

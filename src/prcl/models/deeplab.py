@@ -98,7 +98,7 @@ class Segmenter(nn.Module):
         low_level, deep = self.encoder(x)
         context = self.ASPP(deep)
         context = F.interpolate(context, size=low_level.shape[-2:], mode="bilinear", align_corners=True)
-        # Order as in the reference: low-level 48 channels first, then the 256 ASPP channels.
+        # Order as in the release: low-level 48 channels first, then the 256 ASPP channels.
         features = torch.cat([self.project(low_level), context], dim=1)
         return SegmenterOutput(self.classifier(features), self.representation(features), features)
 

@@ -2,7 +2,7 @@
 
 Applied on the 304-channel feature F (not detached). Each "linear" layer is a per-pixel linear map
 over channels, computed as a 1x1 convolution whose (out, in) weight matrix has its rows
-L2-normalised at every forward. Parameter names follow the reference's `uncer_head`
+L2-normalised at every forward. Parameter names follow the release's `uncer_head`
 (fc1, fc2 as plain (out, in) matrices, bn1, bn2, gamma, beta) so its weights load unchanged.
 """
 
@@ -32,7 +32,7 @@ class ProbabilityHead(nn.Module):
         self.bn2 = nn.BatchNorm2d(dim, affine=False)
         self.gamma = nn.Parameter(torch.ones(1))  # learnable scale
         self.beta = nn.Parameter(torch.zeros(1))  # learnable shift
-        # The reference's init (defaults, a = 0): row norms near sqrt(2). The rows are normalised in
+        # The release's init (defaults, a = 0): row norms near sqrt(2). The rows are normalised in
         # the forward, so the init leaves the outputs alone, but SGD turns a row by about lr / |w|^2
         # per step: smaller rows would make the soft-frozen head move several times faster.
         nn.init.kaiming_normal_(self.fc1)

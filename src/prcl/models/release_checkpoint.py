@@ -19,7 +19,7 @@ from prcl.errors import UserError
 if TYPE_CHECKING:
     from prcl.config import Config
 
-REFERENCE_ENCODER_PREFIX = "resnet_"
+RELEASE_ENCODER_PREFIX = "resnet_"
 ENCODER_PREFIX = "encoder.body."
 
 
@@ -27,17 +27,17 @@ def _swap_prefix(key: str, old: str, new: str) -> str:
     return new + key.removeprefix(old) if key.startswith(old) else key
 
 
-def student_state_from_reference(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Reference 'model'/'ema' state dict -> our Segmenter state dict (keys renamed, tensors shared)."""
-    return {_swap_prefix(k, REFERENCE_ENCODER_PREFIX, ENCODER_PREFIX): v for k, v in state.items()}
+def student_state_from_release(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Release 'model'/'ema' state dict -> our Segmenter state dict (keys renamed, tensors shared)."""
+    return {_swap_prefix(k, RELEASE_ENCODER_PREFIX, ENCODER_PREFIX): v for k, v in state.items()}
 
 
-def reference_state_from_student(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Our Segmenter state dict -> reference layout (the inverse of `student_state_from_reference`)."""
-    return {_swap_prefix(k, ENCODER_PREFIX, REFERENCE_ENCODER_PREFIX): v for k, v in state.items()}
+def release_state_from_student(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Our Segmenter state dict -> release layout (the inverse of `student_state_from_release`)."""
+    return {_swap_prefix(k, ENCODER_PREFIX, RELEASE_ENCODER_PREFIX): v for k, v in state.items()}
 
 
-def load_reference_checkpoint(path: str | Path) -> dict[str, dict[str, torch.Tensor]]:
+def load_release_checkpoint(path: str | Path) -> dict[str, dict[str, torch.Tensor]]:
     """Read the authors' release checkpoint: {'model', 'ema', 'probability_head'} in our key layout.
 
     Load the results with `segmenter.load_state_dict(result['ema'])` and
@@ -46,23 +46,23 @@ def load_reference_checkpoint(path: str | Path) -> dict[str, dict[str, torch.Ten
     path = Path(path)
     if not path.is_file():
         raise UserError(
-            f"reference checkpoint {path} does not exist; give the path of the authors' .pth file"
+            f"release checkpoint {path} does not exist; give the path of the authors' .pth file"
         )
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # any unreadable file is the user's to fix
         raise UserError(
-            f"reference checkpoint {path} cannot be read with torch.load(weights_only=True) "
+            f"release checkpoint {path} cannot be read with torch.load(weights_only=True) "
             f"({type(error).__name__}); check that the file is complete"
         ) from None
     needed = ("model", "ema", "uncer_head")
     if not isinstance(checkpoint, Mapping) or not all(isinstance(checkpoint.get(k), Mapping) for k in needed):
         raise UserError(
-            f"reference checkpoint {path} lacks the entries {list(needed)}; give the authors' release file"
+            f"release checkpoint {path} lacks the entries {list(needed)}; give the authors' release file"
         )
     return {
-        "model": student_state_from_reference(checkpoint["model"]),
-        "ema": student_state_from_reference(checkpoint["ema"]),
+        "model": student_state_from_release(checkpoint["model"]),
+        "ema": student_state_from_release(checkpoint["ema"]),
         "probability_head": dict(checkpoint["uncer_head"]),
     }
 
@@ -75,6 +75,8 @@ RELEASE_NUM_CLASSES = 21
 RELEASE_OUTPUT_STRIDE = 16
 # Not a training checkpoint (no optimizer, step or RNG state): `prcl train --resume` refuses it
 # with one line, since the trainer resumes only its own format (prcl.engine.trainer.CHECKPOINT_FORMAT).
+# This value and the "source" prefix below keep their old word ("reference"): they are written into
+# converted files, and files converted before the rename carry them.
 CONVERTED_FORMAT = "prcl-converted-reference-1"
 _RELEASE_KEYS = {
     "data.dataset": "voc",
@@ -133,7 +135,7 @@ def release_config(overrides: list[str] | tuple[str, ...] = ()) -> Config:
     return cfg
 
 
-def convert_reference_checkpoint(
+def convert_release_checkpoint(
     path: str | Path, out: str | Path, overrides: list[str] | tuple[str, ...] = ()
 ) -> dict:
     """Convert the authors' release checkpoint ``path`` into a prcl checkpoint written atomically to ``out``.
@@ -157,19 +159,19 @@ def convert_reference_checkpoint(
     if out.exists() and path.exists() and out.resolve() == path.resolve():
         raise UserError(f"--out {out} is the release file itself; write the converted checkpoint to another file")
     cfg = release_config(overrides)
-    release = load_reference_checkpoint(path)
+    release = load_release_checkpoint(path)
     segmenter = build_segmenter(RELEASE_ENCODER, RELEASE_NUM_CLASSES, RELEASE_OUTPUT_STRIDE, weights=None)
     head = ProbabilityHead()
     expected = {"model": segmenter.state_dict(), "ema": segmenter.state_dict(), "probability_head": head.state_dict()}
     release_names = {"model": "model", "ema": "ema", "probability_head": "uncer_head"}
     for entry, module in (("model", segmenter), ("ema", segmenter), ("probability_head", head)):
-        where = f"reference checkpoint {path}: its '{release_names[entry]}' entry does not fit"
+        where = f"release checkpoint {path}: its '{release_names[entry]}' entry does not fit"
         target = "ProbabilityHead()" if entry == "probability_head" else (
             f"the ResNet-101 DeepLabV3+ with {RELEASE_NUM_CLASSES} classes (the VOC release)")
         difference = _layout_difference(release[entry], expected[entry])
         if entry != "probability_head" and difference is not None:
             # our key names, shown as the release's
-            difference = difference.replace(ENCODER_PREFIX, REFERENCE_ENCODER_PREFIX)
+            difference = difference.replace(ENCODER_PREFIX, RELEASE_ENCODER_PREFIX)
         if difference is not None:
             raise UserError(f"{where} {target}: {difference}{_release_hint(difference)}")
         try:

@@ -1,6 +1,6 @@
 """The authors' PRCL loss algorithm, re-expressed for comparison only (not used by the package).
 
-It follows the reference's steps and costs: one-hot labels, a Python loop over classes, per-class
+It follows the release's steps and costs: one-hot labels, a Python loop over classes, per-class
 boolean gathers, negatives sampled by a per-anchor, per-class NumPy loop, and the negative keys
 materialised as (num_queries, 1 + num_negatives, D) tensors that autograd keeps for the backward.
 """
@@ -27,7 +27,7 @@ def _negative_positions(counts_per_anchor: torch.Tensor, class_sizes: list[int])
     return positions
 
 
-def reference_prcl_loss(mu, var, labels, valid, prob, num_queries=256, num_negatives=512,
+def release_prcl_loss(mu, var, labels, valid, prob, num_queries=256, num_negatives=512,
                         temperature=100.0, strong_threshold=0.8):
     """Same inputs as prcl.losses.PRCLLoss.forward."""
     num_classes, dim = prob.shape[1], mu.shape[1]

@@ -1,4 +1,4 @@
-"""`prcl convert-reference`: the authors' release checkpoint -> a prcl checkpoint with identical outputs."""
+"""`prcl convert-release`: the authors' release checkpoint -> a prcl checkpoint with identical outputs."""
 
 from __future__ import annotations
 
@@ -13,9 +13,9 @@ from prcl.data.datasets import VOC_CLASS_NAMES
 from prcl.engine.trainer import CHECKPOINT_FORMAT
 from prcl.infer import Predictor
 from prcl.models import ProbabilityHead, build_segmenter
-from prcl.models.reference_checkpoint import (
-    reference_state_from_student,
-    student_state_from_reference,
+from prcl.models.release_checkpoint import (
+    release_state_from_student,
+    student_state_from_release,
 )
 
 
@@ -45,8 +45,8 @@ def release(tmp_path_factory):
     head = ProbabilityHead()
     content = {
         "epoch": 199,
-        "model": reference_state_from_student(_random_state(student, seed=1)),
-        "ema": reference_state_from_student(_random_state(student, seed=2)),
+        "model": release_state_from_student(_random_state(student, seed=1)),
+        "ema": release_state_from_student(_random_state(student, seed=2)),
         "uncer_head": _random_state(head, seed=3),
         "optimizer": {}, "lr_scheduler": {},
     }
@@ -59,13 +59,13 @@ def release(tmp_path_factory):
 def converted(release, tmp_path_factory):
     path, _ = release
     out = tmp_path_factory.mktemp("converted") / "sub" / "converted.pt"
-    assert main(["convert-reference", str(path), "--out", str(out), "data.root=/data/VOC2012"]) == 0
+    assert main(["convert-release", str(path), "--out", str(out), "data.root=/data/VOC2012"]) == 0
     return out
 
 
 def _by_hand(content: dict, entry: str) -> tuple[torch.nn.Module, ProbabilityHead]:
     model = build_segmenter("resnet101", 21, 16)
-    model.load_state_dict(student_state_from_reference(content[entry]))  # strict
+    model.load_state_dict(student_state_from_release(content[entry]))  # strict
     head = ProbabilityHead()
     head.load_state_dict(content["uncer_head"])  # strict
     return model.eval(), head.eval()
@@ -82,7 +82,7 @@ def test_converted_checkpoint_holds_the_release_under_prcl_names(release, conver
     assert config["data"]["dataset"] == "voc" and config["data"]["num_classes"] == 21
     assert config["data"]["root"] == "/data/VOC2012" and config["method"]["name"] == "prcl"
     for ours, theirs in (("student", "model"), ("teacher", "ema")):
-        expected = student_state_from_reference(content[theirs])
+        expected = student_state_from_release(content[theirs])
         assert state[ours].keys() == expected.keys()
         assert all(torch.equal(state[ours][k], expected[k]) for k in expected)
     assert all(torch.equal(state["probability_head"][k], v) for k, v in content["uncer_head"].items())
@@ -130,7 +130,7 @@ def test_release_with_19_classes_is_refused(release, tmp_path, capsys):
     path = tmp_path / "cityscapes.pth"
     torch.save(other, path)
     out = tmp_path / "out.pt"
-    assert main(["convert-reference", str(path), "--out", str(out)]) == 2
+    assert main(["convert-release", str(path), "--out", str(out)]) == 2
     err = _one_line_error(capsys)
     assert str(path) in err and "classifier.3.weight has shape (19, 256, 1, 1), expected (21, 256, 1, 1)" in err
     assert not out.exists()
@@ -138,10 +138,10 @@ def test_release_with_19_classes_is_refused(release, tmp_path, capsys):
 
 def test_release_of_another_encoder_is_refused(tmp_path, capsys):
     student = build_segmenter("resnet18", num_classes=21, output_stride=16)
-    state = reference_state_from_student(student.state_dict())
+    state = release_state_from_student(student.state_dict())
     path = tmp_path / "resnet18.pth"
     torch.save({"model": state, "ema": state, "uncer_head": ProbabilityHead().state_dict()}, path)
-    assert main(["convert-reference", str(path), "--out", str(tmp_path / "out.pt")]) == 2
+    assert main(["convert-release", str(path), "--out", str(tmp_path / "out.pt")]) == 2
     err = _one_line_error(capsys)
     assert str(path) in err and "'model' entry" in err and "missing" in err
 
@@ -150,10 +150,10 @@ def test_file_that_is_not_a_release_checkpoint_is_refused(tmp_path, capsys):
     path = tmp_path / "weights.pth"
     torch.save({"state_dict": {"w": torch.zeros(2)}}, path)
     out = tmp_path / "out.pt"
-    assert main(["convert-reference", str(path), "--out", str(out)]) == 2
+    assert main(["convert-release", str(path), "--out", str(out)]) == 2
     assert str(path) in _one_line_error(capsys)
     (tmp_path / "text.pth").write_text("not a checkpoint")
-    assert main(["convert-reference", str(tmp_path / "text.pth"), "--out", str(out)]) == 2
+    assert main(["convert-release", str(tmp_path / "text.pth"), "--out", str(out)]) == 2
     assert "text.pth" in _one_line_error(capsys)
     assert not out.exists()
 
@@ -161,16 +161,16 @@ def test_file_that_is_not_a_release_checkpoint_is_refused(tmp_path, capsys):
 def test_unwritable_out_is_refused_before_reading(tmp_path, capsys):
     blocker = tmp_path / "file"
     blocker.write_text("x")
-    assert main(["convert-reference", str(tmp_path / "missing.pth"), "--out", str(blocker / "out.pt")]) == 2
+    assert main(["convert-release", str(tmp_path / "missing.pth"), "--out", str(blocker / "out.pt")]) == 2
     err = _one_line_error(capsys)
     assert "--out" in err and "missing.pth" not in err
-    assert main(["convert-reference", str(tmp_path / "missing.pth"), "--out", str(tmp_path / "o.pt")]) == 2
+    assert main(["convert-release", str(tmp_path / "missing.pth"), "--out", str(tmp_path / "o.pt")]) == 2
     assert "missing.pth does not exist" in _one_line_error(capsys)
 
 
 def test_architecture_overrides_are_refused(tmp_path, capsys):
     out = tmp_path / "o.pt"
-    assert main(["convert-reference", str(tmp_path / "r.pth"), "--out", str(out), "model.encoder=resnet50"]) == 2
+    assert main(["convert-release", str(tmp_path / "r.pth"), "--out", str(out), "model.encoder=resnet50"]) == 2
     assert "model.encoder" in _one_line_error(capsys)
 
 
