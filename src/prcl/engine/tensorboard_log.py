@@ -41,7 +41,8 @@ def prediction_rows(model: nn.Module, dataset: Dataset, cfg: Config, device: tor
         image, label = item["image"][None].to(device).float(), item["mask"][None].to(device).long()
         if e.protocol == "center":
             image, label = crop_for_protocol(image, label, "center", e.window)
-        prediction = average_views(map_fn, image, protocol, e.window, e.stride, e.flip, tuple(e.scales)).argmax(1)
+        maps = average_views(map_fn, image, protocol, e.window, e.stride, e.flip, tuple(e.scales))
+        prediction = maps.max(dim=1).indices  # argmax's first maximum, faster on CPU (engine/evaluate.py)
         tiles = [denormalize(image[0], IMAGENET_MEAN, IMAGENET_STD), colorize(label[0].cpu().numpy(), num_classes),
                  colorize(prediction[0].cpu().numpy(), num_classes)]
         rows.append(np.asarray(make_grid([tiles], ["image", "label", "prediction"], scale=1)))
