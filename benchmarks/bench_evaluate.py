@@ -75,27 +75,23 @@ def main() -> None:
         def evaluate_once(with_head: bool) -> dict:
             return evaluate(model, loader, args.classes, device, variance=mean_variance(head) if with_head else None)
 
-    def timed(variance: bool) -> float:
+    def timed(with_head: bool) -> float:
         sync()
         started = time.perf_counter()
-        result = evaluate_once(variance)
+        result = evaluate_once(with_head)
         sync()
-        assert ("uncertainty" in result) == variance
+        assert ("uncertainty" in result) == with_head
         return (time.perf_counter() - started) / images
 
     timed(False)  # warm-up: first calls allocate and pick kernels
     timed(True)
     without, with_, ratios = [], [], []
     for round_index in range(args.rounds):
-        if round_index % 2 == 0:
-            a = timed(False)
-            b = timed(True)
-        else:
-            b = timed(True)
-            a = timed(False)
-        without.append(a)
-        with_.append(b)
-        ratios.append(b / a)
+        order = (False, True) if round_index % 2 == 0 else (True, False)
+        seconds = {with_head: timed(with_head) for with_head in order}
+        without.append(seconds[False])
+        with_.append(seconds[True])
+        ratios.append(seconds[True] / seconds[False])
     print(f"{device_name(device)}, {described}, {args.rounds} rounds")
     print(f"without uncertainty: {1000 * statistics.median(without):.1f} ms per image")
     print(f"with uncertainty:    {1000 * statistics.median(with_):.1f} ms per image")

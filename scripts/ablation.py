@@ -92,12 +92,13 @@ def run_all(jobs: list[tuple[str, list[str], int]], out: Path, work: Path, commo
     return results
 
 
-def spread(values: list[float]) -> str:
+def spread(values: list[float], digits: int = 1) -> str:
+    """Mean ± standard deviation over seeds ("-" for none, the value alone for one)."""
     if not values:
         return "-"
     if len(values) == 1:
-        return f"{values[0]:.1f}"
-    return f"{statistics.mean(values):.1f} ± {statistics.stdev(values):.1f}"
+        return f"{values[0]:.{digits}f}"
+    return f"{statistics.mean(values):.{digits}f} ± {statistics.stdev(values):.{digits}f}"
 
 
 def at(points: list | None, which: int) -> str:
@@ -105,10 +106,7 @@ def at(points: list | None, which: int) -> str:
 
 
 def auroc(runs: list[dict], key: str) -> str:
-    values = [r[key] for r in runs if key in r]
-    if not values:
-        return "-"
-    return f"{values[0]:.2f}" if len(values) == 1 else f"{statistics.mean(values):.2f} ± {statistics.stdev(values):.2f}"
+    return spread([r[key] for r in runs if key in r], digits=2)
 
 
 def table(results: list[dict], rows: list[str]) -> str:

@@ -12,7 +12,7 @@ from prcl.config import load_config
 def cmd_train(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, args.overrides)  # read and checked before torch is imported
 
-    from prcl.engine import distributed
+    from prcl import distributed
     from prcl.engine.trainer import Trainer, TrainingInterrupted
 
     try:

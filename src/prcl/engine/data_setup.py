@@ -7,6 +7,7 @@ from pathlib import Path
 
 from torch.utils.data import Dataset
 
+from prcl import distributed
 from prcl.config import Config
 from prcl.data import (
     CityscapesDataset,
@@ -27,7 +28,6 @@ from prcl.data.published import PUBLISHED_COUNTS, published_splits, published_va
 from prcl.data.splits import describe_missing, missing_split_files
 from prcl.errors import UserError
 
-from . import distributed
 
 
 @dataclass

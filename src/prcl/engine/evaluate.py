@@ -1,7 +1,7 @@
 """Evaluation: a model scored over a dataset under an inference protocol (prcl.infer.protocols).
 
 :func:`evaluate` runs the protocol's path (:func:`~prcl.infer.protocols.dense_maps` ->
-:func:`~prcl.infer.protocols.average_views` -> argmax) over a loader into a
+:func:`~prcl.infer.protocols.average_views` -> :func:`~prcl.infer.protocols.class_map`) over a loader into a
 :class:`~prcl.metrics.ConfusionMatrix`; :func:`evaluate_model` scores a dataset; under torchrun each
 rank scores every world_size-th image and the counts are summed.
 """
@@ -17,12 +17,13 @@ import torch.distributed as dist
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
-from prcl.engine.distributed import is_distributed, rank, world_size
+from prcl.distributed import is_distributed, rank, world_size
 from prcl.engine.sampling import ignore_stop_signals
 from prcl.infer.protocols import (
     INFERENCE_PROTOCOLS,
     PROTOCOLS,
     average_views,
+    class_map,
     crop_for_protocol,
     dense_maps,
     mean_variance,
@@ -93,9 +94,7 @@ def evaluate(
         image, label = crop_for_protocol(image, label, protocol, window, generator)
         maps = average_views(map_fn, image, inference_protocol, window, stride, flip, scales)
         probabilities = maps[:, :num_classes]
-        # max(dim=1).indices, the first maximum as argmax gives, is 20x faster on CPU (1.4 vs 0.075 ms on
-        # a 6 x 96 x 96 map, torch 2.14, docs/benchmarks.md)
-        confusion.update(probabilities.max(dim=1).indices, label)
+        confusion.update(class_map(probabilities), label)
         if meter is not None:
             meter.update(probabilities, label, maps[:, num_classes])
         images += image.shape[0]

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
-from prcl.infer.protocols import INFERENCE_PROTOCOLS, average_views, crop_for_protocol, dense_maps
+from prcl.infer.protocols import INFERENCE_PROTOCOLS, average_views, class_map, crop_for_protocol, dense_maps
 
 if TYPE_CHECKING:
     from prcl.config import Config
@@ -41,8 +41,7 @@ def prediction_rows(model: nn.Module, dataset: Dataset, cfg: Config, device: tor
         image, label = item["image"][None].to(device).float(), item["mask"][None].to(device).long()
         if e.protocol == "center":
             image, label = crop_for_protocol(image, label, "center", e.window)
-        maps = average_views(map_fn, image, protocol, e.window, e.stride, e.flip, tuple(e.scales))
-        prediction = maps.max(dim=1).indices  # argmax's first maximum, faster on CPU (engine/evaluate.py)
+        prediction = class_map(average_views(map_fn, image, protocol, e.window, e.stride, e.flip, tuple(e.scales)))
         tiles = [denormalize(image[0], IMAGENET_MEAN, IMAGENET_STD), colorize(label[0].cpu().numpy(), num_classes),
                  colorize(prediction[0].cpu().numpy(), num_classes)]
         rows.append(np.asarray(make_grid([tiles], ["image", "label", "prediction"], scale=1)))

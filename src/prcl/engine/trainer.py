@@ -28,6 +28,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import Dataset
 from tqdm import tqdm
 
+from prcl import distributed
 from prcl.checkpoint import capture_rng_state, load_checkpoint, restore_rng_state, save_checkpoint
 from prcl.config import (
     Config,
@@ -44,7 +45,6 @@ from prcl.methods import Networks, StepInput, build_method
 from prcl.models import build_segmenter, unwrap_model
 from prcl.schedules import describe_schedule, due, poly_lr, schedule_progress
 
-from . import distributed
 from .data_setup import build_run_data
 from .evaluate import evaluate_model
 from .sampling import mixed_seed, step_loader

@@ -17,7 +17,7 @@ to the input size (bilinear, align_corners=True) before averaging.
 
 One path serves training, ``prcl eval`` and the Predictor: :func:`dense_maps` (model -> softmax
 probabilities at the input size, plus optional extra maps) -> :func:`average_views` (scales x
-flips x sliding windows) -> argmax (scored by :func:`prcl.engine.evaluate.evaluate`).
+flips x sliding windows) -> :func:`class_map` (scored by :func:`prcl.engine.evaluate.evaluate`).
 """
 
 from __future__ import annotations
@@ -152,6 +152,16 @@ def average_views(
             views += 1
     assert total is not None
     return total / views
+
+
+def class_map(maps: torch.Tensor) -> torch.Tensor:
+    """The predicted class of each pixel: (N, K, H, W) averaged maps -> (N, H, W) int64, argmax over dim 1.
+
+    Taken as ``max(dim=1).indices`` (the first maximum, as argmax): on CPU, with torch 2.14, argmax over
+    the channels of an NCHW map is about 20 times slower (1.45 against 0.075 ms on 6 x 96 x 96,
+    docs/benchmarks.md).
+    """
+    return maps.max(dim=1).indices
 
 
 def crop_for_protocol(

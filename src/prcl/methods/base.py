@@ -36,8 +36,9 @@ class StepInput:
     step: 0-based index of this step (the schedules read it).
     generator: torch.Generator on the device for the method's own sampling.
     probe: this step is logged; a method may add diagnostics that cost extra work.
-    unlabeled_masks: (Bu, H, W) int64 ground truth of the unlabeled images, -1 = ignore, where the
-      data has it (the demo, VOC): never trained on, read only by the probe at logged steps.
+    unlabeled_masks: (Bu, H, W) int64 ground truth of the unlabeled images, -1 = ignore, given at
+      probe steps only (None otherwise) and where the data has it (the demo, VOC): never trained
+      on, read only by the probe.
     """
 
     labeled_images: torch.Tensor

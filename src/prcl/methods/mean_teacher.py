@@ -92,7 +92,7 @@ class MeanTeacher(Method):
         """
         teacher = nets["teacher"].train()  # as the release: the teacher's BatchNorm uses batch statistics
         pseudo_labels, confidence = teacher_pseudo_labels(teacher, batch.unlabeled_images)
-        truth = batch.unlabeled_masks if batch.probe else None
+        truth = batch.unlabeled_masks  # given at probe steps only
         strong_images, strong_labels, strong_confidence, *strong_truth = self.strong_view(
             batch.unlabeled_images, pseudo_labels, confidence, generator=batch.generator, true_labels=truth)
         student = nets["student"]

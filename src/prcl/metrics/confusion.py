@@ -7,6 +7,8 @@ import math
 import torch
 import torch.distributed as dist
 
+from prcl.distributed import is_distributed
+
 
 class ConfusionMatrix:
     """A (C, C) int64 count matrix on ``device``: rows are ground-truth classes, columns predictions.
@@ -38,7 +40,7 @@ class ConfusionMatrix:
 
     def all_reduce(self) -> None:
         """Sum the counts over all ranks (no-op without an initialised process group)."""
-        if dist.is_available() and dist.is_initialized():
+        if is_distributed():
             dist.all_reduce(self.matrix, op=dist.ReduceOp.SUM)
 
     def iou(self) -> torch.Tensor:

@@ -25,6 +25,8 @@ import math
 import torch
 import torch.distributed as dist
 
+from prcl.distributed import is_distributed
+
 SCORES = ("variance", "one_minus_max_prob", "entropy")
 
 
@@ -117,7 +119,7 @@ class UncertaintyMeter:
 
     def all_reduce(self) -> None:
         """Sum the counts over processes (call once, after the last update, on every process)."""
-        if not (dist.is_available() and dist.is_initialized()):
+        if not is_distributed():
             return
         for name in SCORES:
             dist.all_reduce(self.histograms[name], op=dist.ReduceOp.SUM)
