@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import math
 
 import numpy as np
@@ -198,6 +199,32 @@ def test_probability_head_matches_formula_and_is_in_unit_interval():
     assert torch.all(var > 0) and torch.all(var < 1)
     head.eval()
     torch.testing.assert_close(head(x), _reference_probability_head(head, x))
+
+
+def test_eval_forward_folds_the_batch_norms_without_losing_precision():
+    """In eval mode the head folds its BNs into the linear maps (one matrix product per layer).
+
+    Both float32 forwards are measured against the layer-by-layer formula in float64: the folded one
+    only reorders float32 roundings, so its error must be of the order of the layer-by-layer
+    float32 error (at most 4 times it; a wrong fold, e.g. a missing shift, is off by O(0.1)).
+    Gradients still flow in eval mode (the export traces it; nobody should get a silent zero).
+    """
+    torch.manual_seed(0)
+    head = _randomise(ProbabilityHead(304, 256), norm_only=True).eval()
+    with torch.no_grad():
+        head.bn1.running_mean.normal_()
+        head.bn2.running_mean.normal_()
+        head.gamma.fill_(1.7)
+        head.beta.fill_(-0.4)
+    x = torch.randn(2, 304, 5, 6, requires_grad=True)
+    folded = head(x)
+    layer_by_layer = _reference_probability_head(head, x)
+    truth = _reference_probability_head(copy.deepcopy(head).double(), x.detach().double())
+    float32_error = float((layer_by_layer.detach().double() - truth).abs().max())
+    assert float((folded.detach().double() - truth).abs().max()) <= 4 * float32_error + torch.finfo(torch.float32).eps
+    folded.sum().backward()
+    assert x.grad is not None and torch.isfinite(x.grad).all() and x.grad.abs().sum() > 0
+    assert head.fc1.grad is not None and head.bn1.weight.grad is not None
 
 
 def test_probability_head_weight_rows_are_normalised():

@@ -111,6 +111,21 @@ def test_softmax_baselines_and_ece_against_direct_computations():
     assert "auroc_variance" not in result  # no variance given: not reported
 
 
+def test_a_given_prediction_counts_as_the_meters_own():
+    """Evaluation hands the meter its class map (saving a max): the counts must be those of the meter's own max."""
+    g = torch.Generator().manual_seed(2)
+    probabilities = (torch.randn(2, 5, 9, 7, generator=g) * 3).softmax(dim=1)
+    probabilities[0, :, 0, :3] = 0.2  # ties: every class equally likely
+    target = torch.randint(-1, 5, (2, 9, 7), generator=g)
+    variance = torch.rand(2, 9, 7, generator=g)
+    own, given = UncertaintyMeter(num_classes=5), UncertaintyMeter(num_classes=5)
+    own.update(probabilities, target, variance)
+    given.update(probabilities, target, variance, prediction=probabilities.max(dim=1).indices)
+    assert given.result() == own.result()
+    assert all(torch.equal(given.histograms[name], own.histograms[name]) for name in own.histograms)
+    assert torch.equal(given.calibration, own.calibration)
+
+
 def test_ece_is_zero_for_a_calibrated_bin_and_the_gap_otherwise():
     # 10 pixels at confidence 0.8 (one bin), 8 right: calibrated; then all right: gap 0.2
     probabilities = torch.tensor([0.8, 0.2]).view(1, 2, 1, 1).expand(1, 2, 1, 10).contiguous()

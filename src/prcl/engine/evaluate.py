@@ -94,9 +94,10 @@ def evaluate(
         image, label = crop_for_protocol(image, label, protocol, window, generator)
         maps = average_views(map_fn, image, inference_protocol, window, stride, flip, scales)
         probabilities = maps[:, :num_classes]
-        confusion.update(class_map(probabilities), label)
+        prediction = class_map(probabilities)
+        confusion.update(prediction, label)
         if meter is not None:
-            meter.update(probabilities, label, maps[:, num_classes])
+            meter.update(probabilities, label, maps[:, num_classes], prediction=prediction)
         images += image.shape[0]
 
     confusion.all_reduce()

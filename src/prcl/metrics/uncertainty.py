@@ -98,9 +98,16 @@ class UncertaintyMeter:
         self.calibration = torch.zeros(3, calibration_bins, dtype=torch.float64, device=device)
 
     @torch.no_grad()
-    def update(self, probabilities: torch.Tensor, target: torch.Tensor, variance: torch.Tensor | None = None) -> None:
+    def update(self, probabilities: torch.Tensor, target: torch.Tensor, variance: torch.Tensor | None = None,
+               prediction: torch.Tensor | None = None) -> None:
+        """Count one batch. ``prediction`` (N, H, W) int64: the class map, when the caller has it
+        (evaluation does; it is ``probabilities.max(dim=1).indices``), which saves a max over classes."""
         scored = target >= 0
-        confidence, prediction = probabilities.float().max(dim=1)
+        probabilities = probabilities.float()
+        if prediction is None:
+            confidence, prediction = probabilities.max(dim=1)
+        else:
+            confidence = probabilities.gather(1, prediction[:, None]).squeeze(1)
         wrong = prediction != target
         names = ["one_minus_max_prob", "entropy"] + (["variance"] if variance is not None else [])
         scores = [1.0 - confidence, normalised_entropy(probabilities)]
@@ -110,12 +117,15 @@ class UncertaintyMeter:
         for name, histogram in zip(names, counts):
             self.histograms[name] += histogram
             self.seen[name] = True
-        calibration_bins = self.calibration.shape[1]
-        index = _bin(confidence, calibration_bins).reshape(-1)
-        weight = scored.reshape(-1).double()  # pixels not scored weigh nothing
-        self.calibration[0] += torch.bincount(index, weights=weight, minlength=calibration_bins)
-        self.calibration[1] += torch.bincount(index, weights=weight * (~wrong).reshape(-1), minlength=calibration_bins)
-        self.calibration[2] += torch.bincount(index, weights=weight * confidence.reshape(-1), minlength=calibration_bins)
+        # Calibration slots: confidence bin b of a wrong pixel is b, of a right one bins + b; not scored: 2 bins.
+        bins = self.calibration.shape[1]
+        index = _bin(confidence, bins).reshape(-1) + bins * (~wrong).reshape(-1)
+        index = torch.where(scored.reshape(-1), index, 2 * bins)
+        pixels = torch.bincount(index, minlength=2 * bins + 1)[:2 * bins].view(2, bins)
+        confidence_sums = torch.bincount(index, weights=confidence.reshape(-1).double(), minlength=2 * bins + 1)
+        self.calibration[0] += pixels.sum(dim=0)
+        self.calibration[1] += pixels[1]
+        self.calibration[2] += confidence_sums[:2 * bins].view(2, bins).sum(dim=0)
 
     def all_reduce(self) -> None:
         """Sum the counts over processes (call once, after the last update, on every process)."""
