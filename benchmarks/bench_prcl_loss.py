@@ -67,9 +67,9 @@ def measure(what: str, device_name: str, repeats: int) -> dict:
             sys.path.insert(0, str(Path(__file__).parent))
             from release_algorithm import release_prcl_loss as loss_fn
         else:
-            from prcl.losses import PRCLLoss
+            from prcl.losses import ContrastOptions, PRCLLoss
 
-            loss_fn = PRCLLoss(kernel=what)
+            loss_fn = PRCLLoss(ContrastOptions(kernel=what))
 
         def step():
             loss_fn(mu, var, labels, valid, prob).backward()

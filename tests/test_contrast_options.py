@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import sys
 from pathlib import Path
@@ -9,12 +10,56 @@ from pathlib import Path
 import pytest
 import torch
 
-from prcl.losses import GlobalPrototypes, PRCLLoss, distribution_prototypes, gathered_mls, sample_contrast
+from prcl.losses import (
+    ContrastOptions,
+    GlobalPrototypes,
+    PRCLLoss,
+    distribution_prototypes,
+    gathered_mls,
+    sample_contrast,
+)
+from prcl.config import PRCLConfig, load_config
 from prcl.losses.prcl import _virtual_negatives
 from prcl.losses.prototypes import class_statistics
+from prcl.methods.prcl import PRCL
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from tiny_run import tiny_config  # noqa: E402
+
+
+# The keys of cfg.prcl that are not contrast options: lambda's schedule (prcl.schedules.contrast_weight)
+# and the variances the method hands the contrast.
+NOT_CONTRAST_OPTIONS = {"lambda_schedule", "max_value", "min_value", "ramp_mult", "begin_epoch", "max_epoch",
+                        "variance_scale", "deterministic"}
+
+# A value away from the default for every contrast option, as config overrides.
+CHANGED = {"temperature": 0.25, "num_queries": 7, "num_negatives": 9, "kernel": "chunked",
+           "prototype_variance": "mean", "global_prototypes": True, "gdp_decay": 0.125, "virtual_negatives": 3,
+           "vn_radius": 0.5, "vn_variance": "zero"}
+
+
+def test_every_contrast_key_of_the_config_is_an_option():
+    """A key added to cfg.prcl must be a ContrastOptions field (or be listed above as something else)."""
+    options = {field.name for field in dataclasses.fields(ContrastOptions)}
+    assert set(PRCLConfig.model_fields) - NOT_CONTRAST_OPTIONS == options - {"strong_threshold"}
+    assert set(CHANGED) == options - {"strong_threshold"}
+
+
+def test_prcl_hands_the_configured_options_to_the_loss_in_one_frozen_object():
+    defaults = ContrastOptions()
+    assert all(getattr(defaults, key) != value for key, value in CHANGED.items())
+    overrides = [f"prcl.{key}={str(value).lower() if isinstance(value, bool) else value}"
+                 for key, value in CHANGED.items()]
+    cfg = load_config(None, ["data.num_classes=3", "method.strong_threshold=0.625", *overrides])
+    contrast = PRCL(cfg).contrast
+    assert contrast.options == ContrastOptions(strong_threshold=0.625, **CHANGED)
+    assert contrast.global_prototypes.decay == 0.125 and contrast.global_prototypes.precision.shape[0] == 3
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        contrast.options.temperature = 1.0
+    # A point contrast keeps the variance in its prototypes, whatever prcl.prototype_variance says.
+    point = load_config(None, ["data.num_classes=3", "prcl.deterministic=true", "prcl.prototype_variance=fused"])
+    assert PRCL(point).contrast.options.prototype_variance == "mean"
+    assert PRCL(load_config(None, ["data.num_classes=3"])).contrast.options == defaults
 
 
 def _two_classes(mu0, mu1, var=0.5, pixels=32, hard=None):
@@ -39,7 +84,8 @@ def test_equal_means_leave_only_the_variance_gap():
     pixels, negatives, temperature, v = 32, 64, 0.5, 0.4
     same = torch.ones(pixels, 8)
     mu, var, labels, valid, prob = _two_classes(same, same, var=v, pixels=pixels)
-    loss_fn = PRCLLoss(num_queries=16, num_negatives=negatives, temperature=temperature, kernel="chunked")
+    loss_fn = PRCLLoss(ContrastOptions(num_queries=16, num_negatives=negatives, temperature=temperature,
+                                       kernel="chunked"))
     loss, details = loss_fn(mu, var, labels, valid, prob, generator=torch.Generator().manual_seed(0),
                             return_details=True)
     gap = 0.5 * math.log(2 * v / (v + v / pixels))
@@ -61,7 +107,8 @@ def _swap_margin(**options) -> float:
             own0[hard], own1[hard] = centre[1] + noise[0][hard], centre[0] + noise[1][hard]
         inputs = _two_classes(own0, own1, var=0.5, pixels=pixels, hard=hard)
         loss_options = {k: v for k, v in options.items() if k != "variance_scale"}
-        loss_fn = PRCLLoss(num_queries=32, num_negatives=64, temperature=0.5, kernel="chunked", **loss_options)
+        loss_fn = PRCLLoss(ContrastOptions(num_queries=32, num_negatives=64, temperature=0.5, kernel="chunked",
+                                           **loss_options))
         scale = options.get("variance_scale", 1.0)  # the method scales the head's variances
         mu, var, labels, valid, prob = inputs
         losses.append(loss_fn(mu, var * scale, labels, valid, prob, generator=torch.Generator().manual_seed(2)).item())
@@ -131,8 +178,8 @@ def test_virtual_negatives_are_appended_to_each_anchors_keys():
     g = torch.Generator().manual_seed(5)
     mu0, mu1 = torch.randn(16, 8, generator=g), torch.randn(16, 8, generator=g) + 2
     mu, var, labels, valid, prob = _two_classes(mu0, mu1, pixels=16)
-    sample = sample_contrast(mu, var, labels, valid, prob, num_queries=4, num_negatives=10, temperature=0.5,
-                             generator=g, virtual_negatives=3)
+    options = ContrastOptions(num_queries=4, num_negatives=10, temperature=0.5, virtual_negatives=3)
+    sample = sample_contrast(mu, var, labels, valid, prob, options, generator=g)
     assert sample.key_index.shape == (8, 1 + 10 + 3)
     pool_before = 32 + 2  # valid pixels, then the prototypes
     assert sample.key_mu.shape[0] == pool_before + 8 * 3
@@ -146,8 +193,8 @@ def test_deterministic_scores_are_a_scaled_negative_squared_distance():
     c = 0.5 / dim
     mu, var, labels, valid, prob = _two_classes(torch.randn(16, dim, generator=g), torch.randn(16, dim, generator=g),
                                                 var=c, pixels=16)
-    sample = sample_contrast(mu, var, labels, valid, prob, num_queries=4, num_negatives=6, temperature=0.5,
-                             generator=g, prototype_variance="mean")
+    options = ContrastOptions(num_queries=4, num_negatives=6, temperature=0.5, prototype_variance="mean")
+    sample = sample_contrast(mu, var, labels, valid, prob, options, generator=g)
     anchors = torch.nn.functional.normalize(mu.permute(0, 2, 3, 1)[tuple(i[sample.anchors] for i in sample.pixel_index)], dim=1)
     scores = gathered_mls(anchors, torch.full_like(anchors, c), sample.key_mu, sample.key_var, sample.key_index, "chunked")
     distance = (anchors[:, None] - sample.key_mu[sample.key_index]).square().sum(-1)

@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from prcl.losses import (
+    ContrastOptions,
     PRCLLoss,
     distribution_prototypes,
     gathered_mls,
@@ -69,7 +70,7 @@ def test_fewer_than_two_classes_gives_a_zero_in_the_graph(present):
     if not present:
         valid = torch.zeros_like(valid)
     mu.requires_grad_(), var.requires_grad_()
-    loss = PRCLLoss(num_queries=8, num_negatives=16, kernel="chunked")(mu, var, labels, valid, prob)
+    loss = PRCLLoss(ContrastOptions(num_queries=8, num_negatives=16, kernel="chunked"))(mu, var, labels, valid, prob)
     assert loss.item() == 0.0 and loss.requires_grad
     loss.backward()
     assert mu.grad is not None and bool((mu.grad == 0).all()) and bool((var.grad == 0).all())
@@ -96,8 +97,8 @@ def two_constant_classes(easy_second: bool):
 def test_closed_form_and_the_divisor(easy_second):
     m, v, mu, var, labels, valid, prob = two_constant_classes(easy_second)
     temperature, negatives, n = 0.5, 16, 18  # n pixels per class
-    loss = PRCLLoss(num_queries=4, num_negatives=negatives, temperature=temperature, kernel="chunked")(
-        mu, var, labels, valid, prob)
+    options = ContrastOptions(num_queries=4, num_negatives=negatives, temperature=temperature, kernel="chunked")
+    loss = PRCLLoss(options)(mu, var, labels, valid, prob)
 
     def class_term(c):
         proto_var = v[c] / n  # n identical Gaussians fused
@@ -112,8 +113,8 @@ def test_closed_form_and_the_divisor(easy_second):
 
 def test_anchors_come_from_valid_hard_pixels_only():
     mu, var, labels, valid, prob = random_maps(n=2, h=16, w=16, present=(0, 1, 4))
-    sample = sample_contrast(mu, var, labels, valid, prob, num_queries=200, num_negatives=8,
-                             strong_threshold=0.5, generator=torch.Generator().manual_seed(0))
+    options = ContrastOptions(num_queries=200, num_negatives=8, strong_threshold=0.5)
+    sample = sample_contrast(mu, var, labels, valid, prob, options, generator=torch.Generator().manual_seed(0))
     b, y, x = (index[sample.anchors] for index in sample.pixel_index)
     assert bool(valid[b, y, x].all())
     assert torch.equal(labels[b, y, x], sample.anchor_classes)
@@ -130,9 +131,8 @@ def test_negatives_follow_prototype_softmax_and_avoid_anchor_class_and_invalid_p
     shift = torch.randn(4, 8, generator=torch.Generator().manual_seed(5)) * 2
     mu = mu * 0.3 + shift[labels.clamp_min(0)].permute(0, 3, 1, 2)
     temperature = 0.05
-    sample = sample_contrast(mu, var, labels, valid, prob, num_queries=64, num_negatives=512,
-                             temperature=temperature, strong_threshold=1.01,
-                             generator=torch.Generator().manual_seed(1))
+    options = ContrastOptions(num_queries=64, num_negatives=512, temperature=temperature, strong_threshold=1.01)
+    sample = sample_contrast(mu, var, labels, valid, prob, options, generator=torch.Generator().manual_seed(1))
     b, y, x = sample.pixel_index
     negative_classes = sample.pixel_labels[sample.negatives]  # (A, K-1)
     assert bool((negative_classes != sample.anchor_classes[:, None]).all())
@@ -158,11 +158,11 @@ def test_negatives_follow_prototype_softmax_and_avoid_anchor_class_and_invalid_p
 def test_gradients_reach_mu_and_var_only_at_anchor_pixels():
     mu, var, labels, valid, prob = random_maps(n=2, h=10, w=10)
     mu.requires_grad_(), var.requires_grad_()
-    kwargs = dict(num_queries=6, num_negatives=32, temperature=0.5, strong_threshold=0.6)
-    loss = PRCLLoss(kernel="chunked", **kwargs)(mu, var, labels, valid, prob,
-                                                generator=torch.Generator().manual_seed(7))
+    options = ContrastOptions(num_queries=6, num_negatives=32, temperature=0.5, strong_threshold=0.6,
+                              kernel="chunked")
+    loss = PRCLLoss(options)(mu, var, labels, valid, prob, generator=torch.Generator().manual_seed(7))
     loss.backward()
-    sample = sample_contrast(mu, var, labels, valid, prob, generator=torch.Generator().manual_seed(7), **kwargs)
+    sample = sample_contrast(mu, var, labels, valid, prob, options, generator=torch.Generator().manual_seed(7))
     anchor_mask = torch.zeros_like(valid)
     anchor_mask[tuple(index[sample.anchors] for index in sample.pixel_index)] = True
     for grad in (mu.grad, var.grad):
@@ -176,7 +176,7 @@ def test_loss_is_finite_for_extreme_variances(level):
     mu, var, labels, valid, prob = random_maps()
     var = torch.full_like(var, level).requires_grad_()
     mu.requires_grad_()
-    loss = PRCLLoss(num_queries=8, num_negatives=32, kernel="chunked")(mu, var, labels, valid, prob)
+    loss = PRCLLoss(ContrastOptions(num_queries=8, num_negatives=32, kernel="chunked"))(mu, var, labels, valid, prob)
     loss.backward()
     assert math.isfinite(loss.item()) and loss.item() > 0
     assert bool(torch.isfinite(mu.grad).all()) and bool(torch.isfinite(var.grad).all())
@@ -202,7 +202,7 @@ def test_compiled_kernel_matches_chunked_kernel():
     results = []
     for kernel in ("chunked", "compiled"):
         m, v = mu.clone().requires_grad_(), var.clone().requires_grad_()
-        loss = PRCLLoss(num_queries=16, num_negatives=64, temperature=0.5, kernel=kernel)(
+        loss = PRCLLoss(ContrastOptions(num_queries=16, num_negatives=64, temperature=0.5, kernel=kernel))(
             m, v, labels, valid, prob, generator=torch.Generator().manual_seed(3))
         loss.backward()
         results.append((loss.detach(), m.grad, v.grad))

@@ -6,7 +6,7 @@ import torch
 
 from prcl.config import load_config
 from prcl.engine.trainer import autocast_dtype
-from prcl.losses import PRCLLoss, pseudo_label_loss
+from prcl.losses import ContrastOptions, PRCLLoss, pseudo_label_loss
 from prcl.methods import StepInput, build_method
 from prcl.models import build_segmenter
 
@@ -26,8 +26,8 @@ def test_losses_and_prototypes_stay_float32_under_autocast():
         var = (torch.rand(2, 16, 8, 8, generator=g) * 0.5 + 0.25).bfloat16().requires_grad_()
         labels = torch.randint(0, 3, (2, 8, 8), generator=g)
         prob = torch.softmax(torch.randn(2, 3, 8, 8, generator=g), 1)
-        contrast, details = PRCLLoss(num_queries=4, num_negatives=8, temperature=0.5, kernel="chunked")(
-            mu, var, labels, labels >= 0, prob, generator=g, return_details=True)
+        options = ContrastOptions(num_queries=4, num_negatives=8, temperature=0.5, kernel="chunked")
+        contrast, details = PRCLLoss(options)(mu, var, labels, labels >= 0, prob, generator=g, return_details=True)
         logits = torch.randn(2, 3, 8, 8, generator=g).bfloat16()
         unsup = pseudo_label_loss(logits, labels, torch.rand(2, 8, 8, generator=g), threshold=0.0)
     assert contrast.dtype == torch.float32 and details["variance_gap_loss"].dtype == torch.float32

@@ -103,8 +103,9 @@ class MethodConfig(_Section):
     # Confidence threshold of the pseudo-label loss (name kept from the release): each unlabeled image's
     # loss is weighted by the share of its pixels whose teacher confidence is at least this.
     un_threshold: Unit = 0.97
+    # prcl: an unlabeled pixel takes part in the contrast when its pseudo-label's confidence reaches this.
     weak_threshold: Unit = 0.7
-    strong_threshold: Unit = 0.8
+    strong_threshold: Unit = 0.8  # prcl: the contrast's anchors are below it (prcl.losses.ContrastOptions)
     mix: Literal["classmix", "cutmix", "cutout", "none"] = "classmix"
     strong_scale_range: Scales = Field(default_factory=lambda: [0.5, 1.5])
     # The strong view's padding where the rescale shrinks the image: reflect (the release) or zeros (the mean colour).
@@ -117,23 +118,27 @@ class MethodConfig(_Section):
 
 
 class PRCLConfig(_Section):
+    # The contrast's options: each one's meaning and default are written once, in the docstring of
+    # prcl.losses.ContrastOptions, which the PRCL method builds from the keys of the same names (all
+    # keys here but lambda's schedule, variance_scale and deterministic).
     temperature: Positive = 100.0
     num_queries: AtLeast(1) = 256
     num_negatives: AtLeast(1) = 512
+    # The schedule of lambda, the contrast's weight (prcl.schedules.contrast_weight), from here to max_epoch.
     lambda_schedule: Literal["ramp", "constant"] = "ramp"
     max_value: NonNegative = 1.0
     min_value: NonNegative = 0.0
     ramp_mult: Annotated[float, _must("be a finite number", math.isfinite)] = -5.0
     begin_epoch: NonNegative = 0.0
     max_epoch: float = 200.0
-    kernel: Literal["auto", "compiled", "chunked"] = "auto"
+    kernel: Literal["auto", "compiled", "chunked"] = "auto"  # a contrast option again
     # Options beyond the released method (docs/method.md); the defaults keep it.
-    variance_scale: Positive = 1.0  # the probability head's variances are multiplied by this (1/D: see docs)
-    prototype_variance: Literal["fused", "mean"] = "fused"  # mean: does not shrink with the pixel count
-    deterministic: bool = False  # no probability head: every variance 0.5 x variance_scale (point contrast)
-    global_prototypes: bool = False  # GDP: per-class Gaussians carried over training
-    gdp_decay: Fraction = 0.0  # GDP: forgetting of the accumulated statistics per step (0: accumulate)
-    virtual_negatives: AtLeast(0) = 0  # VN: samples per other class and anchor from its prototype Gaussian
+    variance_scale: Positive = 1.0  # method: the probability head's variances are multiplied by this (1/D: see docs)
+    prototype_variance: Literal["fused", "mean"] = "fused"
+    deterministic: bool = False  # method: no probability head, every variance 0.5 x variance_scale (point contrast)
+    global_prototypes: bool = False
+    gdp_decay: Fraction = 0.0
+    virtual_negatives: AtLeast(0) = 0
     vn_radius: NonNegative = 1.0
     vn_variance: Literal["global", "zero"] = "global"
 

@@ -4,12 +4,14 @@ The weight of the contrastive loss over training (``ramp_weight``) lives in :mod
 """
 
 from .mls import mutual_likelihood_score
+from .options import ContrastOptions
 from .prcl import ContrastSample, PRCLLoss, sample_contrast
 from .prototypes import GlobalPrototypes, distribution_prototypes, prototype_statistics
 from .pseudo_label import pseudo_label_loss
 from .scores import gathered_mls
 
 __all__ = [
+    "ContrastOptions",
     "ContrastSample",
     "GlobalPrototypes",
     "PRCLLoss",

@@ -16,6 +16,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .mls import mutual_likelihood_score
+from .options import ContrastOptions
 from .prototypes import GlobalPrototypes, class_statistics, prototypes_from_statistics
 from .scores import KERNELS, gathered_mls
 
@@ -65,23 +66,20 @@ def _group_layout(groups: torch.Tensor, num_groups: int) -> tuple[torch.Tensor, 
 
 @torch.no_grad()
 def sample_contrast(mu: torch.Tensor, var: torch.Tensor, labels: torch.Tensor, valid: torch.Tensor,
-                    prob: torch.Tensor, num_queries: int = 256, num_negatives: int = 512,
-                    temperature: float = 100.0, strong_threshold: float = 0.8,
-                    generator: torch.Generator | None = None, *, prototype_variance: str = "fused",
-                    global_prototypes: GlobalPrototypes | None = None, virtual_negatives: int = 0,
-                    vn_radius: float = 1.0, vn_variance: str = "global") -> ContrastSample | None:
+                    prob: torch.Tensor, options: ContrastOptions = ContrastOptions(),
+                    generator: torch.Generator | None = None, *,
+                    global_prototypes: GlobalPrototypes | None = None) -> ContrastSample | None:
     """Draw anchors and negatives for the PRCL loss. Shapes as in ``PRCLLoss.forward``.
 
-    Options beyond the AAAI method (docs/method.md): ``prototype_variance`` ("fused", the
-    release, or "mean", which does not shrink with the class's pixel count); ``global_prototypes``
-    (GDP: the batch statistics are fused into this state, whose prototypes then serve as positives
-    and for negative-class sampling); ``virtual_negatives`` per other class and anchor, drawn from
-    the (global) prototype Gaussians at radius ``vn_radius``, with key variance the prototype's
-    ("global") or 0 ("zero").
+    ``options``: see :class:`ContrastOptions` (``kernel`` is not used here). ``global_prototypes``:
+    the GDP state (``PRCLLoss`` holds it when ``options.global_prototypes``); when given, the batch
+    statistics are fused into it and its prototypes serve as the positives and for the
+    negative-class sampling; None: the batch's own prototypes.
 
     Returns None when fewer than two classes are present or no class has a hard pixel.
     Prototypes are all-reduced over ranks, so every rank must call this at the same step.
     """
+    num_queries, num_negatives = options.num_queries, options.num_negatives
     num_classes = prob.shape[1]
     batch_idx, row_idx, col_idx = (valid & (labels >= 0)).nonzero(as_tuple=True)
     pixel_labels = labels[batch_idx, row_idx, col_idx]  # (P,)
@@ -93,10 +91,10 @@ def sample_contrast(mu: torch.Tensor, var: torch.Tensor, labels: torch.Tensor, v
     statistics = class_statistics(pixel_mu, pixel_var, pixel_labels, num_classes)
     if global_prototypes is not None:
         global_prototypes.update(*statistics)
-        proto_mu, proto_var = global_prototypes.prototypes(prototype_variance)
+        proto_mu, proto_var = global_prototypes.prototypes(options.prototype_variance)
         has_prototype = global_prototypes.seen()
     else:
-        proto_mu, proto_var = prototypes_from_statistics(*statistics, variance=prototype_variance)
+        proto_mu, proto_var = prototypes_from_statistics(*statistics, variance=options.prototype_variance)
         has_prototype = statistics[2] > 0
 
     order = torch.argsort(pixel_labels, stable=True)  # valid pixels sorted by class
@@ -108,7 +106,7 @@ def sample_contrast(mu: torch.Tensor, var: torch.Tensor, labels: torch.Tensor, v
 
     # Anchors: hard pixels (own-class probability below the strong threshold), uniform per class.
     own_prob = prob[batch_idx, pixel_labels, row_idx, col_idx]
-    hard_order = order[own_prob[order] < strong_threshold]  # hard pixels, still sorted by class
+    hard_order = order[own_prob[order] < options.strong_threshold]  # hard pixels, still sorted by class
     hard_offsets, hard_counts = _group_layout(pixel_labels[hard_order], num_classes)
     anchor_groups = (hard_counts > 0).nonzero().squeeze(1)  # (Ca,) classes that have anchors
     if anchor_groups.numel() == 0:
@@ -119,7 +117,7 @@ def sample_contrast(mu: torch.Tensor, var: torch.Tensor, labels: torch.Tensor, v
     # Negative classes: softmax over the other present classes of MLS(proto_c, proto_k) / T.
     present_mu, present_var = proto_mu[present], proto_var[present]
     proto_scores = mutual_likelihood_score(present_mu[:, None], present_var[:, None],
-                                           present_mu[None], present_var[None]) / temperature
+                                           present_mu[None], present_var[None]) / options.temperature
     proto_scores.fill_diagonal_(float("-inf"))
     slot = torch.full((num_classes,), -1, dtype=torch.long, device=mu.device)
     slot[present] = torch.arange(num_present, device=mu.device)
@@ -133,9 +131,10 @@ def sample_contrast(mu: torch.Tensor, var: torch.Tensor, labels: torch.Tensor, v
     key_mu = [F.normalize(pixel_mu, dim=1), F.normalize(proto_mu, dim=1)]
     key_var = [pixel_var, proto_var]
     key_index = [(pixel_labels.numel() + anchor_classes)[:, None], negatives]
-    if virtual_negatives > 0:
+    if options.virtual_negatives > 0:
         virtual_mu, virtual_var = _virtual_negatives(proto_mu, proto_var, has_prototype, anchor_classes,
-                                                     virtual_negatives, vn_radius, vn_variance, generator)
+                                                     options.virtual_negatives, options.vn_radius,
+                                                     options.vn_variance, generator)
         first = pixel_labels.numel() + num_classes
         key_mu.append(F.normalize(virtual_mu.flatten(0, 1), dim=1))
         key_var.append(virtual_var.flatten(0, 1))
@@ -180,33 +179,25 @@ class PRCLLoss(nn.Module):
     ``[MLS(anchor, prototype_c), MLS(anchor, negative_1..num_negatives)] / T``; negatives are valid
     pixels of other classes, their classes drawn with probabilities ``softmax_k(MLS(proto_c, proto_k) / T)``.
     Mean over anchors, sum over classes, divided by the number of classes present. Prototypes and
-    negatives carry no gradient; only anchors do.
+    negatives carry no gradient; only anchors do. With ``options.global_prototypes`` the GDP state
+    (``self.global_prototypes``, a :class:`GlobalPrototypes`) is this module's state_dict.
 
-    Options beyond the released method (defaults keep it; docs/method.md): ``prototype_variance``,
-    ``global_prototypes`` with ``gdp_decay`` (needs ``num_classes``), ``virtual_negatives`` with
-    ``vn_radius`` and ``vn_variance``; see :func:`sample_contrast`.
+    Args:
+        options: the contrast's options; their meanings and defaults are in :class:`ContrastOptions`.
+        num_classes: C, for the GDP state; needed only with ``options.global_prototypes``.
+        dim: D, the representation's channels, for the GDP state.
     """
 
-    def __init__(self, num_queries: int = 256, num_negatives: int = 512, temperature: float = 100.0,
-                 strong_threshold: float = 0.8, kernel: str = "auto", *, prototype_variance: str = "fused",
-                 global_prototypes: bool = False, num_classes: int | None = None, dim: int = 256,
-                 gdp_decay: float = 0.0, virtual_negatives: int = 0, vn_radius: float = 1.0,
-                 vn_variance: str = "global") -> None:
+    def __init__(self, options: ContrastOptions = ContrastOptions(), *, num_classes: int | None = None,
+                 dim: int = 256) -> None:
         super().__init__()
-        if kernel not in KERNELS:
-            raise ValueError(f"kernel must be one of {KERNELS}, got {kernel!r}")
-        if global_prototypes and num_classes is None:
+        if options.kernel not in KERNELS:
+            raise ValueError(f"kernel must be one of {KERNELS}, got {options.kernel!r}")
+        if options.global_prototypes and num_classes is None:
             raise ValueError("global_prototypes needs num_classes")
-        self.num_queries = num_queries
-        self.num_negatives = num_negatives
-        self.temperature = temperature
-        self.strong_threshold = strong_threshold
-        self.kernel = kernel
-        self.prototype_variance = prototype_variance
-        self.global_prototypes = GlobalPrototypes(num_classes, dim, gdp_decay) if global_prototypes else None
-        self.virtual_negatives = virtual_negatives
-        self.vn_radius = vn_radius
-        self.vn_variance = vn_variance
+        self.options = options
+        self.global_prototypes = (GlobalPrototypes(num_classes, dim, options.gdp_decay)
+                                  if options.global_prototypes else None)
 
     def forward(self, mu: torch.Tensor, var: torch.Tensor, labels: torch.Tensor, valid: torch.Tensor,
                 prob: torch.Tensor, generator: torch.Generator | None = None,
@@ -227,11 +218,8 @@ class PRCLLoss(nn.Module):
             scalar loss; a zero that belongs to the graph when fewer than two classes are present
             (or none has a hard pixel).
         """
-        sample = sample_contrast(mu, var, labels, valid, prob.detach(), self.num_queries, self.num_negatives,
-                                 self.temperature, self.strong_threshold, generator,
-                                 prototype_variance=self.prototype_variance, global_prototypes=self.global_prototypes,
-                                 virtual_negatives=self.virtual_negatives, vn_radius=self.vn_radius,
-                                 vn_variance=self.vn_variance)
+        sample = sample_contrast(mu, var, labels, valid, prob.detach(), self.options, generator,
+                                 global_prototypes=self.global_prototypes)
         if sample is None:
             zero = (mu.sum() + var.sum()) * 0.0
             return (zero, {}) if return_details else zero
@@ -245,14 +233,21 @@ class PRCLLoss(nn.Module):
         with torch.no_grad():
             gap = self._info_nce(torch.zeros_like(anchor_mu), anchor_var, torch.zeros_like(sample.key_mu),
                                  sample.key_var, sample)
-        anchor_classes = sample.anchors.numel() // self.num_queries
+        anchor_classes = sample.anchors.numel() // self.options.num_queries
         return loss, {"variance_gap_loss": gap, "anchors": float(sample.anchors.numel()),
                       "anchor_classes": float(anchor_classes), "present_classes": float(sample.num_present)}
 
-    def _info_nce(self, anchor_mu, anchor_var, key_mu, key_var, sample: ContrastSample) -> torch.Tensor:
-        """InfoNCE of the anchors (A, D) against their keys, the prototype (column 0) positive."""
-        scores = gathered_mls(anchor_mu, anchor_var, key_mu, key_var, sample.key_index, self.kernel) / self.temperature
+    def _info_nce(self, anchor_mu: torch.Tensor, anchor_var: torch.Tensor, key_mu: torch.Tensor,
+                  key_var: torch.Tensor, sample: ContrastSample) -> torch.Tensor:
+        """InfoNCE of the anchors against their keys, the prototype (column 0) positive; a scalar.
+
+        anchor_mu, anchor_var: (A, D); key_mu, key_var: (P + C [+ virtual], D), the pool that
+        ``sample.key_index`` (A, K) indexes.
+        """
+        options = self.options
+        scores = gathered_mls(anchor_mu, anchor_var, key_mu, key_var, sample.key_index, options.kernel)
+        scores = scores / options.temperature
         target = torch.zeros(scores.shape[0], dtype=torch.long, device=scores.device)
         per_anchor = F.cross_entropy(scores, target, reduction="none")
         # Every anchor class has num_queries anchors: mean per class, summed, over the classes present.
-        return per_anchor.sum() / (self.num_queries * sample.num_present)
+        return per_anchor.sum() / (options.num_queries * sample.num_present)

@@ -7,12 +7,13 @@ state carried across steps (global prototypes).
 
 from __future__ import annotations
 
+from dataclasses import fields, replace
 from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
-from prcl.losses import PRCLLoss
+from prcl.losses import ContrastOptions, PRCLLoss
 from prcl.models import ProbabilityHead
 from prcl.models.deeplab import FEATURE_CHANNELS, REPRESENTATION_DIM
 from prcl.schedules import contrast_weight
@@ -30,20 +31,12 @@ class PRCL(MeanTeacher):
 
     def __init__(self, cfg: Config) -> None:
         super().__init__(cfg)
-        p = cfg.prcl
         self.weak_threshold = cfg.method.weak_threshold
-        self.strong_threshold = cfg.method.strong_threshold
-        self.variance_scale = p.variance_scale
-        self.deterministic = p.deterministic
-        # A point contrast: every variance equal, so prototypes are plain means with that variance.
-        prototype_variance = "mean" if p.deterministic else p.prototype_variance
-        self.contrast = PRCLLoss(num_queries=p.num_queries, num_negatives=p.num_negatives,
-                                 temperature=p.temperature, strong_threshold=cfg.method.strong_threshold,
-                                 kernel=p.kernel, prototype_variance=prototype_variance,
-                                 global_prototypes=p.global_prototypes, num_classes=cfg.data.num_classes,
-                                 dim=REPRESENTATION_DIM, gdp_decay=p.gdp_decay,
-                                 virtual_negatives=p.virtual_negatives, vn_radius=p.vn_radius,
-                                 vn_variance=p.vn_variance)
+        # What the method hands the contrast: the head's variances times variance_scale, or, with
+        # deterministic, no head and every variance 0.5 x variance_scale.
+        self.variance_scale = cfg.prcl.variance_scale
+        self.deterministic = cfg.prcl.deterministic
+        self.contrast = PRCLLoss(contrast_options(cfg), num_classes=cfg.data.num_classes, dim=REPRESENTATION_DIM)
 
     def build_networks(self, student: nn.Module) -> Networks:
         nets = super().build_networks(student)
@@ -138,6 +131,18 @@ class PRCL(MeanTeacher):
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         if state:
             self.contrast.load_state_dict(state)
+
+
+def contrast_options(cfg: Config) -> ContrastOptions:
+    """The contrast's options: each field from the ``cfg.prcl`` key of its name, ``strong_threshold``
+    from ``cfg.method``; with ``prcl.deterministic``, prototype variance "mean".
+    """
+    options = ContrastOptions(strong_threshold=cfg.method.strong_threshold,
+                              **{field.name: getattr(cfg.prcl, field.name) for field in fields(ContrastOptions)
+                                 if field.name != "strong_threshold"})
+    if cfg.prcl.deterministic:  # a point contrast: every variance equal, and the prototypes keep it
+        options = replace(options, prototype_variance="mean")
+    return options
 
 
 def contrast_mask(labels: torch.Tensor, confidence: torch.Tensor, weak_threshold: float) -> torch.Tensor:
