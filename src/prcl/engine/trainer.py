@@ -4,15 +4,11 @@ The trainer knows no method: it builds the student, asks the method (``prcl.meth
 networks and optimiser groups, moves them to the device, wraps the trained ones for data
 parallelism, and then runs the method's step, the optimiser, and the method's post-step update.
 
-A run directory holds ``config.yaml`` (resolved), ``metrics.jsonl`` (one JSON object per logged step
-and per evaluation), ``checkpoints/last.pt`` and ``best.pt`` and, at the end, ``summary.json`` and ``curves.png``
-(with matplotlib); with tensorboard installed and ``train.tensorboard`` on, ``tensorboard/`` holds the scalars and, per
-evaluation, the predictions on the first validation images.
+What a run writes, and reads back when it resumes, is kept by ``prcl.engine.run_dir``.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import resource
 import signal
@@ -20,7 +16,6 @@ import sys
 import threading
 import time
 from contextlib import contextmanager, nullcontext
-from pathlib import Path
 
 import torch
 import torch.nn as nn
@@ -29,28 +24,19 @@ from torch.utils.data import Dataset
 from tqdm import tqdm
 
 from prcl import distributed
-from prcl.checkpoint import capture_rng_state, load_checkpoint, restore_rng_state, save_checkpoint
-from prcl.config import (
-    Config,
-    config_from_dict,
-    config_to_dict,
-    resume_conflicts,
-    resume_refusal,
-    save_config,
-)
-from prcl.data.validate import check_output_folder, validate_dataset_files
+from prcl.checkpoint import capture_rng_state, restore_rng_state, save_checkpoint
+from prcl.config import Config, config_to_dict
+from prcl.data.validate import validate_dataset_files
 from prcl.errors import UserError
-from prcl.io import atomic_write, read_records, write_json
 from prcl.methods import Networks, StepInput, build_method
 from prcl.models import build_segmenter, unwrap_model
 from prcl.schedules import describe_schedule, due, poly_lr, schedule_progress
 
 from .data_setup import build_run_data
 from .evaluate import evaluate_model
+from .run_dir import CHECKPOINT_FORMAT, RunDir, write_errors
 from .sampling import mixed_seed, step_loader
 from .tensorboard_log import TensorBoardLog, prediction_rows
-
-CHECKPOINT_FORMAT = "prcl-checkpoint-2"
 
 
 class TrainingDiverged(UserError):
@@ -63,10 +49,6 @@ class TrainingInterrupted(Exception):
     def __init__(self, message: str, exit_code: int) -> None:
         super().__init__(message)
         self.exit_code = exit_code
-
-
-TEMPORARY_GLOB = ".*.tmp"  # what prcl.io.atomic_write leaves behind when a process dies while writing
-BEST_SCORE = "best.json"  # the best validation mIoU, written with best.pt (last.pt is saved before evaluating)
 
 
 @contextmanager
@@ -112,16 +94,6 @@ def peak_memory_mb(device: torch.device) -> dict[str, float]:
     return peak
 
 
-@contextmanager
-def _write_errors(path: Path):
-    """An OSError while writing ``path`` (full disk, permissions) as one line saying how to go on."""
-    try:
-        yield
-    except OSError as error:
-        raise UserError(f"cannot write {path}: {error.strerror or error}; free space or fix the folder, "
-                        "then continue with --resume auto") from None
-
-
 class Trainer:
     """Builds everything a run needs from a ``Config`` and trains it: ``Trainer(cfg).fit()``."""
 
@@ -131,11 +103,10 @@ class Trainer:
             use_deterministic_kernels()
         self.device = distributed.setup(cfg.train.device)
         self.main = distributed.is_main()
-        self.out_dir = Path(cfg.train.out_dir).expanduser()
-        self.checkpoint_dir = self.out_dir / "checkpoints"
+        self.run_dir = RunDir(cfg.train.out_dir, self.main)
         # Everything that can be checked without building the run, before any work is done.
-        self._check_out_dir()
-        resumed = self._checkpoint_to_resume(resume, resume_force)
+        self.run_dir.check_writable()
+        resumed = self.run_dir.checkpoint_to_resume(cfg, resume, resume_force)
         self.method = build_method(cfg)
         self.data = build_run_data(cfg)
         self._check_data()
@@ -163,9 +134,11 @@ class Trainer:
         self.skipped_steps = 0
         self.train_seconds = 0.0  # time in training steps, summed over resumed sessions
         self.trained_steps = 0
-        self._prepare_run_dir(resumed)
-        self.tensorboard = TensorBoardLog(self.out_dir / "tensorboard" if self.main and cfg.train.tensorboard else None,
-                                          purge_step=self.step + 1 if self.step else None)
+        if resumed is not None:
+            self.load_state(resumed)
+        self.run_dir.prepare(cfg, self.step)
+        self.tensorboard = TensorBoardLog(self.run_dir.path / "tensorboard" if self.main and cfg.train.tensorboard
+                                          else None, purge_step=self.step + 1 if self.step else None)
 
     def _place(self, nets: Networks) -> Networks:
         """Every network on the device in the run's memory format, compiled with ``train.compile``; under a
@@ -183,12 +156,6 @@ class Trainer:
             placed[name] = net
         return placed
 
-    # ----------------------------------------------------------------------------------------- state
-    def _check_out_dir(self) -> None:
-        """The run folder can be created and written (checked before anything is built; creates nothing)."""
-        if self.main:
-            check_output_folder(self.checkpoint_dir, "train.out_dir")
-
     def _check_data(self) -> None:
         """Every split the run reads is non-empty, and (main process) every image and mask decodes, masks match
         their images' sizes and hold class indices or 255: checked in parallel, remembered per file."""
@@ -201,67 +168,11 @@ class Trainer:
                                 "data.splits and data.num_labels")
         if self.main:
             validate_dataset_files({"labeled": d.labeled, "valid": d.valid, "test": d.test}, self.cfg.data.num_classes,
-                                   self.out_dir / ".validated.json", workers=max(4, self.cfg.data.num_workers),
+                                   self.run_dir.path / ".validated.json", workers=max(4, self.cfg.data.num_workers),
                                    progress=self.cfg.train.progress and None)
         distributed.barrier()
 
-    def _checkpoint_to_resume(self, resume: str | None, force: bool) -> dict | None:
-        """The checkpoint to resume (loaded on the CPU) after checking that this config may continue it."""
-        last = self.checkpoint_dir / "last.pt"
-        restarts = distributed.restart_count()
-        if resume is None and restarts > 0:  # torchrun --max-restarts started this process again after a failure
-            self._say(f"restart {restarts} by torchrun: continuing the run from its last checkpoint")
-            resume = "auto"
-        if resume is None:
-            if last.is_file():
-                raise UserError(f"{self.out_dir} already holds a run; continue it with --resume auto "
-                                f"or set train.out_dir to a new folder")
-            return None
-        path = last if resume == "auto" else Path(resume).expanduser()
-        if not path.is_file():
-            if resume != "auto":
-                raise UserError(f"checkpoint to resume not found: {path}")
-            self._say(f"--resume auto: no checkpoint in {self.checkpoint_dir}, starting a new run")
-            return None
-        state = load_checkpoint(path, map_location="cpu")
-        if state.get("format") != CHECKPOINT_FORMAT:
-            raise UserError(f"{path} is not a {CHECKPOINT_FORMAT} training checkpoint "
-                            "(written by another prcl version, or not by `prcl train`)")
-        stored = config_from_dict(state.get("config") or {}, f"checkpoint {path}")
-        refusal = resume_refusal(*resume_conflicts(stored, self.cfg), force, str(self.out_dir))
-        if refusal:
-            raise UserError(refusal)
-        self._say(f"resuming {self.out_dir} from step {state['step']} ({path})")
-        return state
-
-    def _say(self, line: str) -> None:
-        if self.main:
-            print(f"prcl: {line}", file=sys.stderr, flush=True)
-
-    def _prepare_run_dir(self, state: dict | None) -> None:
-        """Restore the resumed state; then (main process) clean what an interrupted run left and write config.yaml."""
-        if state is not None:
-            self.load_state(state)
-        if self.main:
-            self.checkpoint_dir.mkdir(parents=True, exist_ok=True)
-            for leftover in [*self.out_dir.glob(TEMPORARY_GLOB), *self.checkpoint_dir.glob(TEMPORARY_GLOB)]:
-                leftover.unlink(missing_ok=True)
-            self._trim_metrics()
-            save_config(self.cfg, self.out_dir / "config.yaml")
-        distributed.barrier()
-
-    def _trim_metrics(self) -> None:
-        """Drop metric lines past the resumed step (written by an interrupted run after its checkpoint) and
-        a torn last line (a crash or a full disk during the append), with a warning."""
-        path = self.out_dir / "metrics.jsonl"
-        if not path.is_file():
-            return
-        records, torn = read_records(path, then=", then resume")
-        if torn:
-            self._say(f"warning: dropped a torn last line of {path} (an interrupted write)")
-        with atomic_write(path, "w") as f:
-            f.write("".join(json.dumps(record) + "\n" for record in records if record.get("step", 0) <= self.step))
-
+    # ----------------------------------------------------------------------------------------- state
     def state_dict(self) -> dict:
         """Everything a resumed run needs; each network under its name ("student", "teacher", ...)."""
         return {
@@ -281,7 +192,7 @@ class Trainer:
         }
 
     def load_state(self, state: dict) -> None:
-        """Restore a checkpoint whose format and config ``_checkpoint_to_resume`` already checked."""
+        """Restore a checkpoint whose format and config ``RunDir.checkpoint_to_resume`` already checked."""
         try:
             for name, net in self.nets.items():
                 unwrap_model(net).load_state_dict(state[name])
@@ -294,29 +205,25 @@ class Trainer:
             self.scaler.load_state_dict(state["scaler"])
         self.step = int(state["step"])
         self.best_miou = float(state["best_miou"])
-        best = self.checkpoint_dir / BEST_SCORE  # a best.pt written after the evaluation that followed last.pt
-        if best.is_file():
-            try:
-                self.best_miou = max(self.best_miou, float(json.loads(best.read_text())["miou"]))
-            except (ValueError, KeyError, TypeError):
-                pass  # a damaged score file: the next evaluations decide again
+        best = self.run_dir.best_score()  # a best.pt written after the evaluation that followed last.pt
+        if best is not None:
+            self.best_miou = max(self.best_miou, best)
         self.skipped_steps = int(state["skipped_steps"])
         self.train_seconds = float(state.get("train_seconds", 0.0))
         self.trained_steps = int(state.get("trained_steps", 0))
         restore_rng_state(state["rng"])
 
     def save(self, name: str) -> None:
+        """``checkpoints/<name>`` (main process): the whole state, written atomically."""
         if self.main:
-            path = self.checkpoint_dir / name
-            with _write_errors(path):
+            path = self.run_dir.checkpoints / name
+            with write_errors(path):
                 save_checkpoint(path, self.state_dict())
 
     def log(self, record: dict) -> None:
-        """Append one JSON line with a single write: a crash leaves at most a torn last line (dropped on resume)."""
+        """One line of metrics.jsonl (main process), and its numbers in TensorBoard."""
         if self.main:
-            path = self.out_dir / "metrics.jsonl"
-            with _write_errors(path), open(path, "a", encoding="utf-8") as f:
-                f.write(json.dumps(record) + "\n")
+            self.run_dir.append(record)
             self.tensorboard.record(record)
 
     # -------------------------------------------------------------------------------------- training
@@ -420,7 +327,7 @@ class Trainer:
                 self.log({"type": "skipped", "step": self.step, "skipped_steps": self.skipped_steps})
                 if consecutive_bad >= cfg.train.max_nonfinite_steps:
                     bar.close()
-                    kept = self.checkpoint_dir / "last.pt"
+                    kept = self.run_dir.last_checkpoint
                     raise TrainingDiverged(
                         f"training diverged: {consecutive_bad} non-finite losses in a row at step {self.step}; "
                         f"the last good checkpoint is {kept if kept.is_file() else 'not written yet'}; lower "
@@ -442,8 +349,8 @@ class Trainer:
                 bar.close()
                 name = signal.Signals(stop).name
                 raise TrainingInterrupted(
-                    f"stopped by {name} at step {self.step}; checkpoint {self.checkpoint_dir / 'last.pt'}; continue "
-                    f"with: prcl train -c {self.out_dir / 'config.yaml'} --resume auto", 128 + stop)
+                    f"stopped by {name} at step {self.step}; checkpoint {self.run_dir.last_checkpoint}; continue "
+                    f"with: prcl train -c {self.run_dir.config_file} --resume auto", 128 + stop)
             if evaluate_now:
                 last_result = self.evaluate(self.data.valid)
                 self.log({"type": "eval", "split": "valid", "step": self.step, **last_result})
@@ -453,9 +360,7 @@ class Trainer:
                 if last_result["miou"] is not None and last_result["miou"] > self.best_miou:
                     self.best_miou = last_result["miou"]
                     self.save("best.pt")
-                    if self.main:  # last.pt was written before this evaluation: keep the best score beside it
-                        with _write_errors(self.checkpoint_dir / BEST_SCORE):
-                            write_json(self.checkpoint_dir / BEST_SCORE, {"step": self.step, "miou": self.best_miou})
+                    self.run_dir.write_best_score(self.step, self.best_miou)
         bar.close()
         return last_result
 
@@ -510,18 +415,5 @@ class Trainer:
             if "uncertainty" in test:
                 summary["test_uncertainty"] = test["uncertainty"]
             self.log({"type": "eval", "split": "test", "step": self.step, **test})
-        if self.main:
-            write_json(self.out_dir / "summary.json", summary)
-            self._write_curves()
+        self.run_dir.finish(summary)
         return summary
-
-    def _write_curves(self) -> None:
-        """``<out_dir>/curves.png`` from metrics.jsonl; skipped without matplotlib (the optional ``plots`` extra)."""
-        from prcl.infer.plots import plot_runs
-
-        try:
-            plot_runs([self.out_dir])
-        except ImportError:
-            return
-        except (OSError, ValueError, UserError) as error:  # the run itself is done: a picture must not fail it
-            self._say(f"warning: could not draw {self.out_dir / 'curves.png'}: {error}")
