@@ -16,6 +16,7 @@ import sys
 import threading
 import time
 from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
@@ -94,6 +95,15 @@ def peak_memory_mb(device: torch.device) -> dict[str, float]:
     return peak
 
 
+@dataclass
+class _LoopCounters:
+    """What the loop counts within one ``fit`` besides the checkpointed state."""
+
+    nonfinite_in_a_row: int = 0
+    data_seconds: float = 0.0  # waiting for batches, since the last logged step
+    data_steps: int = 0
+
+
 class Trainer:
     """Builds everything a run needs from a ``Config`` and trains it: ``Trainer(cfg).fit()``."""
 
@@ -128,12 +138,15 @@ class Trainer:
         self.autocast_dtype = autocast_dtype(self.device)
         self.scaler = torch.amp.GradScaler(self.device.type,
                                            enabled=cfg.train.amp and self.autocast_dtype == torch.float16)
+        unlabeled_batch = cfg.data.unlabeled_batch_size if self.method.uses_unlabeled else 0
+        self.images_per_step = (cfg.data.batch_size + unlabeled_batch) * distributed.world_size()
 
         self.step = 0
         self.best_miou = -1.0
         self.skipped_steps = 0
         self.train_seconds = 0.0  # time in training steps, summed over resumed sessions
         self.trained_steps = 0
+        self.counters = _LoopCounters()
         if resumed is not None:
             self.load_state(resumed)
         self.run_dir.prepare(cfg, self.step)
@@ -303,66 +316,69 @@ class Trainer:
         return evaluate_model(self.eval_network(), dataset, self.cfg, self.device,
                               probability_head=self.probability_head_network())
 
-    def _train_loop(self, total: int, labeled, unlabeled, images_per_step: int, bar, signals: list[int]) -> dict | None:
-        """Steps until ``total``; evaluates and checkpoints on schedule. Returns the last validation result."""
-        cfg = self.cfg
-        consecutive_bad = 0
+    def _train_loop(self, labeled, unlabeled, bar, signals: list[int]) -> dict | None:
+        """Steps until ``train.iterations``. After each step its log line, then on schedule (``due``) a checkpoint
+        and an evaluation; a stop signal ends the run after a checkpoint. Returns the last validation result."""
+        t, total = self.cfg.train, self.cfg.train.iterations
+        self.counters = _LoopCounters()
         last_result: dict | None = None
-        data_seconds, data_steps = 0.0, 0  # waiting for batches, since the last logged step
         while self.step < total:
             started = time.perf_counter()
             labeled_batch = next(labeled)
             unlabeled_batch = next(unlabeled) if unlabeled is not None else None
             loaded = time.perf_counter()
             record = self.train_step(labeled_batch, unlabeled_batch)
-            self.train_seconds += time.perf_counter() - started
-            data_seconds += loaded - started
-            data_steps += 1
-            self.step += 1
-            self.trained_steps += 1
+            self._count_step(time.perf_counter() - started, loaded - started)
             bar.update(1)
             if record is None:
-                self.skipped_steps += 1
-                consecutive_bad += 1
-                self.log({"type": "skipped", "step": self.step, "skipped_steps": self.skipped_steps})
-                if consecutive_bad >= cfg.train.max_nonfinite_steps:
-                    bar.close()
-                    kept = self.run_dir.last_checkpoint
-                    raise TrainingDiverged(
-                        f"training diverged: {consecutive_bad} non-finite losses in a row at step {self.step}; "
-                        f"the last good checkpoint is {kept if kept.is_file() else 'not written yet'}; lower "
-                        f"optim.uncer_lr or optim.lr, then continue with --resume auto")
+                self._skip_step(bar)
             else:
-                consecutive_bad = 0
-                speed = images_per_step * self.trained_steps / max(self.train_seconds, 1e-9)
-                if self._logged(self.step):
-                    self.log({"type": "train", "step": self.step, **record, "images_per_second": speed,
-                              "data_seconds": data_seconds / data_steps, **peak_memory_mb(self.device),
-                              "skipped_steps": self.skipped_steps})
-                    data_seconds, data_steps = 0.0, 0
-                bar.set_postfix(loss=f"{record['loss']:.3f}", lr=f"{record['lr']:.2e}", img_s=f"{speed:.1f}")
-            evaluate_now = due(self.step, cfg.train.eval_every, total)
+                self._log_step(record, bar)
+            evaluate_now = due(self.step, t.eval_every, total)
             stop = self._stop_requested(signals)
-            if evaluate_now or stop or due(self.step, cfg.train.checkpoint_every, total):
+            if evaluate_now or stop or due(self.step, t.checkpoint_every, total):
                 self.save("last.pt")  # before an evaluation, which could fail
             if stop:
                 bar.close()
-                name = signal.Signals(stop).name
-                raise TrainingInterrupted(
-                    f"stopped by {name} at step {self.step}; checkpoint {self.run_dir.last_checkpoint}; continue "
-                    f"with: prcl train -c {self.run_dir.config_file} --resume auto", 128 + stop)
+                raise self._interrupted(stop)
             if evaluate_now:
-                last_result = self.evaluate(self.data.valid)
-                self.log({"type": "eval", "split": "valid", "step": self.step, **last_result})
-                if self.tensorboard.enabled():  # the main process only
-                    self.tensorboard.record_images("valid/predictions", self.step, prediction_rows(
-                        unwrap_model(self.eval_network()), self.data.valid, cfg, self.device))
-                if last_result["miou"] is not None and last_result["miou"] > self.best_miou:
-                    self.best_miou = last_result["miou"]
-                    self.save("best.pt")
-                    self.run_dir.write_best_score(self.step, self.best_miou)
+                last_result = self._evaluate_and_keep_best()
         bar.close()
         return last_result
+
+    def _count_step(self, seconds: float, data_seconds: float) -> None:
+        """Count a finished step, trained or skipped: ``seconds`` in all, ``data_seconds`` of them waiting for data."""
+        self.train_seconds += seconds
+        self.counters.data_seconds += data_seconds
+        self.counters.data_steps += 1
+        self.step += 1
+        self.trained_steps += 1
+
+    def _skip_step(self, bar) -> None:
+        """A step whose loss or gradient was not finite: logged as skipped; too many in a row stop the run."""
+        self.skipped_steps += 1
+        self.counters.nonfinite_in_a_row += 1
+        self.log({"type": "skipped", "step": self.step, "skipped_steps": self.skipped_steps})
+        in_a_row = self.counters.nonfinite_in_a_row
+        if in_a_row >= self.cfg.train.max_nonfinite_steps:
+            bar.close()
+            kept = self.run_dir.last_checkpoint
+            raise TrainingDiverged(
+                f"training diverged: {in_a_row} non-finite losses in a row at step {self.step}; "
+                f"the last good checkpoint is {kept if kept.is_file() else 'not written yet'}; lower "
+                f"optim.uncer_lr or optim.lr, then continue with --resume auto")
+
+    def _log_step(self, record: dict, bar) -> None:
+        """A trained step: its line in metrics.jsonl when ``train.log_every`` says so, and the progress bar."""
+        self.counters.nonfinite_in_a_row = 0
+        speed = self.images_per_step * self.trained_steps / max(self.train_seconds, 1e-9)
+        if self._logged(self.step):
+            c = self.counters
+            self.log({"type": "train", "step": self.step, **record, "images_per_second": speed,
+                      "data_seconds": c.data_seconds / c.data_steps, **peak_memory_mb(self.device),
+                      "skipped_steps": self.skipped_steps})
+            c.data_seconds, c.data_steps = 0.0, 0
+        bar.set_postfix(loss=f"{record['loss']:.3f}", lr=f"{record['lr']:.2e}", img_s=f"{speed:.1f}")
 
     def _stop_requested(self, signals: list[int]) -> int:
         """The signal that asks this run to stop (0: none); under torchrun every rank stops at the same step."""
@@ -373,7 +389,29 @@ class Trainer:
             received = int(value.item())
         return received
 
+    def _interrupted(self, signal_number: int) -> TrainingInterrupted:
+        """The error that ends a run stopped by a signal: where its checkpoint is and how to continue."""
+        return TrainingInterrupted(
+            f"stopped by {signal.Signals(signal_number).name} at step {self.step}; checkpoint "
+            f"{self.run_dir.last_checkpoint}; continue with: prcl train -c {self.run_dir.config_file} --resume auto",
+            128 + signal_number)
+
+    def _evaluate_and_keep_best(self) -> dict:
+        """Evaluate on the validation split and log it (with TensorBoard's pictures); a new best mIoU saves
+        best.pt and best.json. Returns the result."""
+        result = self.evaluate(self.data.valid)
+        self.log({"type": "eval", "split": "valid", "step": self.step, **result})
+        if self.tensorboard.enabled():  # the main process only
+            self.tensorboard.record_images("valid/predictions", self.step, prediction_rows(
+                unwrap_model(self.eval_network()), self.data.valid, self.cfg, self.device))
+        if result["miou"] is not None and result["miou"] > self.best_miou:
+            self.best_miou = result["miou"]
+            self.save("best.pt")
+            self.run_dir.write_best_score(self.step, self.best_miou)
+        return result
+
     def fit(self) -> dict:
+        """Train to ``train.iterations`` (from the resumed step), then evaluate and write the summary."""
         try:
             return self._fit()
         finally:
@@ -381,20 +419,25 @@ class Trainer:
 
     def _fit(self) -> dict:
         cfg = self.cfg
-        total = cfg.train.iterations
         labeled, unlabeled = self._loaders()
-        images_per_step = (cfg.data.batch_size + (cfg.data.unlabeled_batch_size if unlabeled is not None else 0)) \
-            * distributed.world_size()
-        bar = tqdm(total=total, initial=self.step, disable=not (self.main and cfg.train.progress),
+        bar = tqdm(total=cfg.train.iterations, initial=self.step, disable=not (self.main and cfg.train.progress),
                    desc=cfg.method.name, dynamic_ncols=True)
         if self.main and cfg.train.progress:
             bar.write(describe_schedule(cfg, distributed.world_size()))
         with _stop_signals() as signals:
-            last_result = self._train_loop(total, labeled, unlabeled, images_per_step, bar, signals)
+            last_result = self._train_loop(labeled, unlabeled, bar, signals)
         if last_result is None:  # resumed a finished run
             last_result = self.evaluate(self.data.valid)
+        summary = self._summary(last_result)
+        if self.data.test is not None:
+            summary.update(self._test())
+        self.run_dir.finish(summary)
+        return summary
+
+    def _summary(self, last_result: dict) -> dict:
+        """summary.json's validation figures and the run's counts."""
         summary = {
-            "method": cfg.method.name,
+            "method": self.cfg.method.name,
             "miou": last_result["miou"],
             "per_class_iou": last_result["per_class_iou"],
             "class_names": self.data.class_names,
@@ -402,18 +445,19 @@ class Trainer:
             "best_miou": self.best_miou,
             "iterations": self.step,
             "skipped_steps": self.skipped_steps,
-            "images_per_second": images_per_step * self.trained_steps / self.train_seconds
+            "images_per_second": self.images_per_step * self.trained_steps / self.train_seconds
             if self.train_seconds else None,
             "train_seconds": self.train_seconds,
         }
         if "uncertainty" in last_result:
             summary["uncertainty"] = last_result["uncertainty"]
-        if self.data.test is not None:
-            test = self.evaluate(self.data.test)
-            summary["test_miou"] = test["miou"]
-            summary["test_per_class_iou"] = test["per_class_iou"]
-            if "uncertainty" in test:
-                summary["test_uncertainty"] = test["uncertainty"]
-            self.log({"type": "eval", "split": "test", "step": self.step, **test})
-        self.run_dir.finish(summary)
         return summary
+
+    def _test(self) -> dict:
+        """Evaluate on the test split and log it; returns summary.json's test figures."""
+        test = self.evaluate(self.data.test)
+        figures = {"test_miou": test["miou"], "test_per_class_iou": test["per_class_iou"]}
+        if "uncertainty" in test:
+            figures["test_uncertainty"] = test["uncertainty"]
+        self.log({"type": "eval", "split": "test", "step": self.step, **test})
+        return figures
