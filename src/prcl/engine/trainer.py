@@ -4,15 +4,11 @@ The trainer knows no method: it builds the student, asks the method (``prcl.meth
 networks and optimiser groups, moves them to the device, wraps the trained ones for data
 parallelism, and then runs the method's step, the optimiser, and the method's post-step update.
 
-A run directory holds ``config.yaml`` (resolved), ``metrics.jsonl`` (one JSON object per logged step
-and per evaluation), ``checkpoints/last.pt`` and ``best.pt`` and, at the end, ``summary.json`` and ``curves.png``
-(with matplotlib); with tensorboard installed and ``train.tensorboard`` on, ``tensorboard/`` holds the scalars and, per
-evaluation, the predictions on the first validation images.
+What a run writes, and reads back when it resumes, is kept by ``prcl.engine.run_dir``.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import resource
 import signal
@@ -20,7 +16,7 @@ import sys
 import threading
 import time
 from contextlib import contextmanager, nullcontext
-from pathlib import Path
+from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
@@ -29,28 +25,19 @@ from torch.utils.data import Dataset
 from tqdm import tqdm
 
 from prcl import distributed
-from prcl.checkpoint import capture_rng_state, load_checkpoint, restore_rng_state, save_checkpoint
-from prcl.config import (
-    Config,
-    config_from_dict,
-    config_to_dict,
-    resume_conflicts,
-    resume_refusal,
-    save_config,
-)
-from prcl.data.validate import check_output_folder, validate_dataset_files
+from prcl.checkpoint import capture_rng_state, restore_rng_state, save_checkpoint
+from prcl.config import Config, config_to_dict
+from prcl.data.validate import validate_dataset_files
 from prcl.errors import UserError
-from prcl.io import atomic_write, read_records, write_json
 from prcl.methods import Networks, StepInput, build_method
 from prcl.models import build_segmenter, unwrap_model
 from prcl.schedules import describe_schedule, due, poly_lr, schedule_progress
 
 from .data_setup import build_run_data
 from .evaluate import evaluate_model
+from .run_dir import CHECKPOINT_FORMAT, RunDir, write_errors
 from .sampling import mixed_seed, step_loader
 from .tensorboard_log import TensorBoardLog, prediction_rows
-
-CHECKPOINT_FORMAT = "prcl-checkpoint-2"
 
 
 class TrainingDiverged(UserError):
@@ -63,10 +50,6 @@ class TrainingInterrupted(Exception):
     def __init__(self, message: str, exit_code: int) -> None:
         super().__init__(message)
         self.exit_code = exit_code
-
-
-TEMPORARY_GLOB = ".*.tmp"  # what prcl.io.atomic_write leaves behind when a process dies while writing
-BEST_SCORE = "best.json"  # the best validation mIoU, written with best.pt (last.pt is saved before evaluating)
 
 
 @contextmanager
@@ -112,14 +95,13 @@ def peak_memory_mb(device: torch.device) -> dict[str, float]:
     return peak
 
 
-@contextmanager
-def _write_errors(path: Path):
-    """An OSError while writing ``path`` (full disk, permissions) as one line saying how to go on."""
-    try:
-        yield
-    except OSError as error:
-        raise UserError(f"cannot write {path}: {error.strerror or error}; free space or fix the folder, "
-                        "then continue with --resume auto") from None
+@dataclass
+class _LoopCounters:
+    """What the loop counts within one ``fit`` besides the checkpointed state."""
+
+    nonfinite_in_a_row: int = 0
+    data_seconds: float = 0.0  # waiting for batches, since the last logged step
+    data_steps: int = 0
 
 
 class Trainer:
@@ -131,11 +113,10 @@ class Trainer:
             use_deterministic_kernels()
         self.device = distributed.setup(cfg.train.device)
         self.main = distributed.is_main()
-        self.out_dir = Path(cfg.train.out_dir).expanduser()
-        self.checkpoint_dir = self.out_dir / "checkpoints"
+        self.run_dir = RunDir(cfg.train.out_dir, self.main)
         # Everything that can be checked without building the run, before any work is done.
-        self._check_out_dir()
-        resumed = self._checkpoint_to_resume(resume, resume_force)
+        self.run_dir.check_writable()
+        resumed = self.run_dir.checkpoint_to_resume(cfg, resume, resume_force)
         self.method = build_method(cfg)
         self.data = build_run_data(cfg)
         self._check_data()
@@ -157,15 +138,20 @@ class Trainer:
         self.autocast_dtype = autocast_dtype(self.device)
         self.scaler = torch.amp.GradScaler(self.device.type,
                                            enabled=cfg.train.amp and self.autocast_dtype == torch.float16)
+        unlabeled_batch = cfg.data.unlabeled_batch_size if self.method.uses_unlabeled else 0
+        self.images_per_step = (cfg.data.batch_size + unlabeled_batch) * distributed.world_size()
 
         self.step = 0
         self.best_miou = -1.0
         self.skipped_steps = 0
         self.train_seconds = 0.0  # time in training steps, summed over resumed sessions
         self.trained_steps = 0
-        self._prepare_run_dir(resumed)
-        self.tensorboard = TensorBoardLog(self.out_dir / "tensorboard" if self.main and cfg.train.tensorboard else None,
-                                          purge_step=self.step + 1 if self.step else None)
+        self.counters = _LoopCounters()
+        if resumed is not None:
+            self.load_state(resumed)
+        self.run_dir.prepare(cfg, self.step)
+        self.tensorboard = TensorBoardLog(self.run_dir.path / "tensorboard" if self.main and cfg.train.tensorboard
+                                          else None, purge_step=self.step + 1 if self.step else None)
 
     def _place(self, nets: Networks) -> Networks:
         """Every network on the device in the run's memory format, compiled with ``train.compile``; under a
@@ -183,12 +169,6 @@ class Trainer:
             placed[name] = net
         return placed
 
-    # ----------------------------------------------------------------------------------------- state
-    def _check_out_dir(self) -> None:
-        """The run folder can be created and written (checked before anything is built; creates nothing)."""
-        if self.main:
-            check_output_folder(self.checkpoint_dir, "train.out_dir")
-
     def _check_data(self) -> None:
         """Every split the run reads is non-empty, and (main process) every image and mask decodes, masks match
         their images' sizes and hold class indices or 255: checked in parallel, remembered per file."""
@@ -201,67 +181,11 @@ class Trainer:
                                 "data.splits and data.num_labels")
         if self.main:
             validate_dataset_files({"labeled": d.labeled, "valid": d.valid, "test": d.test}, self.cfg.data.num_classes,
-                                   self.out_dir / ".validated.json", workers=max(4, self.cfg.data.num_workers),
+                                   self.run_dir.path / ".validated.json", workers=max(4, self.cfg.data.num_workers),
                                    progress=self.cfg.train.progress and None)
         distributed.barrier()
 
-    def _checkpoint_to_resume(self, resume: str | None, force: bool) -> dict | None:
-        """The checkpoint to resume (loaded on the CPU) after checking that this config may continue it."""
-        last = self.checkpoint_dir / "last.pt"
-        restarts = distributed.restart_count()
-        if resume is None and restarts > 0:  # torchrun --max-restarts started this process again after a failure
-            self._say(f"restart {restarts} by torchrun: continuing the run from its last checkpoint")
-            resume = "auto"
-        if resume is None:
-            if last.is_file():
-                raise UserError(f"{self.out_dir} already holds a run; continue it with --resume auto "
-                                f"or set train.out_dir to a new folder")
-            return None
-        path = last if resume == "auto" else Path(resume).expanduser()
-        if not path.is_file():
-            if resume != "auto":
-                raise UserError(f"checkpoint to resume not found: {path}")
-            self._say(f"--resume auto: no checkpoint in {self.checkpoint_dir}, starting a new run")
-            return None
-        state = load_checkpoint(path, map_location="cpu")
-        if state.get("format") != CHECKPOINT_FORMAT:
-            raise UserError(f"{path} is not a {CHECKPOINT_FORMAT} training checkpoint "
-                            "(written by another prcl version, or not by `prcl train`)")
-        stored = config_from_dict(state.get("config") or {}, f"checkpoint {path}")
-        refusal = resume_refusal(*resume_conflicts(stored, self.cfg), force, str(self.out_dir))
-        if refusal:
-            raise UserError(refusal)
-        self._say(f"resuming {self.out_dir} from step {state['step']} ({path})")
-        return state
-
-    def _say(self, line: str) -> None:
-        if self.main:
-            print(f"prcl: {line}", file=sys.stderr, flush=True)
-
-    def _prepare_run_dir(self, state: dict | None) -> None:
-        """Restore the resumed state; then (main process) clean what an interrupted run left and write config.yaml."""
-        if state is not None:
-            self.load_state(state)
-        if self.main:
-            self.checkpoint_dir.mkdir(parents=True, exist_ok=True)
-            for leftover in [*self.out_dir.glob(TEMPORARY_GLOB), *self.checkpoint_dir.glob(TEMPORARY_GLOB)]:
-                leftover.unlink(missing_ok=True)
-            self._trim_metrics()
-            save_config(self.cfg, self.out_dir / "config.yaml")
-        distributed.barrier()
-
-    def _trim_metrics(self) -> None:
-        """Drop metric lines past the resumed step (written by an interrupted run after its checkpoint) and
-        a torn last line (a crash or a full disk during the append), with a warning."""
-        path = self.out_dir / "metrics.jsonl"
-        if not path.is_file():
-            return
-        records, torn = read_records(path, then=", then resume")
-        if torn:
-            self._say(f"warning: dropped a torn last line of {path} (an interrupted write)")
-        with atomic_write(path, "w") as f:
-            f.write("".join(json.dumps(record) + "\n" for record in records if record.get("step", 0) <= self.step))
-
+    # ----------------------------------------------------------------------------------------- state
     def state_dict(self) -> dict:
         """Everything a resumed run needs; each network under its name ("student", "teacher", ...)."""
         return {
@@ -281,7 +205,7 @@ class Trainer:
         }
 
     def load_state(self, state: dict) -> None:
-        """Restore a checkpoint whose format and config ``_checkpoint_to_resume`` already checked."""
+        """Restore a checkpoint whose format and config ``RunDir.checkpoint_to_resume`` already checked."""
         try:
             for name, net in self.nets.items():
                 unwrap_model(net).load_state_dict(state[name])
@@ -294,29 +218,25 @@ class Trainer:
             self.scaler.load_state_dict(state["scaler"])
         self.step = int(state["step"])
         self.best_miou = float(state["best_miou"])
-        best = self.checkpoint_dir / BEST_SCORE  # a best.pt written after the evaluation that followed last.pt
-        if best.is_file():
-            try:
-                self.best_miou = max(self.best_miou, float(json.loads(best.read_text())["miou"]))
-            except (ValueError, KeyError, TypeError):
-                pass  # a damaged score file: the next evaluations decide again
+        best = self.run_dir.best_score()  # a best.pt written after the evaluation that followed last.pt
+        if best is not None:
+            self.best_miou = max(self.best_miou, best)
         self.skipped_steps = int(state["skipped_steps"])
         self.train_seconds = float(state.get("train_seconds", 0.0))
         self.trained_steps = int(state.get("trained_steps", 0))
         restore_rng_state(state["rng"])
 
     def save(self, name: str) -> None:
+        """``checkpoints/<name>`` (main process): the whole state, written atomically."""
         if self.main:
-            path = self.checkpoint_dir / name
-            with _write_errors(path):
+            path = self.run_dir.checkpoints / name
+            with write_errors(path):
                 save_checkpoint(path, self.state_dict())
 
     def log(self, record: dict) -> None:
-        """Append one JSON line with a single write: a crash leaves at most a torn last line (dropped on resume)."""
+        """One line of metrics.jsonl (main process), and its numbers in TensorBoard."""
         if self.main:
-            path = self.out_dir / "metrics.jsonl"
-            with _write_errors(path), open(path, "a", encoding="utf-8") as f:
-                f.write(json.dumps(record) + "\n")
+            self.run_dir.append(record)
             self.tensorboard.record(record)
 
     # -------------------------------------------------------------------------------------- training
@@ -396,68 +316,69 @@ class Trainer:
         return evaluate_model(self.eval_network(), dataset, self.cfg, self.device,
                               probability_head=self.probability_head_network())
 
-    def _train_loop(self, total: int, labeled, unlabeled, images_per_step: int, bar, signals: list[int]) -> dict | None:
-        """Steps until ``total``; evaluates and checkpoints on schedule. Returns the last validation result."""
-        cfg = self.cfg
-        consecutive_bad = 0
+    def _train_loop(self, labeled, unlabeled, bar, signals: list[int]) -> dict | None:
+        """Steps until ``train.iterations``. After each step its log line, then on schedule (``due``) a checkpoint
+        and an evaluation; a stop signal ends the run after a checkpoint. Returns the last validation result."""
+        t, total = self.cfg.train, self.cfg.train.iterations
+        self.counters = _LoopCounters()
         last_result: dict | None = None
-        data_seconds, data_steps = 0.0, 0  # waiting for batches, since the last logged step
         while self.step < total:
             started = time.perf_counter()
             labeled_batch = next(labeled)
             unlabeled_batch = next(unlabeled) if unlabeled is not None else None
             loaded = time.perf_counter()
             record = self.train_step(labeled_batch, unlabeled_batch)
-            self.train_seconds += time.perf_counter() - started
-            data_seconds += loaded - started
-            data_steps += 1
-            self.step += 1
-            self.trained_steps += 1
+            self._count_step(time.perf_counter() - started, loaded - started)
             bar.update(1)
             if record is None:
-                self.skipped_steps += 1
-                consecutive_bad += 1
-                self.log({"type": "skipped", "step": self.step, "skipped_steps": self.skipped_steps})
-                if consecutive_bad >= cfg.train.max_nonfinite_steps:
-                    bar.close()
-                    kept = self.checkpoint_dir / "last.pt"
-                    raise TrainingDiverged(
-                        f"training diverged: {consecutive_bad} non-finite losses in a row at step {self.step}; "
-                        f"the last good checkpoint is {kept if kept.is_file() else 'not written yet'}; lower "
-                        f"optim.uncer_lr or optim.lr, then continue with --resume auto")
+                self._skip_step(bar)
             else:
-                consecutive_bad = 0
-                speed = images_per_step * self.trained_steps / max(self.train_seconds, 1e-9)
-                if self._logged(self.step):
-                    self.log({"type": "train", "step": self.step, **record, "images_per_second": speed,
-                              "data_seconds": data_seconds / data_steps, **peak_memory_mb(self.device),
-                              "skipped_steps": self.skipped_steps})
-                    data_seconds, data_steps = 0.0, 0
-                bar.set_postfix(loss=f"{record['loss']:.3f}", lr=f"{record['lr']:.2e}", img_s=f"{speed:.1f}")
-            evaluate_now = due(self.step, cfg.train.eval_every, total)
+                self._log_step(record, bar)
+            evaluate_now = due(self.step, t.eval_every, total)
             stop = self._stop_requested(signals)
-            if evaluate_now or stop or due(self.step, cfg.train.checkpoint_every, total):
+            if evaluate_now or stop or due(self.step, t.checkpoint_every, total):
                 self.save("last.pt")  # before an evaluation, which could fail
             if stop:
                 bar.close()
-                name = signal.Signals(stop).name
-                raise TrainingInterrupted(
-                    f"stopped by {name} at step {self.step}; checkpoint {self.checkpoint_dir / 'last.pt'}; continue "
-                    f"with: prcl train -c {self.out_dir / 'config.yaml'} --resume auto", 128 + stop)
+                raise self._interrupted(stop)
             if evaluate_now:
-                last_result = self.evaluate(self.data.valid)
-                self.log({"type": "eval", "split": "valid", "step": self.step, **last_result})
-                if self.tensorboard.enabled():  # the main process only
-                    self.tensorboard.record_images("valid/predictions", self.step, prediction_rows(
-                        unwrap_model(self.eval_network()), self.data.valid, cfg, self.device))
-                if last_result["miou"] is not None and last_result["miou"] > self.best_miou:
-                    self.best_miou = last_result["miou"]
-                    self.save("best.pt")
-                    if self.main:  # last.pt was written before this evaluation: keep the best score beside it
-                        with _write_errors(self.checkpoint_dir / BEST_SCORE):
-                            write_json(self.checkpoint_dir / BEST_SCORE, {"step": self.step, "miou": self.best_miou})
+                last_result = self._evaluate_and_keep_best()
         bar.close()
         return last_result
+
+    def _count_step(self, seconds: float, data_seconds: float) -> None:
+        """Count a finished step, trained or skipped: ``seconds`` in all, ``data_seconds`` of them waiting for data."""
+        self.train_seconds += seconds
+        self.counters.data_seconds += data_seconds
+        self.counters.data_steps += 1
+        self.step += 1
+        self.trained_steps += 1
+
+    def _skip_step(self, bar) -> None:
+        """A step whose loss or gradient was not finite: logged as skipped; too many in a row stop the run."""
+        self.skipped_steps += 1
+        self.counters.nonfinite_in_a_row += 1
+        self.log({"type": "skipped", "step": self.step, "skipped_steps": self.skipped_steps})
+        in_a_row = self.counters.nonfinite_in_a_row
+        if in_a_row >= self.cfg.train.max_nonfinite_steps:
+            bar.close()
+            kept = self.run_dir.last_checkpoint
+            raise TrainingDiverged(
+                f"training diverged: {in_a_row} non-finite losses in a row at step {self.step}; "
+                f"the last good checkpoint is {kept if kept.is_file() else 'not written yet'}; lower "
+                f"optim.uncer_lr or optim.lr, then continue with --resume auto")
+
+    def _log_step(self, record: dict, bar) -> None:
+        """A trained step: its line in metrics.jsonl when ``train.log_every`` says so, and the progress bar."""
+        self.counters.nonfinite_in_a_row = 0
+        speed = self.images_per_step * self.trained_steps / max(self.train_seconds, 1e-9)
+        if self._logged(self.step):
+            c = self.counters
+            self.log({"type": "train", "step": self.step, **record, "images_per_second": speed,
+                      "data_seconds": c.data_seconds / c.data_steps, **peak_memory_mb(self.device),
+                      "skipped_steps": self.skipped_steps})
+            c.data_seconds, c.data_steps = 0.0, 0
+        bar.set_postfix(loss=f"{record['loss']:.3f}", lr=f"{record['lr']:.2e}", img_s=f"{speed:.1f}")
 
     def _stop_requested(self, signals: list[int]) -> int:
         """The signal that asks this run to stop (0: none); under torchrun every rank stops at the same step."""
@@ -468,7 +389,29 @@ class Trainer:
             received = int(value.item())
         return received
 
+    def _interrupted(self, signal_number: int) -> TrainingInterrupted:
+        """The error that ends a run stopped by a signal: where its checkpoint is and how to continue."""
+        return TrainingInterrupted(
+            f"stopped by {signal.Signals(signal_number).name} at step {self.step}; checkpoint "
+            f"{self.run_dir.last_checkpoint}; continue with: prcl train -c {self.run_dir.config_file} --resume auto",
+            128 + signal_number)
+
+    def _evaluate_and_keep_best(self) -> dict:
+        """Evaluate on the validation split and log it (with TensorBoard's pictures); a new best mIoU saves
+        best.pt and best.json. Returns the result."""
+        result = self.evaluate(self.data.valid)
+        self.log({"type": "eval", "split": "valid", "step": self.step, **result})
+        if self.tensorboard.enabled():  # the main process only
+            self.tensorboard.record_images("valid/predictions", self.step, prediction_rows(
+                unwrap_model(self.eval_network()), self.data.valid, self.cfg, self.device))
+        if result["miou"] is not None and result["miou"] > self.best_miou:
+            self.best_miou = result["miou"]
+            self.save("best.pt")
+            self.run_dir.write_best_score(self.step, self.best_miou)
+        return result
+
     def fit(self) -> dict:
+        """Train to ``train.iterations`` (from the resumed step), then evaluate and write the summary."""
         try:
             return self._fit()
         finally:
@@ -476,20 +419,25 @@ class Trainer:
 
     def _fit(self) -> dict:
         cfg = self.cfg
-        total = cfg.train.iterations
         labeled, unlabeled = self._loaders()
-        images_per_step = (cfg.data.batch_size + (cfg.data.unlabeled_batch_size if unlabeled is not None else 0)) \
-            * distributed.world_size()
-        bar = tqdm(total=total, initial=self.step, disable=not (self.main and cfg.train.progress),
+        bar = tqdm(total=cfg.train.iterations, initial=self.step, disable=not (self.main and cfg.train.progress),
                    desc=cfg.method.name, dynamic_ncols=True)
         if self.main and cfg.train.progress:
             bar.write(describe_schedule(cfg, distributed.world_size()))
         with _stop_signals() as signals:
-            last_result = self._train_loop(total, labeled, unlabeled, images_per_step, bar, signals)
+            last_result = self._train_loop(labeled, unlabeled, bar, signals)
         if last_result is None:  # resumed a finished run
             last_result = self.evaluate(self.data.valid)
+        summary = self._summary(last_result)
+        if self.data.test is not None:
+            summary.update(self._test())
+        self.run_dir.finish(summary)
+        return summary
+
+    def _summary(self, last_result: dict) -> dict:
+        """summary.json's validation figures and the run's counts."""
         summary = {
-            "method": cfg.method.name,
+            "method": self.cfg.method.name,
             "miou": last_result["miou"],
             "per_class_iou": last_result["per_class_iou"],
             "class_names": self.data.class_names,
@@ -497,31 +445,19 @@ class Trainer:
             "best_miou": self.best_miou,
             "iterations": self.step,
             "skipped_steps": self.skipped_steps,
-            "images_per_second": images_per_step * self.trained_steps / self.train_seconds
+            "images_per_second": self.images_per_step * self.trained_steps / self.train_seconds
             if self.train_seconds else None,
             "train_seconds": self.train_seconds,
         }
         if "uncertainty" in last_result:
             summary["uncertainty"] = last_result["uncertainty"]
-        if self.data.test is not None:
-            test = self.evaluate(self.data.test)
-            summary["test_miou"] = test["miou"]
-            summary["test_per_class_iou"] = test["per_class_iou"]
-            if "uncertainty" in test:
-                summary["test_uncertainty"] = test["uncertainty"]
-            self.log({"type": "eval", "split": "test", "step": self.step, **test})
-        if self.main:
-            write_json(self.out_dir / "summary.json", summary)
-            self._write_curves()
         return summary
 
-    def _write_curves(self) -> None:
-        """``<out_dir>/curves.png`` from metrics.jsonl; skipped without matplotlib (the optional ``plots`` extra)."""
-        from prcl.infer.plots import plot_runs
-
-        try:
-            plot_runs([self.out_dir])
-        except ImportError:
-            return
-        except (OSError, ValueError, UserError) as error:  # the run itself is done: a picture must not fail it
-            self._say(f"warning: could not draw {self.out_dir / 'curves.png'}: {error}")
+    def _test(self) -> dict:
+        """Evaluate on the test split and log it; returns summary.json's test figures."""
+        test = self.evaluate(self.data.test)
+        figures = {"test_miou": test["miou"], "test_per_class_iou": test["per_class_iou"]}
+        if "uncertainty" in test:
+            figures["test_uncertainty"] = test["uncertainty"]
+        self.log({"type": "eval", "split": "test", "step": self.step, **test})
+        return figures

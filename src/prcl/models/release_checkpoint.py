@@ -74,7 +74,7 @@ RELEASE_ENCODER = "resnet101"
 RELEASE_NUM_CLASSES = 21
 RELEASE_OUTPUT_STRIDE = 16
 # Not a training checkpoint (no optimizer, step or RNG state): `prcl train --resume` refuses it
-# with one line, since the trainer resumes only its own format (prcl.engine.trainer.CHECKPOINT_FORMAT).
+# with one line, since the trainer resumes only its own format (prcl.engine.run_dir.CHECKPOINT_FORMAT).
 # This value and the "source" prefix below keep their old word ("reference"): they are written into
 # converted files, and files converted before the rename carry them.
 CONVERTED_FORMAT = "prcl-converted-reference-1"

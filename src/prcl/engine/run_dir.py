@@ -1,0 +1,156 @@
+"""The run folder (``train.out_dir``): where a run writes, and what a resumed run reads back.
+
+It holds ``config.yaml`` (resolved), ``metrics.jsonl`` (one JSON object per logged step and per evaluation),
+``checkpoints/last.pt`` and ``best.pt`` (with ``best.json``, the best score) and, at the end, ``summary.json``
+and ``curves.png`` (with matplotlib); with tensorboard installed and ``train.tensorboard`` on, ``tensorboard/``
+holds the scalars and, per evaluation, the predictions on the first validation images.
+
+Only the main process writes: every method here that writes does nothing in the other processes.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from contextlib import contextmanager
+from pathlib import Path
+
+from prcl import distributed
+from prcl.checkpoint import load_checkpoint
+from prcl.config import Config, config_from_dict, resume_conflicts, resume_refusal, save_config
+from prcl.data.validate import check_output_folder
+from prcl.errors import UserError
+from prcl.io import atomic_write, read_records, write_json
+
+CHECKPOINT_FORMAT = "prcl-checkpoint-2"
+TEMPORARY_GLOB = ".*.tmp"  # what prcl.io.atomic_write leaves behind when a process dies while writing
+BEST_SCORE = "best.json"  # the best validation mIoU, written with best.pt (last.pt is saved before evaluating)
+
+
+@contextmanager
+def write_errors(path: Path):
+    """An OSError while writing ``path`` (full disk, permissions) as one line saying how to go on."""
+    try:
+        yield
+    except OSError as error:
+        raise UserError(f"cannot write {path}: {error.strerror or error}; free space or fix the folder, "
+                        "then continue with --resume auto") from None
+
+
+class RunDir:
+    """The paths of one run's folder, the checks before a run starts in it, and the files written to it."""
+
+    def __init__(self, out_dir: str | Path, main: bool) -> None:
+        self.path = Path(out_dir).expanduser()
+        self.checkpoints = self.path / "checkpoints"
+        self.last_checkpoint = self.checkpoints / "last.pt"
+        self.metrics = self.path / "metrics.jsonl"
+        self.config_file = self.path / "config.yaml"
+        self.main = main
+
+    def say(self, line: str) -> None:
+        """One ``prcl:`` line on stderr from the main process."""
+        if self.main:
+            print(f"prcl: {line}", file=sys.stderr, flush=True)
+
+    # ------------------------------------------------------------------------------- before the run
+    def check_writable(self) -> None:
+        """The run folder can be created and written (checked before anything is built; creates nothing)."""
+        if self.main:
+            check_output_folder(self.checkpoints, "train.out_dir")
+
+    def checkpoint_to_resume(self, cfg: Config, resume: str | None, force: bool) -> dict | None:
+        """The checkpoint to resume (loaded on the CPU) after checking that ``cfg`` may continue it; None for a
+        new run. ``resume``: None, "auto" (``last.pt`` when there is one) or a checkpoint's path."""
+        restarts = distributed.restart_count()
+        if resume is None and restarts > 0:  # torchrun --max-restarts started this process again after a failure
+            self.say(f"restart {restarts} by torchrun: continuing the run from its last checkpoint")
+            resume = "auto"
+        if resume is None:
+            if self.last_checkpoint.is_file():
+                raise UserError(f"{self.path} already holds a run; continue it with --resume auto "
+                                f"or set train.out_dir to a new folder")
+            return None
+        path = self.last_checkpoint if resume == "auto" else Path(resume).expanduser()
+        if not path.is_file():
+            if resume != "auto":
+                raise UserError(f"checkpoint to resume not found: {path}")
+            self.say(f"--resume auto: no checkpoint in {self.checkpoints}, starting a new run")
+            return None
+        state = load_checkpoint(path, map_location="cpu")
+        if state.get("format") != CHECKPOINT_FORMAT:
+            raise UserError(f"{path} is not a {CHECKPOINT_FORMAT} training checkpoint "
+                            "(written by another prcl version, or not by `prcl train`)")
+        stored = config_from_dict(state.get("config") or {}, f"checkpoint {path}")
+        refusal = resume_refusal(*resume_conflicts(stored, cfg), force, str(self.path))
+        if refusal:
+            raise UserError(refusal)
+        self.say(f"resuming {self.path} from step {state['step']} ({path})")
+        return state
+
+    def best_score(self) -> float | None:
+        """The mIoU in ``best.json`` (None without one, or when it is damaged): a best.pt written after the
+        evaluation that followed last.pt."""
+        path = self.checkpoints / BEST_SCORE
+        if not path.is_file():
+            return None
+        try:
+            return float(json.loads(path.read_text())["miou"])
+        except (ValueError, KeyError, TypeError):
+            return None  # a damaged score file: the next evaluations decide again
+
+    def prepare(self, cfg: Config, step: int) -> None:
+        """Clean what an interrupted run left (temporary files, metric lines past ``step``) and write
+        config.yaml; every process waits until that is done."""
+        if self.main:
+            self.checkpoints.mkdir(parents=True, exist_ok=True)
+            for leftover in [*self.path.glob(TEMPORARY_GLOB), *self.checkpoints.glob(TEMPORARY_GLOB)]:
+                leftover.unlink(missing_ok=True)
+            self._trim_metrics(step)
+            save_config(cfg, self.config_file)
+        distributed.barrier()
+
+    def _trim_metrics(self, step: int) -> None:
+        """Drop metric lines past ``step`` (written by an interrupted run after its checkpoint) and a torn last
+        line (a crash or a full disk during the append), with a warning."""
+        path = self.metrics
+        if not path.is_file():
+            return
+        records, torn = read_records(path, then=", then resume")
+        if torn:
+            self.say(f"warning: dropped a torn last line of {path} (an interrupted write)")
+        with atomic_write(path, "w") as f:
+            f.write("".join(json.dumps(record) + "\n" for record in records if record.get("step", 0) <= step))
+
+    # -------------------------------------------------------------------------------- during the run
+    def append(self, record: dict) -> None:
+        """Append one JSON line to metrics.jsonl with a single write: a crash leaves at most a torn last line
+        (dropped on resume)."""
+        if self.main:
+            with write_errors(self.metrics), open(self.metrics, "a", encoding="utf-8") as f:
+                f.write(json.dumps(record) + "\n")
+
+    def write_best_score(self, step: int, miou: float) -> None:
+        """best.json beside best.pt: last.pt was written before the evaluation that found this score."""
+        if self.main:
+            path = self.checkpoints / BEST_SCORE
+            with write_errors(path):
+                write_json(path, {"step": step, "miou": miou})
+
+    # ---------------------------------------------------------------------------------- after the run
+    def finish(self, summary: dict) -> None:
+        """summary.json and curves.png."""
+        if self.main:
+            write_json(self.path / "summary.json", summary)
+            self._write_curves()
+
+    def _write_curves(self) -> None:
+        """``curves.png`` from metrics.jsonl; skipped without matplotlib (the optional ``plots`` extra)."""
+        from prcl.infer.plots import plot_runs
+
+        try:
+            plot_runs([self.path])
+        except ImportError:
+            return
+        except (OSError, ValueError, UserError) as error:  # the run itself is done: a picture must not fail it
+            self.say(f"warning: could not draw {self.path / 'curves.png'}: {error}")
