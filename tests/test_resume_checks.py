@@ -41,7 +41,8 @@ def test_an_lr_change_is_refused_without_force_and_accepted_with_it():
 
 def test_extending_the_run_and_moving_it_pass_silently():
     free = ["train.iterations=500", "train.out_dir=runs/moved", "data.num_workers=0", "train.device=cpu",
-            "train.log_every=1", "train.eval_every=7", "train.checkpoint_every=9", "train.progress=false"]
+            "train.log_every=1", "train.eval_every=7", "train.checkpoint_every=9", "train.progress=false",
+            "model.weights=imagenet"]  # the initial weights: a resumed run reads its checkpoint instead
     assert resume_conflicts(STORED, changed(*free)) == ([], [])
     assert refusal(*free) is None and refusal("train.iterations=500") is None
 
@@ -67,5 +68,5 @@ def test_every_listed_key_is_classified_and_long_values_are_cut():
             "prcl.global_prototypes": True}
     breaking, other = resume_conflicts(STORED, changed(*(f"{key}={value}" for key, value in keys.items())))
     assert set(breaking) == set(keys) - {"data.root"} and other == ["data.root"]  # a dataset may move
-    message = refusal(f"model.weights=/very/long/path/{'x' * 80}.pth")
-    assert f"model.weights changed (null -> /very/long/path/{'x' * 11}...);" in message  # 30 characters a value
+    message = refusal(f"data.root=/very/long/path/{'x' * 80}")
+    assert f"data.root changed (null -> /very/long/path/{'x' * 11}...);" in message  # 30 characters a value

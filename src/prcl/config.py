@@ -87,7 +87,9 @@ class DataConfig(_Section):
 class ModelConfig(_Section):
     encoder: Annotated[str, _must("name an encoder, e.g. resnet101", lambda v: bool(v.strip()))] = "resnet101"
     output_stride: Literal[8, 16] = 16
-    weights: Maybe[str] = None  # a checkpoint path, or "imagenet" where the weights ship in a package
+    # None: random init; a local checkpoint path; or "imagenet": the encoder's published ImageNet file, fetched once
+    # into torch's or timm's cache (docs/usage.md, "Backbone weights"); read only when a run starts, not on resume
+    weights: Maybe[str] = None
 
 
 def _registered_method(name: str) -> str:
@@ -353,7 +355,8 @@ def save_config(cfg: Config, path: str | Path) -> None:
 RESUME_BREAKING = ("method.name", "model.encoder", "model.output_stride", "data.dataset", "data.num_classes",
                    "data.num_labels", "data.split_seed", "data.splits", "prcl.deterministic", "prcl.global_prototypes")
 RESUME_FREE = ("train.iterations", "train.progress", "train.out_dir", "train.device", "train.log_every", "train.eval_every",
-               "train.checkpoint_every", "train.channels_last", "train.compile", "train.tensorboard", "data.num_workers")
+               "train.checkpoint_every", "train.channels_last", "train.compile", "train.tensorboard", "data.num_workers",
+               "model.weights")  # the encoder's initial weights: a resumed run takes them from its checkpoint
 
 
 def resume_conflicts(stored: Config, current: Config) -> tuple[list[str], list[str]]:

@@ -3,10 +3,16 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from datetime import timedelta
+from typing import TypeVar
 
 import torch
 import torch.distributed as dist
+
+from prcl.errors import UserError
+
+T = TypeVar("T")
 
 
 def is_distributed() -> bool:
@@ -83,6 +89,29 @@ def all_true(flag: bool, device: torch.device) -> bool:
     value = torch.tensor([1.0 if flag else 0.0], device=device)
     dist.all_reduce(value, op=dist.ReduceOp.MIN)
     return bool(value.item() > 0)
+
+
+def in_turn(work: Callable[[], T]) -> T:
+    """``work()`` on the first process, then on the first process of each other machine, then on the rest:
+    a download into a cache runs once, and the later turns find the file (a cache on a disk of each machine
+    is filled once per machine). Each turn ends when all processes agree that no UserError was raised in
+    it; after one, every process raises (the others with a line pointing to it) instead of waiting.
+    Without a process group: just ``work()``."""
+    if not is_distributed():
+        return work()
+    turn = 0 if rank() == 0 else 1 if int(os.environ.get("LOCAL_RANK", "0")) == 0 else 2
+    device = (torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl"
+              else torch.device("cpu"))
+    result, error = None, None
+    for current in range(3):
+        if current == turn:
+            try:
+                result = work()
+            except UserError as raised:
+                error = raised
+        if not all_true(error is None, device):
+            raise error or UserError("stopped because another process failed (its message says why)")
+    return result
 
 
 def cleanup() -> None:

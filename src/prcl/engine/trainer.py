@@ -30,7 +30,7 @@ from prcl.config import Config, config_to_dict
 from prcl.data.validate import validate_dataset_files
 from prcl.errors import UserError
 from prcl.methods import Networks, StepInput, build_method
-from prcl.models import build_segmenter, unwrap_model
+from prcl.models import build_segmenter, fetch_weights, unwrap_model
 from prcl.schedules import describe_schedule, due, poly_lr, schedule_progress
 
 from .data_setup import build_run_data
@@ -119,12 +119,14 @@ class Trainer:
         resumed = self.run_dir.checkpoint_to_resume(cfg, resume, resume_force)
         self.method = build_method(cfg)
         self.data = build_run_data(cfg)
+        # The encoder's weights (a download the first time for "imagenet") before the file check, which writes
+        # the run folder's first file; a resumed run takes every weight from its checkpoint instead.
+        weights = fetch_weights(cfg.model.encoder, cfg.model.weights) if resumed is None else None
         self._check_data()
         torch.manual_seed(cfg.train.seed)
         # channels_last: convolutions read NHWC, faster on CPUs (oneDNN) and tensor cores alike.
         self.memory_format = torch.channels_last if cfg.train.channels_last else torch.contiguous_format
-        student = build_segmenter(cfg.model.encoder, cfg.data.num_classes, cfg.model.output_stride,
-                                  weights=cfg.model.weights)
+        student = build_segmenter(cfg.model.encoder, cfg.data.num_classes, cfg.model.output_stride, weights=weights)
         self.nets = self._place(self.method.build_networks(student))
         # The networks the optimiser updates (the teacher is not among them): put in train mode each step.
         self.trained_nets = [net for net in self.nets.values() if any(p.requires_grad for p in net.parameters())]

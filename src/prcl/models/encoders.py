@@ -1,8 +1,9 @@
 """Encoders: timm `features_only` backbones that return a stride-4 map and a deep map.
 
-The deep map has stride 16 or 8 (timm dilates the last stages through `output_stride`). Models are
-always created with `pretrained=False`: ImageNet weights come from a local file (see `weights.py`),
-never from the network.
+The deep map has stride 16 or 8 (timm dilates the last stages through `output_stride`). Weights come
+from a local file (`weights.py`) or, with `weights="imagenet"`, from the file `imagenet.py` makes local:
+torchvision's for the ResNets, the packaged one for tf_efficientnet_lite0, timm's own (`pretrained=True`,
+read from timm's cache) for other timm encoders.
 """
 
 from __future__ import annotations
@@ -15,7 +16,8 @@ from torch import nn
 
 from prcl.constants import IMAGENET_MEAN, IMAGENET_STD
 from prcl.errors import UserError
-from prcl.models.weights import load_encoder_weights, packaged_weights_path
+from prcl.models.imagenet import IMAGENET, download_errors, fetch_imagenet, imagenet_source
+from prcl.models.weights import load_encoder_weights
 
 OUTPUT_STRIDES = (8, 16)
 
@@ -41,7 +43,7 @@ class Encoder(nn.Module):
             (images in [0, 1]).
     """
 
-    def __init__(self, name: str, output_stride: int = 16) -> None:
+    def __init__(self, name: str, output_stride: int = 16, timm_pretrained: bool = False) -> None:
         super().__init__()
         if output_stride not in OUTPUT_STRIDES:
             raise UserError(
@@ -52,7 +54,7 @@ class Encoder(nn.Module):
         self.arch = arch
         self.arch_kwargs = dict(kwargs)
         self.output_stride = output_stride
-        self.body = _create_features_model(name, arch, output_stride, kwargs)
+        self.body = _create_features_model(name, arch, output_stride, kwargs, timm_pretrained)
 
         info = self.body.feature_info
         reductions = info.reduction()
@@ -100,13 +102,21 @@ class Encoder(nn.Module):
         return timm.create_model(self.arch, pretrained=False, **self.arch_kwargs)
 
 
-def _create_features_model(name: str, arch: str, output_stride: int, kwargs: dict) -> nn.Module:
+def _create_features_model(name: str, arch: str, output_stride: int, kwargs: dict,
+                            pretrained: bool = False) -> nn.Module:
+    """timm's `features_only` model; ``pretrained``: with timm's ImageNet weights (from its cache, or
+    downloaded by timm)."""
     if not timm.is_model(arch):
         raise UserError(
             f"unknown encoder {name!r}; set model.encoder to resnet18, resnet50, resnet101, resnet101c, "
             "tf_efficientnet_lite0 or another timm model name (see timm.list_models())"
         )
     try:
+        if pretrained:
+            with download_errors(imagenet_source(name)):
+                return timm.create_model(
+                    arch, pretrained=True, features_only=True, output_stride=output_stride, **kwargs
+                )
         return timm.create_model(
             arch, pretrained=False, features_only=True, output_stride=output_stride, **kwargs
         )
@@ -127,11 +137,14 @@ def build_encoder(name: str, output_stride: int = 16, weights: str | Path | None
             and `output_stride` and has a stride-4 feature.
         output_stride: 16 or 8 (stride of the deep map).
         weights: None (random init), a path to a local checkpoint (see `load_encoder_weights`), or
-            "imagenet" for encoders whose weights ship in an installed package (tf_efficientnet_lite0).
+            "imagenet": downloaded into its cache when not there yet (`imagenet.fetch_imagenet`; one
+            process: under torchrun, `imagenet.fetch_weights` first).
     """
+    if weights is not None and str(weights) == IMAGENET:
+        if imagenet_source(name).kind == "timm":
+            return Encoder(name, output_stride, timm_pretrained=True)
+        weights = fetch_imagenet(name)
     encoder = Encoder(name, output_stride)
     if weights is not None:
-        if str(weights) == "imagenet":
-            weights = packaged_weights_path(name)
         load_encoder_weights(encoder, weights)
     return encoder

