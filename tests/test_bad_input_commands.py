@@ -14,7 +14,7 @@ from prcl.cli import main
 from prcl.commands import evaluate as evaluate_command
 from prcl.devices import resolve_device
 from prcl.errors import UserError
-from prcl.infer import Predictor
+from prcl.infer import Predictor, palette
 from prcl.infer.predictor import Prediction
 
 DEMO_CONFIG = str(Path(__file__).resolve().parents[1] / "src" / "prcl" / "configs" / "demo.yaml")
@@ -159,6 +159,7 @@ class _FakePredictor:
 
     num_classes = 3
     probability_head = None
+    palette = palette(3)  # the class colours pictures use (a checkpoint without any: the default)
 
     def predict(self, picture: np.ndarray) -> Prediction:
         assert picture.dtype == np.uint8 and picture.shape[2] == 3

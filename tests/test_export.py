@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 from typing import Any
@@ -15,11 +16,14 @@ from prcl.checkpoint import save_checkpoint
 from prcl.cli import main
 from prcl.errors import UserError
 from prcl.infer import export
+from prcl.infer.visualize import palette
 
 from tiny_run import tiny_networks
 
 NUM_CLASSES = 3
 SIZES = [(2, 64, 64), (2, 96, 80)]  # (batch, height, width): dynamic axes
+CLASS_NAMES = ["sky", "road", "tree"]
+CLASS_COLORS = [[70, 130, 180], [128, 64, 128], [107, 142, 35]]
 
 
 @pytest.fixture(scope="module")
@@ -30,8 +34,9 @@ def checkpoints(tmp_path_factory: pytest.TempPathFactory) -> dict:
     folder = tmp_path_factory.mktemp("export")
     prcl, supervised = folder / "prcl.pt", folder / "supervised.pt"
     save_checkpoint(prcl, {"config": cfg, "student": student.state_dict(), "teacher": teacher.state_dict(),
-                           "probability_head": head.state_dict()})
-    save_checkpoint(supervised, {"config": cfg, "student": student.state_dict()})
+                           "probability_head": head.state_dict(), "class_names": CLASS_NAMES,
+                           "class_colors": CLASS_COLORS})
+    save_checkpoint(supervised, {"config": cfg, "student": student.state_dict()})  # as older checkpoints: no classes
     return {"prcl": prcl, "supervised": supervised, "student": student.eval(), "teacher": teacher.eval(),
             "head": head.eval(), "folder": folder}
 
@@ -63,6 +68,9 @@ def test_prcl_export_matches_pytorch_at_two_sizes(checkpoints: dict, capsys: pyt
     session = _session(out)
     assert [i.name for i in session.get_inputs()] == ["image"]
     assert [o.name for o in session.get_outputs()] == ["logits", "variance"]
+    metadata = session.get_modelmeta().custom_metadata_map  # the checkpoint's classes, as JSON
+    assert json.loads(metadata["class_names"]) == CLASS_NAMES
+    assert json.loads(metadata["class_colors"]) == CLASS_COLORS
     for batch, height, width in SIZES:
         x = torch.randn(batch, 3, height, width)
         logits, variance = session.run(None, {"image": x.numpy()})
@@ -80,6 +88,10 @@ def test_supervised_export_has_only_logits(checkpoints: dict, capsys: pytest.Cap
     assert "onnxruntime check" not in capsys.readouterr().out  # --no-check skips it
     session = _session(out)
     assert [o.name for o in session.get_outputs()] == ["logits"]
+    # a checkpoint without classes: no names, the colours prcl predict draws (the default palette)
+    metadata = session.get_modelmeta().custom_metadata_map
+    assert "class_names" not in metadata
+    assert json.loads(metadata["class_colors"]) == palette(NUM_CLASSES).tolist()
     batch, height, width = SIZES[1]
     x = torch.randn(batch, 3, height, width)
     (logits,) = session.run(None, {"image": x.numpy()})

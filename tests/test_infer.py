@@ -49,6 +49,18 @@ def test_colorize_maps_classes_and_ignore() -> None:
         colorize(np.array([[5]]), 3)
 
 
+def test_given_class_colours_replace_the_palette() -> None:
+    mask = np.array([[0, 1, -1], [2, 255, 1]])
+    colors = [(1, 2, 3), (250, 0, 0), (0, 0, 250)]
+    image = colorize(mask, 3, colors=colors)
+    assert image[0, 0].tolist() == [1, 2, 3] and image[0, 1].tolist() == [250, 0, 0]
+    assert image[1, 0].tolist() == [0, 0, 250] and image[0, 2].tolist() == [255, 255, 255]
+    blended = overlay(np.zeros((2, 3, 3), np.uint8), mask, alpha=1.0, colors=colors)
+    assert blended[1, 2].tolist() == [250, 0, 0] and blended[0, 2].tolist() == [0, 0, 0]  # ignored: the image
+    with pytest.raises(ValueError, match="one \\(R, G, B\\) per class"):
+        colorize(mask, 3, colors=colors[:2])
+
+
 def test_overlay_blends_colours_and_keeps_ignored_pixels() -> None:
     image = np.full((2, 2, 3), 100, dtype=np.uint8)
     mask = np.array([[1, -1], [0, 1]])
@@ -117,6 +129,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> dict:
             "probability_head": head.state_dict(),
             "iteration": 10,
             "class_names": ["sky", "road", "tree"],
+            "class_colors": [[70, 130, 180], [128, 64, 128], [107, 142, 35]],
         },
     )
     return {"path": path, "student": student, "teacher": teacher, "head": head}
@@ -160,6 +173,7 @@ def test_from_checkpoint_matches_the_in_memory_model(trained: dict) -> None:
     loaded = Predictor.from_checkpoint(trained["path"])
     assert loaded.config is not None and loaded.config.model.encoder == "resnet18"
     assert loaded.class_names == ["sky", "road", "tree"]
+    assert loaded.palette.tolist() == [[70, 130, 180], [128, 64, 128], [107, 142, 35]]
     in_memory = Predictor(trained["teacher"], NUM_CLASSES, probability_head=trained["head"]).predict(picture)
     restored = loaded.predict(picture)
     assert np.array_equal(restored.mask, in_memory.mask)
@@ -226,6 +240,16 @@ def test_from_checkpoint_errors_name_the_file(trained: dict, tmp_path: Path) -> 
     save_checkpoint(wrong, {"config": config_to_dict(cfg), "teacher": trained["teacher"].state_dict()})
     with pytest.raises(UserError, match="wrong_classes.pt do not fit"):
         Predictor.from_checkpoint(wrong)
+
+
+def test_checkpoints_without_usable_classes_get_the_default_palette(trained: dict, tmp_path: Path) -> None:
+    cfg = config_to_dict(load_config(None, ["model.encoder=resnet18", f"data.num_classes={NUM_CLASSES}"]))
+    weights = {"config": cfg, "teacher": trained["teacher"].state_dict()}
+    for extra in ({}, {"class_colors": [[1, 2, 3]]}, {"class_colors": [[1, 2, 3], [4, 5, 6], [7, 8, 300]]}):
+        path = tmp_path / "old.pt"
+        save_checkpoint(path, {**weights, **extra})
+        predictor = Predictor.from_checkpoint(path)
+        assert predictor.class_colors is None and predictor.palette.tolist() == palette(NUM_CLASSES).tolist()
 
 
 def test_make_grid_title_and_legend_frame_the_grid(tmp_path: Path) -> None:

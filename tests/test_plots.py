@@ -100,13 +100,13 @@ def test_training_writes_curves_and_tensorboard(demo_root, tmp_path):
     assert [e.step for e in events.Scalars("train/loss")] == [1, 2]
     # The predictions on the first validation images: image | label | prediction, at the image's size.
     from prcl.engine.data_setup import build_run_data
-    from prcl.infer.visualize import colorize, palette
+    from prcl.infer.visualize import colorize
 
     cfg = tiny_config(demo_root, out, iterations=2)
-    valid = build_run_data(cfg).valid
+    data = build_run_data(cfg)
+    valid, colours = data.valid, set(data.class_colors)  # the demo's classes draw in its masks' colours
     tags = sorted(tag for tag in events.Tags()["images"] if tag.startswith("valid/predictions/"))
     assert tags == [f"valid/predictions/{i}" for i in range(min(4, len(valid)))]
-    colours = {tuple(c) for c in palette(cfg.data.num_classes)[: cfg.data.num_classes]}
     for index, tag in enumerate(tags):
         (event,) = events.Images(tag)
         assert event.step == 2
@@ -114,6 +114,8 @@ def test_training_writes_curves_and_tensorboard(demo_root, tmp_path):
         mask = valid[index]["mask"].numpy()
         height, width = mask.shape
         assert picture.shape[1] == 3 * width
-        assert np.array_equal(picture[-height:, width : 2 * width], colorize(mask, cfg.data.num_classes))
+        label_tile = picture[-height:, width : 2 * width]
+        assert np.array_equal(label_tile, colorize(mask, cfg.data.num_classes, colors=data.class_colors))
+        assert {tuple(c) for c in label_tile[mask >= 0]} <= colours
         predicted = {tuple(c) for c in picture[-height:, 2 * width :].reshape(-1, 3)}
         assert predicted <= colours

@@ -53,6 +53,15 @@ def AtLeast(low: int) -> Any:
     return Annotated[Int, _must(f"be >= {low}", lambda v: v >= low)]
 
 
+def is_rgb(value: Any) -> bool:
+    """Whether ``value`` is a colour as class colours are written: three integers 0..255 (R, G, B)."""
+    return (isinstance(value, (list, tuple)) and len(value) == 3
+            and all(isinstance(c, int) and not isinstance(c, bool) and 0 <= c <= 255 for c in value))
+
+
+RGB = Annotated[Any, _must("be three integers 0..255 (R, G, B), e.g. [255, 0, 0]", is_rgb)]
+
+
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
@@ -81,6 +90,10 @@ class DataConfig(_Section):
     unlabeled_batch_size: Maybe[AtLeast(2)] = None  # None: batch_size
     scale_range: Scales = Field(default_factory=lambda: [0.5, 1.5])
     num_workers: AtLeast(0) = 2
+    # The classes' names and colours, in class index order (one per class); null: a classes.yaml or classes.txt
+    # in data.root (folder datasets), else the dataset's own (VOC, Cityscapes, demo) or class_0.. and the VOC map.
+    class_names: Maybe[list[str]] = None
+    class_colors: Maybe[list[RGB]] = None  # [[R, G, B], ...]
     demo: DemoConfig = Field(default_factory=DemoConfig)
 
 
@@ -215,6 +228,8 @@ def _schema(cls: type[BaseModel], prefix: str = "") -> dict[str, Any]:
 _SCHEMA = _schema(Config)
 _KINDS = {"int_type": "int", "bool_type": "bool", "float_type": "float", "string_type": "str",
           "list_type": "a list of float such as [0.5, 1.5]"}
+_LISTS = {"data.class_names": "a list of names such as [background, crack]",
+          "data.class_colors": "a list of [R, G, B] such as [[0, 0, 0], [255, 0, 0]]"}
 
 
 def _validate(tree: dict[str, Any], source: str) -> Config:
@@ -235,7 +250,8 @@ def _validate(tree: dict[str, Any], source: str) -> Config:
     if kind == "literal_error":
         listed = problem["ctx"]["expected"].replace("'", "").replace(" or ", ", ")
         raise UserError(f"config key '{key}' must be one of {listed}, got {value!r}{source}")
-    raise UserError(f"config key '{key}' expects {_KINDS.get(kind, problem['msg'])}, got {value!r}{source}")
+    expected = _LISTS[key] if kind == "list_type" and key in _LISTS else _KINDS.get(kind, problem["msg"])
+    raise UserError(f"config key '{key}' expects {expected}, got {value!r}{source}")
 
 
 def _build(tree: dict[str, Any], layers: list[tuple[dict[str, Any], str]], resolve: bool) -> Config:
@@ -291,6 +307,33 @@ def validate_config(cfg: Config) -> None:
     ]:
         if not ok:
             raise UserError(message)
+    _check_classes(data)
+
+
+def class_count(data: DataConfig) -> int | None:
+    """The number of classes: ``data.num_classes``, or the dataset's own when it is null (None for a folder)."""
+    if data.num_classes is not None:
+        return data.num_classes
+    return data.demo.num_classes if data.dataset == "demo" else DATASET_NUM_CLASSES.get(data.dataset)
+
+
+def _check_classes(data: DataConfig) -> None:
+    """data.class_names and data.class_colors: one entry per class, names distinct and not empty."""
+    count = class_count(data)
+    counted_by = ("data.num_classes" if data.num_classes is not None else
+                  "data.demo.num_classes" if data.dataset == "demo" else f"data.dataset={data.dataset}")
+    for key, given, what in (("data.class_names", data.class_names, "names"),
+                             ("data.class_colors", data.class_colors, "colours")):
+        if given is not None and count is not None and len(given) != count:
+            raise UserError(f"{key} lists {len(given)} {what} for {count} classes ({counted_by}): "
+                            f"give one per class, in class index order")
+    names = data.class_names or []
+    for index, name in enumerate(names):
+        if not name.strip():
+            raise UserError(f"data.class_names[{index}] is empty: give every class a name")
+        if name in names[:index]:
+            raise UserError(f"data.class_names names {name!r} twice (classes {names.index(name)} and {index}): "
+                            "give every class its own name")
 
 
 def launch_world_size() -> int:
@@ -307,8 +350,7 @@ def resolve_config(cfg: Config, world_size: int | None = None) -> Config:
     world = launch_world_size() if world_size is None else world_size
     resolved = cfg.model_copy(deep=True)
     data, train, evaluation = resolved.data, resolved.train, resolved.eval
-    if data.num_classes is None:
-        data.num_classes = data.demo.num_classes if data.dataset == "demo" else DATASET_NUM_CLASSES.get(data.dataset)
+    data.num_classes = class_count(data)
     data.unlabeled_batch_size = data.unlabeled_batch_size or data.batch_size
     evaluation.window = evaluation.window or data.crop_size
     evaluation.stride = evaluation.stride or max(1, evaluation.window * 2 // 3)
@@ -356,6 +398,7 @@ RESUME_BREAKING = ("method.name", "model.encoder", "model.output_stride", "data.
                    "data.num_labels", "data.split_seed", "data.splits", "prcl.deterministic", "prcl.global_prototypes")
 RESUME_FREE = ("train.iterations", "train.progress", "train.out_dir", "train.device", "train.log_every", "train.eval_every",
                "train.checkpoint_every", "train.channels_last", "train.compile", "train.tensorboard", "data.num_workers",
+               "data.class_names", "data.class_colors",
                "model.weights")  # the encoder's initial weights: a resumed run takes them from its checkpoint
 
 

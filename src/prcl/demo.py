@@ -41,11 +41,11 @@ def demo_configs(out_dir: Path, overrides: list[str], seed: int) -> dict[str, Co
 
 def _figure(out_dir: Path, cfgs: dict[str, Config], trainers: dict[str, Trainer], report: dict) -> Path:
     from prcl.infer import Predictor
-    from prcl.infer.visualize import colorize, denormalize, heatmap, make_grid, palette
+    from prcl.infer.visualize import colorize, denormalize, heatmap, make_grid
 
     data = trainers["prcl"].data
     dataset = data.test if data.test is not None else data.valid
-    num_classes = cfgs["prcl"].data.num_classes
+    num_classes, colors = cfgs["prcl"].data.num_classes, data.class_colors
     predictors = {m: Predictor(t.eval_network(), num_classes, t.probability_head_network(), device=t.device)
                   for m, t in trainers.items()}
     rows = []
@@ -56,11 +56,12 @@ def _figure(out_dir: Path, cfgs: dict[str, Config], trainers: dict[str, Trainer]
         uncertainty = predictions["prcl"].uncertainty
         if uncertainty is None:  # prcl.deterministic: no probability head, no uncertainty to show
             uncertainty = np.zeros(label.shape, dtype=np.float32)
-        rows.append([denormalize(image, IMAGENET_MEAN, IMAGENET_STD), colorize(label, num_classes),
-                     *(colorize(predictions[m].mask, num_classes) for m in METHODS), heatmap(uncertainty)])
+        rows.append([denormalize(image, IMAGENET_MEAN, IMAGENET_STD), colorize(label, num_classes, colors=colors),
+                     *(colorize(predictions[m].mask, num_classes, colors=colors) for m in METHODS),
+                     heatmap(uncertainty)])
     path = out_dir / "figure.png"
     title = f"{report['split']} mIoU: " + ", ".join(f"{TITLES[m]} {report[m + '_miou']:.1f}" for m in METHODS)
-    legend = list(zip(data.class_names, (tuple(colour) for colour in palette(num_classes))))
+    legend = list(zip(data.class_names, colors))
     make_grid(rows, ["image", "label", *(TITLES[m] for m in METHODS), "PRCL uncertainty"], scale=2, path=path,
               title=title, legend=legend)
     return path

@@ -80,20 +80,7 @@ def read_layers(path: Path, stack: tuple[Path, ...] = ()) -> list[tuple[dict[str
         raise UserError(f"config file not found: {path} (check the path, e.g. configs/demo.yaml)")
     if path.is_dir():
         raise UserError(f"config path is a folder, not a YAML file: {path}")
-    try:
-        content = yaml.load(path.read_text(encoding="utf-8"), Loader=_Loader)
-    except DuplicateKeyError as error:
-        raise UserError(error.describe(str(path))) from None
-    except (OSError, UnicodeDecodeError) as error:
-        raise UserError(f"cannot read config file {path}: {' '.join(str(error).split())}") from None
-    except yaml.YAMLError as error:
-        mark = getattr(error, "problem_mark", None) or getattr(error, "context_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
-        problem = getattr(error, "problem", None) or str(error)
-        context, context_mark = getattr(error, "context", None), getattr(error, "context_mark", None)
-        if context and context_mark is not None and context_mark is not mark:
-            problem = f"{problem} ({context} started at line {context_mark.line + 1})"
-        raise UserError(f"malformed YAML in {path}{where}: {' '.join(problem.split())}") from None
+    content = read_yaml(path, "config file")
     if content is not None and not isinstance(content, dict):
         kind = type(content).__name__
         raise UserError(f"config file {path} must hold a mapping of sections (data:, model:, ...), got {kind}")
@@ -104,6 +91,25 @@ def read_layers(path: Path, stack: tuple[Path, ...] = ()) -> list[tuple[dict[str
         raise UserError(f"{BASE_KEY} in {path} must be a file name or a list of file names, got {bases!r}")
     return [layer for base in bases for layer in read_layers(path.parent / base, (*stack, resolved))] + [
         (content, f" in {path}")]
+
+
+def read_yaml(path: Path, what: str = "file") -> Any:
+    """The content of the YAML file ``path`` (our loader: 1e-3 is a float, a key given twice is refused); one
+    UserError line naming ``what`` and ``path`` when it cannot be read or parsed (with the line and column)."""
+    try:
+        return yaml.load(path.read_text(encoding="utf-8"), Loader=_Loader)
+    except DuplicateKeyError as error:
+        raise UserError(error.describe(str(path))) from None
+    except (OSError, UnicodeDecodeError) as error:
+        raise UserError(f"cannot read {what} {path}: {' '.join(str(error).split())}") from None
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None) or getattr(error, "context_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(error, "problem", None) or str(error)
+        context, context_mark = getattr(error, "context", None), getattr(error, "context_mark", None)
+        if context and context_mark is not None and context_mark is not mark:
+            problem = f"{problem} ({context} started at line {context_mark.line + 1})"
+        raise UserError(f"malformed YAML in {path}{where}: {' '.join(problem.split())}") from None
 
 
 def parse_value(text: str) -> Any:

@@ -199,7 +199,8 @@ def predict_files(checkpoint: str | Path, inputs: list[str], out_dir: str | Path
                   protocol: str | None = None, window: int | None = None, stride: int | None = None,
                   save_probs: bool = False, progress: bool | None = None, batch_size: int = 4,
                   uncertainty: str = "entropy") -> PredictResult:
-    """For each image: ``<name>_mask.png`` (palette), ``<name>_overlay.png`` and
+    """For each image: ``<name>_mask.png`` (a palette PNG whose colours are the checkpoint's class colours,
+    else :func:`prcl.infer.visualize.palette`'s), ``<name>_overlay.png`` and
     ``<name>_uncertainty.png`` in ``out_dir``, all at the image's size; with ``save_probs`` also
     ``<name>_probs.npy``, the (C, H, W) float32 softmax probabilities.
 
@@ -250,14 +251,16 @@ def predict_files(checkpoint: str | Path, inputs: list[str], out_dir: str | Path
         tqdm.write(f"prcl: skipped {path}: {reason}", file=sys.stderr)
         bar.update(1)
 
-    flat_palette = palette(256).reshape(-1).tolist()
+    mask_palette = palette(256)  # values past the classes keep the default colours
+    mask_palette[: predictor.num_classes] = predictor.palette[:256]
+    flat_palette = mask_palette.reshape(-1).tolist()
     writes: deque[Future] = deque()
     with ThreadPoolExecutor(max_workers=ENCODE_THREADS) as writer:
         for batch in _size_batches(_decode_ahead(files, 2 * batch_size), batch_size, failed):
             predictions = predictor.predict_batch([picture for _, picture in batch])
             for (path, picture), prediction in zip(batch, predictions):
                 writes.append(writer.submit(_write_outputs, out, names[path], picture, prediction,
-                                            predictor.num_classes, flat_palette, save_probs, uncertainty))
+                                            predictor.palette, flat_palette, save_probs, uncertainty))
                 result.written.append(out / f"{names[path]}_mask.png")
             while len(writes) > 2 * batch_size:  # a bounded queue; a write error surfaces here
                 writes.popleft().result()
@@ -268,17 +271,17 @@ def predict_files(checkpoint: str | Path, inputs: list[str], out_dir: str | Path
     return result
 
 
-def _write_outputs(out: Path, name: str, picture: np.ndarray, prediction, num_classes: int,
+def _write_outputs(out: Path, name: str, picture: np.ndarray, prediction, colors: np.ndarray,
                    flat_palette: list[int], save_probs: bool, uncertainty: str = "entropy") -> None:
-    """The files of one prediction (see :func:`predict_files`), each written atomically; ``flat_palette``
-    is the mask PNGs' 256 x RGB palette as a flat list."""
+    """The files of one prediction (see :func:`predict_files`), each written atomically; ``colors`` are the
+    (C, 3) class colours, ``flat_palette`` the mask PNGs' 256 x RGB palette (starting with them) as a flat list."""
     from prcl.infer.visualize import heatmap, overlay
     from prcl.io import atomic_write
 
     mask = Image.fromarray(prediction.mask.astype(np.uint8), mode="P")
     mask.putpalette(flat_palette)
     outputs = {f"{name}_mask.png": mask,
-               f"{name}_overlay.png": Image.fromarray(overlay(picture, prediction.mask, num_classes=num_classes))}
+               f"{name}_overlay.png": Image.fromarray(overlay(picture, prediction.mask, colors=colors))}
     if uncertainty == "entropy":
         outputs[f"{name}_uncertainty.png"] = Image.fromarray(heatmap(prediction.entropy, 0.0, 1.0))
     elif prediction.uncertainty is not None:

@@ -223,15 +223,19 @@ def render_demo_sample(
     return (image * 255.0 + 0.5).astype(np.uint8), mask
 
 
-def _palette(num_classes: int) -> list[int]:
-    """A palette for the mask PNGs: distinct colours for classes, white for 255 (ignore)."""
-    colours = [(0, 0, 0)] * 256
+def demo_class_colors(num_classes: int) -> list[tuple[int, int, int]]:
+    """The colours of the first ``num_classes`` demo classes (RGB, class index order), as in the mask PNGs."""
     rng = np.random.default_rng(12345)
     base = [(230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200), (245, 130, 48),
             (145, 30, 180), (70, 240, 240), (240, 50, 230), (210, 245, 60), (250, 190, 212),
             (0, 128, 128), (170, 110, 40)]  # fmt: skip
-    for k in range(num_classes):
-        colours[k] = base[k] if k < len(base) else tuple(int(v) for v in rng.integers(0, 256, 3))
+    return [base[k] if k < len(base) else tuple(int(v) for v in rng.integers(0, 256, 3))
+            for k in range(num_classes)]
+
+
+def _palette(num_classes: int) -> list[int]:
+    """A palette for the mask PNGs: the classes' colours, black for unused values, white for 255 (ignore)."""
+    colours = demo_class_colors(num_classes) + [(0, 0, 0)] * (256 - num_classes)
     colours[255] = (255, 255, 255)
     return [v for c in colours for v in c]
 

@@ -15,11 +15,11 @@ from prcl.data import (
     Splits,
     VOCDataset,
     check_splits,
-    demo_class_names,
     eval_transform,
     generate_demo_dataset,
     read_id_list,
     read_splits,
+    run_classes,
     split_dir,
     train_transform,
     unlabeled_transform,
@@ -38,6 +38,7 @@ class RunData:
     test: Dataset | None
     class_names: list[str]
     root: Path
+    class_colors: list[tuple[int, int, int]]  # one RGB per class, as class_names
 
 
 def _splits_root(cfg: Config, root: Path) -> Path:
@@ -94,12 +95,10 @@ def build_run_data(cfg: Config) -> RunData:
     if data.dataset in ("demo", "folder"):
         if data.dataset == "demo":
             root = demo_root(cfg)
-            names = demo_class_names(data.demo.num_classes)
         else:
             if not data.root:
                 raise UserError("data.root is not set: point it at a folder with images/ and masks/")
             root = Path(data.root).expanduser()
-            names = [f"class_{k}" for k in range(data.num_classes)]
         splits = read_run_splits(cfg, root)
         if (root / "splits" / "test_filename.txt").is_file():
             test_ids = read_id_list(root / "splits" / "test_filename.txt")
@@ -108,19 +107,18 @@ def build_run_data(cfg: Config) -> RunData:
             return FolderDataset(root, ids, with_labels=labels, num_classes=data.num_classes, transform=tf)
     elif data.dataset == "voc":
         root = VOCDataset.find_root(data.root)
-        names = list(VOCDataset.class_names)
         splits = read_run_splits(cfg, root)
 
         def make(ids, labels, tf):
             return VOCDataset(root, ids, with_labels=labels, transform=tf)
     else:  # cityscapes
         root = Path(data.root).expanduser()
-        names = list(CityscapesDataset.class_names)
         splits = read_run_splits(cfg, root)
 
         def make(ids, labels, tf, split="train"):
             return CityscapesDataset(root, ids, with_labels=labels, split=split, transform=tf)
 
+    classes = run_classes(data, root)
     labeled = make(splits.labeled, True, labeled_tf)
     unlabeled = make(splits.unlabeled, False, unlabeled_tf)
     if cfg.train.pseudo_label_probe and unlabeled.ids and all(unlabeled.mask_path(i).is_file() for i in unlabeled.ids):
@@ -133,4 +131,4 @@ def build_run_data(cfg: Config) -> RunData:
     if missing:
         raise UserError(f"{describe_missing(missing)}; check data.root or the split files")
     test = make(test_ids, True, eval_transform()) if test_ids else None
-    return RunData(labeled, unlabeled, valid, test, names, root)
+    return RunData(labeled, unlabeled, valid, test, classes.names, root, classes.colors)

@@ -25,10 +25,11 @@ EXAMPLE_IMAGES = 4  # validation images shown with their predictions at each eva
 
 @torch.no_grad()
 def prediction_rows(model: nn.Module, dataset: Dataset, cfg: Config, device: torch.device,
-                    count: int = EXAMPLE_IMAGES) -> list[np.ndarray]:
+                    count: int = EXAMPLE_IMAGES, colors: list[tuple[int, int, int]] | None = None) -> list[np.ndarray]:
     """For the first ``count`` items of ``dataset``: an (H + title, 3 W, 3) uint8 picture of the image, its
-    label and ``model``'s prediction (palette colours, ignored pixels black), predicted as evaluation does
-    (``cfg.eval``'s protocol, window, stride, flip and scales; "random-crop" shows the whole image)."""
+    label and ``model``'s prediction (in ``colors``, one RGB per class, or the VOC colour map when None;
+    ignored pixels white), predicted as evaluation does (``cfg.eval``'s protocol, window, stride, flip and
+    scales; "random-crop" shows the whole image)."""
     from prcl.constants import IMAGENET_MEAN, IMAGENET_STD
     from prcl.infer.visualize import colorize, denormalize, make_grid
 
@@ -42,8 +43,9 @@ def prediction_rows(model: nn.Module, dataset: Dataset, cfg: Config, device: tor
         if e.protocol == "center":
             image, label = crop_for_protocol(image, label, "center", e.window)
         prediction = class_map(average_views(map_fn, image, protocol, e.window, e.stride, e.flip, tuple(e.scales)))
-        tiles = [denormalize(image[0], IMAGENET_MEAN, IMAGENET_STD), colorize(label[0].cpu().numpy(), num_classes),
-                 colorize(prediction[0].cpu().numpy(), num_classes)]
+        tiles = [denormalize(image[0], IMAGENET_MEAN, IMAGENET_STD),
+                 colorize(label[0].cpu().numpy(), num_classes, colors=colors),
+                 colorize(prediction[0].cpu().numpy(), num_classes, colors=colors)]
         rows.append(np.asarray(make_grid([tiles], ["image", "label", "prediction"], scale=1)))
     return rows
 

@@ -194,6 +194,7 @@ class Trainer:
             "format": CHECKPOINT_FORMAT,
             "config": config_to_dict(self.cfg),
             "class_names": self.data.class_names,
+            "class_colors": [list(color) for color in self.data.class_colors],
             "step": self.step,
             **{name: unwrap_model(net).state_dict() for name, net in self.nets.items()},
             "method": self.method.state_dict(),
@@ -405,7 +406,8 @@ class Trainer:
         self.log({"type": "eval", "split": "valid", "step": self.step, **result})
         if self.tensorboard.enabled():  # the main process only
             self.tensorboard.record_images("valid/predictions", self.step, prediction_rows(
-                unwrap_model(self.eval_network()), self.data.valid, self.cfg, self.device))
+                unwrap_model(self.eval_network()), self.data.valid, self.cfg, self.device,
+                colors=self.data.class_colors))
         if result["miou"] is not None and result["miou"] > self.best_miou:
             self.best_miou = result["miou"]
             self.save("best.pt")

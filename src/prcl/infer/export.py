@@ -5,6 +5,8 @@ minus the ImageNet mean, divided by the ImageNet std, as :class:`prcl.infer.Pred
 returns ``logits`` (N, C, H, W), upsampled bilinearly (align_corners=True) to the input size as in
 evaluation, and, for checkpoints with a probability head, ``variance`` (N, 1, H, W): the head's
 variance averaged over its dimensions, upsampled alike. Batch, height and width are dynamic.
+The file's metadata (``metadata_props``) holds ``class_colors`` (JSON: one [R, G, B] per class, the
+colours ``prcl predict`` draws) and, when the checkpoint names its classes, ``class_names`` (JSON list).
 
 onnx and onnxruntime are optional: ``pip install 'prcl[export]'``.
 """
@@ -13,6 +15,7 @@ from __future__ import annotations
 
 import importlib
 import io
+import json
 import warnings
 from pathlib import Path
 from typing import Any
@@ -62,8 +65,31 @@ class ExportModule(nn.Module):
 
 def export_module(checkpoint: str | Path, use: str = "teacher", device: str | torch.device = "cpu") -> ExportModule:
     """The checkpoint's model (as :meth:`Predictor.from_checkpoint` loads it), wrapped for export, in eval mode."""
-    predictor = Predictor.from_checkpoint(checkpoint, device=device, use=use)
+    return _export_module(Predictor.from_checkpoint(checkpoint, device=device, use=use))
+
+
+def _export_module(predictor: Predictor) -> ExportModule:
     return ExportModule(predictor.model, predictor.probability_head).to(predictor.device).eval()
+
+
+def class_metadata(predictor: Predictor) -> dict[str, str]:
+    """The ONNX metadata on the classes: "class_colors" (JSON [[R, G, B], ...]) and "class_names" (JSON list,
+    only when the checkpoint names its classes)."""
+    metadata = {"class_colors": json.dumps(predictor.palette.tolist())}
+    if predictor.class_names is not None:
+        metadata["class_names"] = json.dumps(predictor.class_names, ensure_ascii=False)
+    return metadata
+
+
+def _with_metadata(data: bytes, metadata: dict[str, str]) -> bytes:
+    """The serialised ONNX model ``data`` with ``metadata`` added to its metadata_props."""
+    import onnx
+
+    model = onnx.load_from_string(data)
+    for key, value in metadata.items():
+        entry = model.metadata_props.add()
+        entry.key, entry.value = key, value
+    return model.SerializeToString()
 
 
 def _logaddexp(g: Any, a: Any, b: Any) -> Any:
@@ -133,14 +159,16 @@ def export_onnx(
     """Export ``checkpoint`` to the ONNX file ``out`` (written atomically); return the check's result.
 
     With ``check`` (the default) the written file is run with onnxruntime on a random input and
-    compared with PyTorch (see :func:`check_onnx`); without it, None is returned.
+    compared with PyTorch (see :func:`check_onnx`); without it, None is returned. The class names and
+    colours go into the file's metadata (:func:`class_metadata`).
     """
     if not onnx_available():
         raise UserError(MISSING_PACKAGES)
     if not OPSETS[0] <= opset <= OPSETS[1]:
         raise UserError(f"--opset {opset} is not supported; choose {OPSETS[0]} to {OPSETS[1]} (default 17)")
-    module = export_module(checkpoint, use=use, device=device)
-    data = _onnx_bytes(module, next(module.parameters()).device, opset)
+    predictor = Predictor.from_checkpoint(checkpoint, device=device, use=use)
+    module = _export_module(predictor)
+    data = _with_metadata(_onnx_bytes(module, next(module.parameters()).device, opset), class_metadata(predictor))
     with atomic_write(out, "wb") as stream:
         stream.write(data)
     return check_onnx(module, out) if check else None

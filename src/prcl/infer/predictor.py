@@ -21,12 +21,13 @@ from PIL import Image
 from torch import nn
 
 from prcl.checkpoint import load_checkpoint
-from prcl.config import Config, config_from_dict
+from prcl.config import Config, config_from_dict, is_rgb
 from prcl.constants import IMAGENET_MEAN, IMAGENET_STD
 from prcl.data.datasets import to_rgb8
 from prcl.devices import resolve_device
 from prcl.errors import UserError
 from prcl.infer.protocols import average_views, dense_maps, mean_variance
+from prcl.infer.visualize import class_palette
 from prcl.metrics import normalised_entropy
 from prcl.models import ProbabilityHead, build_segmenter
 
@@ -74,6 +75,14 @@ def _class_names(names: Any, num_classes: int) -> list[str] | None:
     return None
 
 
+def _class_colors(colors: Any, num_classes: int) -> list[tuple[int, int, int]] | None:
+    """The checkpoint's class colours when it holds one RGB (three integers 0..255) per class, else None
+    (checkpoints written before colours were stored: the default palette)."""
+    if isinstance(colors, (list, tuple)) and len(colors) == num_classes and all(is_rgb(c) for c in colors):
+        return [(int(c[0]), int(c[1]), int(c[2])) for c in colors]
+    return None
+
+
 class Predictor:
     """Runs a segmenter (and optionally its probability head) on pictures, without gradients.
 
@@ -84,7 +93,8 @@ class Predictor:
     ``protocol`` ("whole" or "sliding"), ``window``, ``stride``, ``flip`` and ``scales`` are as
     in :func:`prcl.infer.protocols.average_views`: the maps of :func:`prcl.infer.protocols.dense_maps`
     (probabilities, then the mean variance) averaged over the views, as in evaluation.
-    ``class_names`` (optional) names the C classes.
+    ``class_names`` (optional) names the C classes and ``class_colors`` (optional) gives each an
+    (R, G, B) colour; :attr:`palette` is what pictures of the predictions use.
     """
 
     def __init__(
@@ -101,6 +111,7 @@ class Predictor:
         flip: bool = False,
         scales: Sequence[float] = (1.0,),
         class_names: Sequence[str] | None = None,
+        class_colors: Sequence[Sequence[int]] | None = None,
     ) -> None:
         if protocol not in ("whole", "sliding"):
             raise ValueError(f"Predictor protocol must be 'whole' or 'sliding', got {protocol!r}")
@@ -118,6 +129,9 @@ class Predictor:
         self.flip = flip
         self.scales = tuple(scales)
         self.class_names = list(class_names) if class_names is not None else None
+        self.class_colors = [tuple(int(v) for v in c) for c in class_colors] if class_colors is not None else None
+        if self.class_colors is not None:
+            class_palette(num_classes, self.class_colors)  # ValueError unless one colour per class
         self.config: Config | None = None  # set by from_checkpoint
 
     @classmethod
@@ -129,7 +143,8 @@ class Predictor:
         ``use`` picks the "teacher" (evaluated in training; the default) or the "student" weights;
         a checkpoint without teacher weights (supervised runs) falls back to the student. The
         probability head is loaded when the checkpoint has one. The inference protocol, flip and
-        scales follow the config's ``eval`` section ("center"/"random-crop" become "whole").
+        scales follow the config's ``eval`` section ("center"/"random-crop" become "whole"). The class
+        names and colours are the checkpoint's "class_names" and "class_colors" (None where it has none).
         """
         if use not in ("teacher", "student"):
             raise UserError(f"use must be 'teacher' or 'student', got {use!r}")
@@ -167,9 +182,15 @@ class Predictor:
             flip=evaluation.flip,
             scales=evaluation.scales,
             class_names=_class_names(state.get("class_names"), num_classes),
+            class_colors=_class_colors(state.get("class_colors"), num_classes),
         )
         predictor.config = cfg
         return predictor
+
+    @property
+    def palette(self) -> np.ndarray:
+        """(C, 3) uint8: the class colours, or the VOC colour map where the checkpoint gave none."""
+        return class_palette(self.num_classes, self.class_colors)
 
     def _to_tensor(self, image: ImageInput) -> torch.Tensor:
         """Picture -> normalised float (1, 3, H, W) on the device."""

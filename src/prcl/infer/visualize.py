@@ -13,6 +13,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from prcl.constants import IGNORE_INDEX
+from prcl.data.classes import voc_color_map
 from prcl.data.datasets import FILE_IGNORE_VALUE
 from prcl.io import atomic_write
 
@@ -41,18 +42,22 @@ def palette(num_classes: int) -> np.ndarray:
     """(num_classes, 3) uint8: the PASCAL VOC colour map (class bits interleaved into R, G, B).
 
     Class 0 is black, 1 (128, 0, 0), 2 (0, 128, 0), 3 (128, 128, 0), ...; colours stay distinct
-    for up to 2**24 classes.
+    for up to 2**24 classes. The colours of classes that were given none (see :func:`class_palette`).
     """
-    colours = np.zeros((num_classes, 3), dtype=np.uint8)
-    for index in range(num_classes):
-        code, red, green, blue = index, 0, 0, 0
-        for bit in range(8):
-            red |= ((code >> 0) & 1) << (7 - bit)
-            green |= ((code >> 1) & 1) << (7 - bit)
-            blue |= ((code >> 2) & 1) << (7 - bit)
-            code >>= 3
-        colours[index] = (red, green, blue)
-    return colours
+    return voc_color_map(num_classes)
+
+
+def class_palette(num_classes: int, colors: Sequence[Sequence[int]] | np.ndarray | None = None) -> np.ndarray:
+    """(num_classes, 3) uint8: ``colors`` (one RGB per class, e.g. a run's ``class_colors``), or
+    :func:`palette` when None. ValueError when ``colors`` holds fewer than ``num_classes`` colours."""
+    if colors is None:
+        return palette(num_classes)
+    table = np.asarray(colors, dtype=np.int64)
+    if table.ndim != 2 or table.shape[1] != 3 or len(table) < num_classes:
+        raise ValueError(f"colors must be one (R, G, B) per class for {num_classes} classes, got shape {table.shape}")
+    if table.min(initial=0) < 0 or table.max(initial=0) > 255:
+        raise ValueError("colors must be integers 0..255")
+    return table[:num_classes].astype(np.uint8)
 
 
 def _ignored(mask: np.ndarray, num_classes: int) -> np.ndarray:
@@ -63,9 +68,11 @@ def _ignored(mask: np.ndarray, num_classes: int) -> np.ndarray:
 
 
 def colorize(
-    mask: np.ndarray, num_classes: int, ignore_colour: tuple[int, int, int] = (255, 255, 255)
+    mask: np.ndarray, num_classes: int, ignore_colour: tuple[int, int, int] = (255, 255, 255),
+    colors: Sequence[Sequence[int]] | np.ndarray | None = None,
 ) -> np.ndarray:
-    """(H, W) class indices -> (H, W, 3) uint8 palette colours; ignore pixels get ``ignore_colour``."""
+    """(H, W) class indices -> (H, W, 3) uint8 colours of :func:`class_palette` (``colors``, or the VOC
+    colour map when None); ignore pixels get ``ignore_colour``."""
     mask = np.asarray(mask)
     if mask.ndim != 2:
         raise ValueError(f"mask must be (H, W), got shape {mask.shape}")
@@ -75,18 +82,20 @@ def colorize(
     if kept.size and (kept.min() < 0 or kept.max() >= num_classes):
         bad = kept.min() if kept.min() < 0 else kept.max()
         raise ValueError(f"mask value {bad} is out of range for {num_classes} classes")
-    image = palette(num_classes)[np.where(ignored, 0, mask)]
+    image = class_palette(num_classes, colors)[np.where(ignored, 0, mask)]
     image[ignored] = ignore_colour
     return image
 
 
 def overlay(
-    image: np.ndarray, mask: np.ndarray, alpha: float = 0.5, num_classes: int | None = None
+    image: np.ndarray, mask: np.ndarray, alpha: float = 0.5, num_classes: int | None = None,
+    colors: Sequence[Sequence[int]] | np.ndarray | None = None,
 ) -> np.ndarray:
-    """Blend palette colours over an image: (H, W, 3) uint8 -> (H, W, 3) uint8.
+    """Blend class colours over an image: (H, W, 3) uint8 -> (H, W, 3) uint8.
 
-    ``mask`` is (H, W) class indices (coloured with :func:`palette`; ignore pixels keep the
-    image) or an (H, W, 3) uint8 colour picture. ``alpha`` is the weight of the colours.
+    ``mask`` is (H, W) class indices (coloured as :func:`colorize` does with ``colors``; ignore
+    pixels keep the image) or an (H, W, 3) uint8 colour picture. ``alpha`` is the weight of the
+    colours. ``num_classes`` defaults to the number of ``colors``, else to the largest index + 1.
     """
     image = np.asarray(image)
     mask = np.asarray(mask)
@@ -96,10 +105,12 @@ def overlay(
         raise ValueError(f"mask {mask.shape} and image {image.shape} differ in size")
     weight = np.full(mask.shape[:2] + (1,), float(alpha))
     if mask.ndim == 2:
+        if num_classes is None and colors is not None:
+            num_classes = len(colors)
         if num_classes is None:
             kept = mask[(mask != IGNORE_INDEX) & (mask != FILE_IGNORE_VALUE)]
             num_classes = max(int(kept.max()) + 1 if kept.size else 1, 1)
-        colours = colorize(mask, num_classes)
+        colours = colorize(mask, num_classes, colors=colors)
         weight[_ignored(mask.astype(np.int64), num_classes)] = 0.0
     else:
         colours = mask

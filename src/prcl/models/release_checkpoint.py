@@ -142,14 +142,15 @@ def convert_release_checkpoint(
 
     student <- 'model', teacher <- 'ema', probability_head <- 'uncer_head'; "config" is
     :func:`release_config` (``overrides`` such as ``data.root=/data/VOC2012`` apply to it), "class_names"
-    the VOC names, "source" names the release file. `prcl eval`, `prcl predict` and
-    `Predictor.from_checkpoint` read it; `prcl train --resume` does not (it holds no training state).
+    and "class_colors" the VOC names and colour map, "source" names the release file. `prcl eval`,
+    `prcl predict` and `Predictor.from_checkpoint` read it; `prcl train --resume` does not (it holds no training state).
     Checks before writing: ``out`` is writable, then the config, then that every tensor loads strictly into
     ``build_segmenter("resnet101", 21, 16)`` and ``ProbabilityHead()``; every failure is one UserError line.
     Returns the written dict.
     """
     from prcl.checkpoint import save_checkpoint
     from prcl.config import config_to_dict
+    from prcl.data.classes import voc_color_map
     from prcl.data.datasets import VOC_CLASS_NAMES
     from prcl.data.validate import check_output_file
     from prcl.models import ProbabilityHead, build_segmenter
@@ -184,6 +185,7 @@ def convert_release_checkpoint(
         "source": f"reference release {path}",
         "config": config_to_dict(cfg),
         "class_names": list(VOC_CLASS_NAMES),
+        "class_colors": voc_color_map(RELEASE_NUM_CLASSES).tolist(),
         "student": dict(release["model"]),
         "teacher": dict(release["ema"]),
         "probability_head": dict(release["probability_head"]),
