@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -258,3 +259,83 @@ def test_resolve_device_names_the_setting(monkeypatch: pytest.MonkeyPatch) -> No
     assert resolve_device("cuda:0") == torch.device("cuda:0") and resolve_device("auto") == torch.device("cuda")
     with pytest.raises(UserError, match=r"train.device=cuda:2 but torch sees 1 CUDA GPU \(cuda:0..cuda:0\)"):
         resolve_device("cuda:2")
+
+
+# ----------------------------------------------------------------------------- issue 20: values on the command line
+
+
+@pytest.mark.parametrize("args, flag", [
+    (["splits", "make", "--out", "{tmp}/s", "--num-labels", "2", "--train-list", "{tmp}/t.txt", "--seed", "-1"],
+     "--seed: must be in [0, 4294967295], got -1"),
+    (["splits", "make", "--out", "{tmp}/s", "--num-labels", "2", "--train-list", "{tmp}/t.txt", "--seed", "2**40"],
+     "--seed: invalid int value"),
+    (["demo", "--out", "{tmp}/s", "--seed", "-5"], "--seed: must be in [0, 4294967295], got -5"),
+    (["eval", "-c", DEMO_CONFIG, "--checkpoint", "m.pt", "--out", "{tmp}/s/r.json", "--scales", "1", "1e6"],
+     "--scales: each scale must be in (0, 8], got 1e6"),
+    (["eval", "-c", DEMO_CONFIG, "--checkpoint", "m.pt", "--out", "{tmp}/s/r.json", "--scales", "nan"],
+     "--scales: each scale must be in (0, 8], got nan"),
+])
+def test_seeds_and_scales_out_of_range_are_one_line_before_any_work(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], no_evaluation: None, args: list[str], flag: str
+) -> None:
+    _ids(tmp_path / "t.txt", ["a", "b", "c"])
+    with pytest.raises(SystemExit) as info:
+        main([a.replace("{tmp}", str(tmp_path)) for a in args])
+    assert info.value.code == 2
+    assert flag in _one_error_line(capsys)
+    assert not (tmp_path / "s").exists()
+
+
+def test_eval_refuses_a_config_that_contradicts_the_checkpoints_network(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from prcl.config import load_config
+    from prcl.engine import data_setup
+
+    stored = load_config(None, ["model.encoder=resnet18", "model.weights=null"])  # what the checkpoint holds
+    loaded: list[str] = []
+
+    def from_checkpoint(cls, path, device="cpu", use="teacher"):
+        loaded.append(str(path))
+        return SimpleNamespace(config=stored)
+
+    def no_data(cfg):
+        raise UserError("reached the data")  # the check passed: what follows is not this test's
+
+    monkeypatch.setattr(Predictor, "from_checkpoint", classmethod(from_checkpoint))
+    monkeypatch.setattr(data_setup, "build_run_data", no_data)
+    checkpoint = tmp_path / "run.pt"
+    config = tmp_path / "config.yaml"
+    config.write_text("model:\n  encoder: resnet18\n  output_stride: 16\n  weights: imagenet\n")
+    out = tmp_path / "out" / "r.json"
+    base = ["eval", "-c", str(config), "--checkpoint", str(checkpoint), "--out", str(out)]
+
+    assert main([*base, "model.encoder=resnet34"]) == 2
+    line = _one_error_line(capsys)
+    assert "model.encoder is resnet34 (override 'model.encoder=resnet34')" in line
+    assert f"checkpoint {checkpoint} holds a network with model.encoder=resnet18" in line and "drop the override" in line
+    assert main([*base, "data.demo.num_classes=9"]) == 2  # the class count derived from an override
+    assert "data.num_classes is 9" in _one_error_line(capsys)
+    config.write_text("model:\n  encoder: resnet18\n  output_stride: 8\n")
+    assert main(base) == 2
+    line = _one_error_line(capsys)
+    assert f"model.output_stride is 8 (in {config})" in line and "set model.output_stride=16" in line
+    assert not out.parent.exists()
+
+    config.write_text("model:\n  encoder: resnet18\n  weights: imagenet\n")  # the start of training does not matter
+    assert main([*base, "eval.flip=true"]) == 2
+    assert "reached the data" in _one_error_line(capsys)
+    assert loaded == [str(checkpoint)] * 4
+
+
+def test_convert_release_of_a_folder_says_it_is_a_folder(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    folder = tmp_path / "release"
+    folder.mkdir()
+    out = tmp_path / "out" / "converted.pt"
+    assert main(["convert-release", str(folder), "--out", str(out)]) == 2
+    line = _one_error_line(capsys)
+    assert f"release checkpoint {folder} is a folder;" in line and ".pth file" in line and "does not exist" not in line
+    (folder / "prcl_voc_662.pth").write_bytes(b"")
+    assert main(["convert-release", str(folder), "--out", str(out)]) == 2
+    assert "is a folder (it holds prcl_voc_662.pth)" in _one_error_line(capsys)
+    assert not out.parent.exists()

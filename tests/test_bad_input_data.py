@@ -260,3 +260,144 @@ def test_data_file_error_unwraps_torch_worker_text() -> None:
     plain = DataFileError("image file not found: a.png", reason="missing")
     assert str(plain) == "image file not found: a.png" and plain.reason == "missing"
     assert torch.utils.data.get_worker_info() is None
+
+
+# ----------------------------------------------------------------------------- issue 20: batches and labels
+
+
+def _run_folder(root: Path, masks: list[np.ndarray], counts: tuple[int, int, int]) -> Path:
+    """A folder dataset of 64 x 64 images with these masks, and split files for (labeled, unlabeled, valid)
+    counts under <root>/splits/<labeled>/0/; returns the splits folder."""
+    ids = [f"i{k}" for k in range(len(masks))]
+    _folder(root, {image_id: ((64, 64), mask) for image_id, mask in zip(ids, masks)})
+    folder = root / "splits" / str(counts[0]) / "0"
+    folder.mkdir(parents=True)
+    start = 0
+    for name, count in zip(("labeled", "unlabeled", "valid"), counts):
+        (folder / f"{name}_filename.txt").write_text("".join(f"{i}\n" for i in ids[start:start + count]))
+        start += count
+    return root / "splits"
+
+
+def _train(tmp_path: Path, capsys: pytest.CaptureFixture[str], splits: Path, **overrides: object) -> tuple[int, str]:
+    from prcl.cli import main
+    from tiny_run import tiny_overrides
+
+    labeled = next(splits.iterdir()).name  # the one <num_labels> folder
+    values = {"data.dataset": "folder", "data.splits": str(splits), "data.num_classes": 4, "data.num_labels": labeled,
+              **overrides}
+    code = main(["train", "-c", os.devnull, *tiny_overrides(tmp_path / "data", tmp_path / "run", iterations=1,
+                                                            **values)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "Traceback" not in err[0], err
+    return code, err[0]
+
+
+def _class_masks(count: int) -> list[np.ndarray]:
+    return [np.full((64, 64), k % 4, np.uint8) for k in range(count)]
+
+
+@pytest.mark.parametrize("key, value, split, size", [
+    ("data.batch_size", 100000, "labeled", 4),
+    ("data.unlabeled_batch_size", 5, "unlabeled", 3),
+])
+def test_a_batch_larger_than_its_split_is_one_line_before_anything_is_created(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], key: str, value: int, split: str, size: int
+) -> None:
+    splits = _run_folder(tmp_path / "data", _class_masks(9), (4, 3, 2))
+    code, line = _train(tmp_path, capsys, splits, **{"data.batch_size": 4, "data.unlabeled_batch_size": 3,
+                                                     key: value})
+    assert code == 2
+    assert line.startswith(f"prcl: error: {key}={value} is larger than the {split} split ({size} images)")
+    assert f"set {key}={size} or less" in line
+    assert not (tmp_path / "run").exists()
+
+
+def test_labeled_masks_without_a_labeled_pixel_are_refused_before_training(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    masks = [np.full((64, 64), 255, np.uint8)] * 4 + _class_masks(4)
+    splits = _run_folder(tmp_path / "data", masks, (4, 2, 2))
+    code, line = _train(tmp_path, capsys, splits, **{"data.batch_size": 2, "data.unlabeled_batch_size": 2})
+    assert code == 2
+    assert "none of the 4 labeled masks" in line and "holds a labeled pixel" in line
+    assert "every training step would be skipped" in line
+    # nothing of a run: only the data check's record of the files it read (kept so a rerun reads only fixes)
+    assert [p.name for p in (tmp_path / "run").rglob("*")] in ([], [".validated.json"])
+
+
+def test_the_data_check_counts_labeled_pixels_per_split(tmp_path: Path) -> None:
+    ignored = np.full((4, 5), 255, np.uint8)
+    one = ignored.copy()
+    one[2, 3] = 1
+    root = _folder(tmp_path / "data", {"a": ((4, 5), ignored), "b": ((4, 5), ignored), "c": ((4, 5), one)})
+    check = {"labeled": FolderDataset(root, ["a", "b"], num_classes=3), "valid": FolderDataset(root, ["c"]),
+             "test": None}
+    with pytest.raises(UserError) as info:
+        validate_dataset_files(check, 3, None, 1, False, need_labels=("labeled", "valid"))
+    assert str(info.value).startswith(f"data check: none of the 2 labeled masks under {root} holds a labeled pixel")
+    validate_dataset_files(check, 3, None, 1, False)  # not asked: good files pass
+    check["labeled"] = FolderDataset(root, ["a", "c"], num_classes=3)  # one pixel is enough
+    validate_dataset_files(check, 3, None, 1, False, need_labels=("labeled", "valid"))
+    check["valid"] = FolderDataset(root, ["b"])
+    with pytest.raises(UserError, match="none of the 1 valid masks .* so evaluation would score nothing"):
+        validate_dataset_files(check, 3, None, 1, False, need_labels=("labeled", "valid"))
+
+    city = tmp_path / "cityscapes"  # labelIds 0..6 (unlabeled, ego vehicle, ...) all map to ignore
+    for folder in ("leftImg8bit/train/aachen", "gtFine/train/aachen"):
+        (city / folder).mkdir(parents=True)
+    Image.fromarray(np.zeros((2, 2, 3), np.uint8)).save(city / "leftImg8bit/train/aachen/aachen_0_0_leftImg8bit.png")
+    label = city / "gtFine/train/aachen/aachen_0_0_gtFine_labelIds.png"
+    Image.fromarray(np.array([[0, 3], [6, 255]], np.uint8)).save(label)
+    with pytest.raises(UserError, match="none of the 1 labeled masks"):
+        validate_dataset_files({"labeled": CityscapesDataset(city, ["aachen_0_0"])}, 19, None, 1, False,
+                               need_labels=["labeled"])
+    Image.fromarray(np.array([[0, 3], [7, 255]], np.uint8)).save(label)  # 7: road
+    validate_dataset_files({"labeled": CityscapesDataset(city, ["aachen_0_0"])}, 19, None, 1, False,
+                           need_labels=["labeled"])
+
+
+def test_loader_workers_are_bounded_by_the_usable_cpus_with_one_notice(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from prcl.engine import sampling
+
+    monkeypatch.setattr(sampling, "usable_cpus", lambda: 3)
+    monkeypatch.setattr(sampling, "_NOTICED", set())
+    assert [sampling.loader_workers(n) for n in (0, 2, 12)] == [0, 2, 12]  # up to 4 per CPU
+    assert capsys.readouterr().err == ""
+    assert sampling.loader_workers(100000) == 12
+    err = capsys.readouterr().err.splitlines()
+    assert err == ["prcl: notice: data.num_workers=100000 is more than 4 per CPU this process can use (3); "
+                   "loading with 12 workers"]
+    assert sampling.loader_workers(100000) == 12 and capsys.readouterr().err == ""  # once per value
+    assert sampling.loader_workers(13) == 12 and "num_workers=13" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_steps_skipped_for_want_of_labeled_pixels_say_so(demo_root, tmp_path: Path, monkeypatch) -> None:
+    from prcl.engine.trainer import Trainer, TrainingDiverged
+    from tiny_run import tiny_config
+
+    cfg = tiny_config(demo_root, tmp_path / "run", method="supervised", iterations=4,
+                      **{"train.max_nonfinite_steps": 2})
+    trainer = Trainer(cfg)
+    real_loaders = trainer._loaders
+
+    def unlabeled_masks():
+        labeled, unlabeled = real_loaders()
+
+        def ignored():
+            for batch in labeled:
+                yield {**batch, "mask": torch.full_like(batch["mask"], -1)}  # every pixel ignored
+
+        return ignored(), unlabeled
+
+    monkeypatch.setattr(trainer, "_loaders", unlabeled_masks)
+    with pytest.raises(TrainingDiverged) as info:
+        trainer.fit()
+    message = str(info.value)
+    assert "2 steps in a row skipped" in message and "labeled batch held no labeled pixel" in message
+    assert "optim.lr" not in message and "\n" not in message
+    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["reason"] for r in records if r["type"] == "skipped"] == ["no labeled pixel"] * 2

@@ -316,3 +316,104 @@ def test_atomic_write_replaces_or_keeps_the_file_and_leaves_no_temporary(tmp_pat
     with atomic_write(path, "wb") as stream:
         stream.write(b"\x00new")
     assert path.read_bytes() == b"\x00new" and [p.name for p in path.parent.iterdir()] == ["file.txt"]
+
+
+# ----------------------------------------------------------------------------- issue 20: bounds and short messages
+
+
+@pytest.mark.parametrize(
+    "override, fragment",
+    [
+        ("optim.lr=1e300", "optim.lr must be <= 10"),  # SGD overflows the weights
+        ("optim.uncer_lr=11", "optim.uncer_lr must be <= 10"),
+        ("prcl.temperature=1e-300", "prcl.temperature must be >= 0.001"),  # 0 in float32: MLS / 0
+        ("data.crop_size=12345678901234567890", "data.crop_size must be <= 4096"),  # a 34 GB allocation
+        ("data.demo.image_size=4097", "data.demo.image_size must be <= 4096"),
+        ("eval.window=5000", "eval.window must be <= 4096"),
+        ("eval.scales=[1.0,1e6]", "eval.scales[1] must be <= 8"),
+        ("data.scale_range=[0.5,9]", "data.scale_range must be [low, high] with 0 < low <= high <= 8"),
+        ("method.strong_scale_range=[1,1e9]", "method.strong_scale_range must be [low, high]"),
+        ("data.split_seed=-1", "data.split_seed must be >= 0"),  # numpy: expected non-negative integer
+        ("data.demo.seed=-1", "data.demo.seed must be >= 0"),
+        ("train.seed=4294967296", "train.seed must be <= 4294967295"),
+    ],
+)
+def test_values_past_their_bounds_are_one_line_naming_the_key(override, fragment):
+    with pytest.raises(UserError) as error:
+        load_config(None, [override])
+    message = str(error.value)
+    assert message.startswith(fragment) and "\n" not in message and override in message
+
+
+def test_the_bounds_themselves_are_accepted():
+    cfg = load_config(None, ["optim.lr=10", "optim.uncer_lr=10", "prcl.temperature=0.001", "data.crop_size=4096",
+                             "eval.scales=[8]", "data.scale_range=[0.5,8]", "train.seed=4294967295",
+                             "data.split_seed=0", "eval.window=4096"])
+    assert (cfg.optim.lr, cfg.prcl.temperature, cfg.data.crop_size, cfg.train.seed) == (10, 0.001, 4096, 2**32 - 1)
+    assert cfg.eval.scales == [8.0] and cfg.data.scale_range == [0.5, 8.0]
+
+
+def test_out_dir_naming_a_section_or_too_long_a_name_is_one_line(tmp_path):
+    with pytest.raises(UserError, match=r"names \{data\} in braces, which is a whole section, not a key"):
+        load_config(None, [f"train.out_dir={tmp_path}/{{data}}"])  # its text: every data.* value, >255 bytes
+    with pytest.raises(UserError, match=r"names \{data\[0\]\} in braces, which is not a config key"):
+        load_config(None, ["train.out_dir=runs/{data[0]}"])
+    with pytest.raises(UserError) as error:
+        load_config(None, [f"train.out_dir={tmp_path}/{'é' * 128}"])  # 256 bytes in UTF-8
+    message = str(error.value)
+    assert message.startswith("train.out_dir holds a name of 256 bytes") and "255" in message and len(message) < 200
+    with pytest.raises(UserError, match=r"^train.out_dir is 4\d\d\d bytes long .*4096"):
+        load_config(None, ["train.out_dir=" + "/".join(["d" * 200] * 21)])
+    assert load_config(None, [f"train.out_dir={tmp_path}/{'é' * 127}"]).train.out_dir.endswith("é")  # 254 bytes
+
+
+def _laughs(levels: int, width: int = 9) -> str:
+    """A YAML document whose key data.crop_size holds ``width ** levels`` ones through nested aliases."""
+    lines = ["lol0: &lol0 [" + ", ".join(["1"] * width) + "]"]
+    lines += [f"lol{k}: &lol{k} [" + ", ".join([f"*lol{k - 1}"] * width) + "]" for k in range(1, levels)]
+    return "anchors:\n" + "".join(f"  {line}\n" for line in lines) + f"data:\n  crop_size: *lol{levels - 1}\n"
+
+
+def test_a_billion_laughs_is_refused_in_one_short_line(tmp_path):
+    path = write(tmp_path / "laughs.yaml", _laughs(9))  # 9**9 = 387 million ones once expanded
+    with pytest.raises(UserError) as error:
+        load_config(path, [])
+    message = str(error.value)
+    assert "\n" not in message and len(message) < 300
+    assert str(path) in message and "aliases" in message and "more than 100000 values" in message
+    with pytest.raises(UserError, match="expand to a value that contains itself"):
+        load_config(write(tmp_path / "loop.yaml", "data:\n  scale_range: &a [1, *a]\n"), [])
+    value = "[&a [1, 1, 1, 1, 1, 1, 1, 1, 1, 1], " + ", ".join(["*a"] * 20_000) + "]"
+    with pytest.raises(UserError) as error:  # an override's value: the same limit
+        load_config(None, [f"data.crop_size={value}"])
+    assert "override value" in str(error.value) and len(str(error.value)) < 300
+
+
+def test_long_values_are_cut_short_in_every_message(tmp_path):
+    # under the alias limit, but still 66429 numbers (some 200 kB as text) where one int belongs
+    rows = ["&l0 [" + ", ".join(["1"] * 9) + "]"]
+    rows += [f"&l{k} [" + ", ".join([f"*l{k - 1}"] * 9) + "]" for k in range(1, 5)]
+    path = write(tmp_path / "wide.yaml", "data:\n  crop_size:\n" + "".join(f"    - {row}\n" for row in rows))
+    with pytest.raises(UserError) as error:
+        load_config(path, [])
+    message = str(error.value)
+    assert message.startswith("config key 'data.crop_size' expects int, got [[1, 1, 1") and "..." in message
+    assert str(path) in message and len(message) < 300
+    for override in ["data.crop_size=" + "7" * 100_000, "train.out_dir=" + "x" * 100_000 + "/{nope}",
+                     "model.encoder=" + " " * 100_000, "data=" + "[1]" * 50_000, "train.device=" + "q" * 100_000]:
+        with pytest.raises(UserError) as error:
+            load_config(None, [override])
+        assert "\n" not in str(error.value) and len(str(error.value)) < 400, override[:30]
+    digits = write(tmp_path / "digits.yaml", "data:\n  crop_size: " + "9" * 5000 + "\n")  # int() refuses it
+    with pytest.raises(UserError, match=r"malformed YAML in .*digits.yaml at line 2.*5000 digits"):
+        load_config(digits, [])
+
+
+def test_a_missing_base_names_the_file_that_names_it(tmp_path):
+    child = write(tmp_path / "child.yaml", "_base_: [parent.yaml]\n")
+    write(tmp_path / "parent.yaml", "_base_: gone.yaml\n")
+    with pytest.raises(UserError) as error:
+        load_config(child, [])
+    message = str(error.value)
+    assert message.startswith(f"config file not found: {tmp_path / 'gone.yaml'} (named as _base_ in ")
+    assert "parent.yaml" in message and "child.yaml" not in message and "\n" not in message

@@ -20,6 +20,32 @@ def _add_config(parser: argparse.ArgumentParser, required: bool = True) -> None:
     parser.add_argument("overrides", nargs="*", metavar="key.sub=value", help="config overrides")
 
 
+def _seed(text: str) -> int:
+    """A ``--seed`` value: an integer in [0, prcl.config.MAX_SEED] (numpy refuses negative seeds)."""
+    from prcl.config import MAX_SEED
+
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid int value: {text[:40]!r}") from None
+    if not 0 <= value <= MAX_SEED:
+        raise argparse.ArgumentTypeError(f"must be in [0, {MAX_SEED}], got {text[:40]}")
+    return value
+
+
+def _scale(text: str) -> float:
+    """An ``--scales`` value: a factor in (0, prcl.config.MAX_SCALE], the range of eval.scales."""
+    from prcl.config import MAX_SCALE
+
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid float value: {text[:40]!r}") from None
+    if not 0 < value <= MAX_SCALE:
+        raise argparse.ArgumentTypeError(f"each scale must be in (0, {MAX_SCALE:g}], got {text[:40]}")
+    return value
+
+
 def _one_line_errors(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """Make argparse's errors for this subcommand one line on stderr (no usage block), exit 2."""
 
@@ -71,7 +97,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", help="checkpoint to evaluate (required)")
     p.add_argument("--protocol", choices=["whole", "sliding", "center", "random-crop"])
     p.add_argument("--flip", action="store_true", help="average with the horizontally flipped image")
-    p.add_argument("--scales", type=float, nargs="+", help="multi-scale inference, e.g. 0.75 1.0 1.25")
+    p.add_argument("--scales", type=_scale, nargs="+", help="multi-scale inference, e.g. 0.75 1.0 1.25 "
+                   "(each in (0, 8])")
     p.add_argument("--split", choices=["valid", "test"], default="valid")
     p.add_argument("--use", choices=["teacher", "student"], default="teacher")
     p.add_argument("--out", help="JSON file for the results (default: <checkpoint>.eval-<split>.json beside "
@@ -113,7 +140,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("action", nargs="?", choices=["make", "check"], help="make: write split files; check: check them")
     p.add_argument("--out", help="splits folder (holds <num_labels>/<seed>/); not needed with --published")
     p.add_argument("--num-labels", type=int, help="labeled images (with --published: default every published count)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=_seed, default=0, help="split seed, 0..4294967295 (default 0)")
     p.add_argument("--dataset", choices=["folder", "voc", "cityscapes"], default="folder",
                    help="layout under --root: folder (images/, masks/), voc (VOCdevkit/VOC2012) or cityscapes")
     p.add_argument("--root", help="dataset root, to list ids (make) or check that the files exist (check)")
@@ -155,7 +182,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = _one_line_errors(sub.add_parser("demo", help="train supervised and PRCL on the embedded demo data and compare"))
     p.add_argument("--out", default="runs/demo")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=_seed, default=0, help="train.seed of both runs, 0..4294967295 (default 0)")
     p.add_argument("overrides", nargs="*", metavar="key.sub=value", help="overrides for both runs")
     p.set_defaults(func=_command("demo", "cmd_demo"))
 

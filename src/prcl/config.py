@@ -9,6 +9,7 @@ is a ``prcl.errors.UserError``: one line naming the key and the file or override
 
 import math
 import os
+import string
 from pathlib import Path
 from typing import Annotated, Any, Callable, Literal, TypeVar
 
@@ -16,7 +17,7 @@ from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Fie
 from pydantic_core import PydanticCustomError
 
 from prcl.devices import DEVICE_PATTERN
-from prcl.errors import UserError
+from prcl.errors import UserError, cut, shown
 from prcl.io import atomic_write
 from prcl.schedules import resolve_schedule
 from prcl.yaml_files import changed_keys, merge_layer, parse_value, read_layers, unknown_key, write_yaml
@@ -45,12 +46,31 @@ Positive = Annotated[float, _must("be a positive number", lambda v: math.isfinit
 NonNegative = Annotated[float, _must("be >= 0", lambda v: math.isfinite(v) and v >= 0)]
 Unit = Annotated[float, _must("be in [0, 1]", lambda v: 0 <= v <= 1)]
 Fraction = Annotated[float, _must("be in [0, 1)", lambda v: 0 <= v < 1)]
-Scales = Annotated[list[float], _must("be [low, high] with 0 < low <= high",
-                                      lambda v: len(v) == 2 and 0 < v[0] <= v[1] and math.isfinite(v[1]))]
+
+# Upper (and a few lower) bounds: values past them are typos, and each would end in a traceback or a runaway
+# allocation instead of a message (docs/usage.md, "Value ranges", says why each is where it is).
+MAX_SIDE = 4096  # pixels of a crop, a sliding window, a demo image (Cityscapes, the largest here: 1024 x 2048)
+MAX_SCALE = 8.0  # an image rescale factor (training scale ranges, eval scales)
+MAX_LR = 10.0  # SGD learning rates: the release's are 3.2e-3 and 5e-5; 1e300 overflows the weights at once
+# prcl.temperature: at T = 1e-3 two MLS scores 0.1 apart already weigh exp(-100), below float32's smallest
+# normal, so the negative sampling and the InfoNCE are one-hot; a smaller T sharpens nothing more and only brings
+# MLS / T towards float32's overflow (|MLS| reaches ~1e8 for fused prototype variances; T = 1e-300 is 0 in float32).
+MIN_TEMPERATURE = 1e-3
+MAX_SEED = 2**32 - 1  # seeds: numpy takes non-negative ones, and 32 bits is the range every RNG here accepts
+NAME_MAX, PATH_MAX = 255, 4096  # bytes in one file name and in a whole path (Linux's limits)
+Scales = Annotated[list[float], _must(f"be [low, high] with 0 < low <= high <= {MAX_SCALE:g}",
+                                      lambda v: len(v) == 2 and 0 < v[0] <= v[1] <= MAX_SCALE)]
+Scale = Annotated[Positive, _must(f"be <= {MAX_SCALE:g}", lambda v: v <= MAX_SCALE)]
+AT_MOST_MAX_LR = _must(f"be <= {MAX_LR:g} (an SGD learning rate)", lambda v: v <= MAX_LR)
+Seed = Annotated[Int, _must("be >= 0", lambda v: v >= 0), _must(f"be <= {MAX_SEED}", lambda v: v <= MAX_SEED)]
 
 
 def AtLeast(low: int) -> Any:
     return Annotated[Int, _must(f"be >= {low}", lambda v: v >= low)]
+
+
+def Between(low: int, high: int) -> Any:
+    return Annotated[AtLeast(low), _must(f"be <= {high}", lambda v: v <= high)]
 
 
 def is_rgb(value: Any) -> bool:
@@ -69,12 +89,12 @@ class _Section(BaseModel):
 class DemoConfig(_Section):
     """The embedded demo dataset's generator (all tunable; small so that a CPU run is quick)."""
 
-    image_size: AtLeast(32) = 96
+    image_size: Between(32, MAX_SIDE) = 96
     num_classes: AtLeast(2) = 6
     num_train: AtLeast(1) = 600
     num_valid: AtLeast(1) = 100
     num_test: AtLeast(0) = 50
-    seed: Int = 0
+    seed: Seed = 0
 
 
 class DataConfig(_Section):
@@ -82,9 +102,9 @@ class DataConfig(_Section):
     root: Maybe[str] = None
     splits: Maybe[str] = None  # folder holding <num_labels>/<split_seed>/*_filename.txt
     num_labels: AtLeast(1) = 662
-    split_seed: Int = 3407
+    split_seed: Seed = 3407
     num_classes: Maybe[AtLeast(2)] = None  # None: voc 21, cityscapes 19, demo demo.num_classes
-    crop_size: AtLeast(32) = 321
+    crop_size: Between(32, MAX_SIDE) = 321
     # labeled images per process; BatchNorm (the ASPP pooling branch sees one value per image) needs 2
     batch_size: AtLeast(2) = 2
     unlabeled_batch_size: Maybe[AtLeast(2)] = None  # None: batch_size
@@ -136,7 +156,8 @@ class PRCLConfig(_Section):
     # The contrast's options: each one's meaning and default are written once, in the docstring of
     # prcl.losses.ContrastOptions, which the PRCL method builds from the keys of the same names (all
     # keys here but lambda's schedule, variance_scale and deterministic).
-    temperature: Positive = 100.0
+    temperature: Annotated[Positive, _must(f"be >= {MIN_TEMPERATURE:g} (smaller ones are one-hot in float32, and overflow)",
+                                           lambda v: v >= MIN_TEMPERATURE)] = 100.0
     num_queries: AtLeast(1) = 256
     num_negatives: AtLeast(1) = 512
     # The schedule of lambda, the contrast's weight (prcl.schedules.contrast_weight), from here to max_epoch.
@@ -159,15 +180,15 @@ class PRCLConfig(_Section):
 
 
 class OptimConfig(_Section):
-    lr: Positive = 3.2e-3
+    lr: Annotated[Positive, AT_MOST_MAX_LR] = 3.2e-3
     # Learning rate of the probability head (name kept from the release; method prcl, not deterministic);
     # it decays with the same poly schedule as lr.
-    uncer_lr: NonNegative = 5e-5
+    uncer_lr: Annotated[NonNegative, AT_MOST_MAX_LR] = 5e-5
     momentum: Fraction = 0.9
     nesterov: bool = True
     weight_decay: NonNegative = 5e-4
     poly_power: NonNegative = 0.9
-    min_lr: NonNegative = 1e-6
+    min_lr: Annotated[NonNegative, AT_MOST_MAX_LR] = 1e-6
 
 
 class TrainConfig(_Section):
@@ -179,7 +200,7 @@ class TrainConfig(_Section):
     eval_every: AtLeast(0) = 1000  # 0: evaluate only at the end
     log_every: AtLeast(1) = 20
     checkpoint_every: AtLeast(0) = 1000  # 0: checkpoint only at the end
-    seed: AtLeast(0) = 0
+    seed: Seed = 0
     # may name config values, e.g. runs/voc_{data.num_labels}
     out_dir: Annotated[str, _must("name a folder, e.g. runs/prcl", lambda v: bool(v.strip()))] = "runs/prcl"
     device: Annotated[str, _must("be auto, cpu, cuda or cuda:N",
@@ -199,10 +220,10 @@ class TrainConfig(_Section):
 class EvalConfig(_Section):
     protocol: Literal["whole", "sliding", "center", "random-crop"] = "whole"
     flip: bool = False
-    scales: Annotated[list[Positive], _must("list at least one scale, e.g. [1.0]", len)] = Field(
+    scales: Annotated[list[Scale], _must("list at least one scale, e.g. [1.0]", len)] = Field(
         default_factory=lambda: [1.0])
-    window: Maybe[AtLeast(32)] = None  # sliding window size; None: data.crop_size
-    stride: Maybe[AtLeast(1)] = None  # sliding window stride; None: two thirds of the window
+    window: Maybe[Between(32, MAX_SIDE)] = None  # sliding window size; None: data.crop_size
+    stride: Maybe[Between(1, MAX_SIDE)] = None  # sliding window stride; None: two thirds of the window
 
 
 class Config(_Section):
@@ -243,15 +264,15 @@ def _validate(tree: dict[str, Any], source: str) -> Config:
     if kind == "extra_forbidden":
         raise unknown_key(key, _SCHEMA, source)
     if kind == "must":
-        raise UserError(f"{key} must {problem['msg']}, got {problem['ctx']['value']!r}{source}")
+        raise UserError(f"{key} must {problem['msg']}, got {shown(problem['ctx']['value'])}{source}")
     if kind == "model_type":
         hint = f"give its keys (e.g. {key}.<name>=value)"
-        raise UserError(f"config key '{key}' is a section: {hint}, got {value!r}{source}")
+        raise UserError(f"config key '{key}' is a section: {hint}, got {shown(value)}{source}")
     if kind == "literal_error":
         listed = problem["ctx"]["expected"].replace("'", "").replace(" or ", ", ")
-        raise UserError(f"config key '{key}' must be one of {listed}, got {value!r}{source}")
+        raise UserError(f"config key '{key}' must be one of {listed}, got {shown(value)}{source}")
     expected = _LISTS[key] if kind == "list_type" and key in _LISTS else _KINDS.get(kind, problem["msg"])
-    raise UserError(f"config key '{key}' expects {expected}, got {value!r}{source}")
+    raise UserError(f"config key '{key}' expects {expected}, got {shown(value)}{source}")
 
 
 def _build(tree: dict[str, Any], layers: list[tuple[dict[str, Any], str]], resolve: bool) -> Config:
@@ -267,9 +288,9 @@ def _build(tree: dict[str, Any], layers: list[tuple[dict[str, Any], str]], resol
 def _override(override: str) -> tuple[dict[str, Any], str]:
     """``key.sub=value`` as a layer ({key: {sub: value}}, source); a text key keeps the text (out_dir=2024)."""
     key, sep, text = override.partition("=")
-    key, source = key.strip(), f" (override {override!r})"
+    key, source = key.strip(), f" (override {shown(override)})"
     if not sep or not key:
-        raise UserError(f"override {override!r} must look like key.sub=value, e.g. train.iterations=1000")
+        raise UserError(f"override {shown(override)} must look like key.sub=value, e.g. train.iterations=1000")
     if key not in _SCHEMA:
         raise unknown_key(key, _SCHEMA, source)
     value = parse_value(text)
@@ -355,12 +376,42 @@ def resolve_config(cfg: Config, world_size: int | None = None) -> Config:
     evaluation.window = evaluation.window or data.crop_size
     evaluation.stride = evaluation.stride or max(1, evaluation.window * 2 // 3)
     resolve_schedule(train, data.num_labels, data.batch_size * world)
-    try:  # runs/voc_{data.num_labels} -> runs/voc_662
-        train.out_dir = train.out_dir.format(**{name: getattr(resolved, name) for name in Config.model_fields})
-    except (KeyError, AttributeError, IndexError, ValueError) as error:
-        raise UserError(f"train.out_dir {cfg.train.out_dir!r} names {error} in braces, which is not a config key; "
-                        "write keys as {section.key}, e.g. runs/voc_{data.num_labels}") from None
+    train.out_dir = _format_out_dir(cfg.train.out_dir, {name: getattr(resolved, name) for name in Config.model_fields})
     return resolved
+
+
+def _format_out_dir(text: str, sections: dict[str, Any]) -> str:
+    """``train.out_dir`` with each ``{section.key}`` replaced by its value; UserError for a name that is not a
+    key (a whole section included: its text is the section's every value) or a path the file system refuses."""
+    fix = "write keys as {section.key}, e.g. runs/voc_{data.num_labels}"
+    try:  # runs/voc_{data.num_labels} -> runs/voc_662
+        names = [field for _, field, _, _ in string.Formatter().parse(text) if field is not None]
+        for name in names:
+            try:
+                if name in sections:
+                    raise KeyError(name)
+                ("{" + name + "}").format(**sections)
+            except (KeyError, AttributeError, IndexError, ValueError, TypeError):
+                kind = "a whole section, not a key" if name in sections else "not a config key"
+                raise UserError(f"train.out_dir {shown(text)} names {{{cut(name, 40)}}} in braces, which is {kind}; "
+                                f"{fix}") from None
+        formatted = text.format(**sections)
+    except (KeyError, AttributeError, IndexError, ValueError, TypeError) as error:
+        raise UserError(f"train.out_dir {shown(text)} cannot be filled in ({cut(str(error), 60)}); {fix}") from None
+    _check_path_length(formatted, "train.out_dir")
+    return formatted
+
+
+def _check_path_length(path: str, key: str) -> None:
+    """UserError when ``path`` holds a name longer than NAME_MAX bytes or is longer than PATH_MAX bytes."""
+    encoded = os.fsencode(path)
+    longest = max(encoded.split(b"/"), key=len)
+    if len(longest) > NAME_MAX:
+        raise UserError(f"{key} holds a name of {len(longest)} bytes ({shown(os.fsdecode(longest), 40)}); file "
+                        f"systems allow {NAME_MAX}: shorten it")
+    if len(encoded) > PATH_MAX:
+        raise UserError(f"{key} is {len(encoded)} bytes long ({shown(path, 40)}); paths may have {PATH_MAX}: "
+                        "shorten it")
 
 
 def config_to_dict(cfg: Config) -> dict[str, Any]:

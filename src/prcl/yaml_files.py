@@ -2,7 +2,9 @@
 and comparing the plain trees (sections -> keys -> values) they hold; suggesting the key meant by a misspelt one.
 
 YAML 1.1 reads ``1e-3`` as text (it wants a dot and a signed exponent); our loader reads it as a float,
-like the command line does, and refuses a key given twice in one mapping (PyYAML keeps the last silently).
+like the command line does, refuses a key given twice in one mapping (PyYAML keeps the last silently), and refuses
+a document whose aliases (``*name``) would expand to more than ``MAX_EXPANDED_VALUES`` values (a "billion laughs":
+nine lists of nine aliases each hold 9**9 values once expanded), before anything is built from it.
 Lists are written inline (``scale_range: [0.5, 1.5]``).
 """
 
@@ -14,9 +16,12 @@ from typing import IO, Any
 
 import yaml
 
-from prcl.errors import UserError
+from prcl.errors import UserError, shown
 
 BASE_KEY = "_base_"
+MAX_EXPANDED_VALUES = 100_000
+"""The most values (scalars, lists, mappings) a config document may hold with its aliases expanded; a full config
+holds a few hundred."""
 
 
 class DuplicateKeyError(yaml.YAMLError):
@@ -35,13 +40,67 @@ class DuplicateKeyError(yaml.YAMLError):
         return f"duplicate key '{self.key}' in {where}{at if with_lines else ''}; {fix}"
 
 
+class AliasExpansionError(yaml.YAMLError):
+    """A document whose aliases expand to more than ``MAX_EXPANDED_VALUES`` values, or to a value inside itself."""
+
+    def __init__(self, cycle: bool) -> None:
+        super().__init__("alias expansion")
+        self.cycle = cycle
+
+    def describe(self, where: str) -> str:
+        what = ("a value that contains itself" if self.cycle else
+                f"more than {MAX_EXPANDED_VALUES} values (a config holds a few hundred)")
+        return f"the aliases (*name) in {where} expand to {what}; write the values out instead"
+
+
+def _expanded_size(root: yaml.Node, limit: int) -> int | None:
+    """How many nodes ``root`` holds with every alias expanded (a shared node counts once per use), or None when
+    that is more than ``limit`` or infinite (a node inside itself). Linear in the distinct nodes."""
+    sizes: dict[int, int] = {}
+    on_path: set[int] = set()
+    stack: list[tuple[yaml.Node, bool]] = [(root, False)]
+    while stack:
+        node, children_done = stack.pop()
+        children = [part for pair in node.value for part in pair] if isinstance(node, yaml.MappingNode) else (
+            node.value if isinstance(node, yaml.SequenceNode) else [])
+        if children_done:
+            on_path.discard(id(node))
+            sizes[id(node)] = 1 + sum(sizes[id(child)] for child in children)
+            if sizes[id(node)] > limit:
+                return None
+        elif id(node) in on_path:
+            return None  # a cycle: &a [*a]
+        elif id(node) not in sizes:
+            on_path.add(id(node))
+            stack.append((node, True))
+            stack.extend((child, False) for child in children)
+    return sizes[id(root)]
+
+
 class _Loader(yaml.SafeLoader):
-    """SafeLoader that also reads 1e-3, 1.0e3 and -.5 as floats (YAML 1.1 wants a dot and a signed exponent), and
-    raises DuplicateKeyError for a key given twice in one mapping."""
+    """SafeLoader that also reads 1e-3, 1.0e3 and -.5 as floats (YAML 1.1 wants a dot and a signed exponent),
+    raises DuplicateKeyError for a key given twice in one mapping and AliasExpansionError for a document whose
+    aliases expand to more than MAX_EXPANDED_VALUES values."""
 
     def __init__(self, stream: Any) -> None:
         super().__init__(stream)
         self.paths: dict[int, str] = {}  # id of a mapping node under a key -> its dotted path plus "."
+
+    def construct_yaml_int(self, node: yaml.ScalarNode) -> int:
+        """An int; one too long for Python to read (over 4300 digits) is a YAML error at its line, not a ValueError."""
+        try:
+            return super().construct_yaml_int(node)
+        except ValueError:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"an integer of {len(str(node.value))} digits is longer than any value here",
+                node.start_mark) from None
+
+    def get_single_node(self) -> yaml.Node | None:
+        """The document's node graph, refused before anything is constructed from it when it expands too far."""
+        node = super().get_single_node()
+        if node is not None and _expanded_size(node, MAX_EXPANDED_VALUES) is None:
+            raise AliasExpansionError(cycle=_expanded_size(node, 2**62) is None)
+        return node
 
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
         """Check the keys of ``node`` before constructing it (a parent mapping is constructed before its children)."""
@@ -64,6 +123,7 @@ class _Dumper(yaml.SafeDumper):
     """SafeDumper writing sections as blocks and lists inline: ``scale_range: [0.5, 1.5]``."""
 
 
+_Loader.add_constructor("tag:yaml.org,2002:int", _Loader.construct_yaml_int)
 _Loader.add_implicit_resolver("tag:yaml.org,2002:float", re.compile(
     r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?[eE][-+]?[0-9]+|\.[0-9_]+(?:[eE][-+]?[0-9]+)?)$"), list("-+0123456789."))
 _Dumper.add_representer(list, lambda dumper, data: dumper.represent_sequence("tag:yaml.org,2002:seq", data, True))
@@ -76,10 +136,12 @@ def read_layers(path: Path, stack: tuple[Path, ...] = ()) -> list[tuple[dict[str
     if resolved in stack:
         cycle = " -> ".join(str(p) for p in (*stack, resolved))
         raise UserError(f"config files name each other as _base_ in a cycle: {cycle}")
+    named = f" (named as {BASE_KEY} in {stack[-1]})" if stack else ""
     if not path.exists():
-        raise UserError(f"config file not found: {path} (check the path, e.g. configs/demo.yaml)")
+        fix = f"fix the {BASE_KEY} line there" if stack else "check the path, e.g. configs/demo.yaml"
+        raise UserError(f"config file not found: {path}{named}; {fix}")
     if path.is_dir():
-        raise UserError(f"config path is a folder, not a YAML file: {path}")
+        raise UserError(f"config path is a folder, not a YAML file: {path}{named}")
     content = read_yaml(path, "config file")
     if content is not None and not isinstance(content, dict):
         kind = type(content).__name__
@@ -88,7 +150,7 @@ def read_layers(path: Path, stack: tuple[Path, ...] = ()) -> list[tuple[dict[str
     bases = content.pop(BASE_KEY, None)
     bases = [] if bases is None else [bases] if isinstance(bases, str) else bases
     if not (isinstance(bases, list) and all(isinstance(b, str) for b in bases)):
-        raise UserError(f"{BASE_KEY} in {path} must be a file name or a list of file names, got {bases!r}")
+        raise UserError(f"{BASE_KEY} in {path} must be a file name or a list of file names, got {shown(bases)}")
     return [layer for base in bases for layer in read_layers(path.parent / base, (*stack, resolved))] + [
         (content, f" in {path}")]
 
@@ -98,7 +160,7 @@ def read_yaml(path: Path, what: str = "file") -> Any:
     UserError line naming ``what`` and ``path`` when it cannot be read or parsed (with the line and column)."""
     try:
         return yaml.load(path.read_text(encoding="utf-8"), Loader=_Loader)
-    except DuplicateKeyError as error:
+    except (DuplicateKeyError, AliasExpansionError) as error:
         raise UserError(error.describe(str(path))) from None
     except (OSError, UnicodeDecodeError) as error:
         raise UserError(f"cannot read {what} {path}: {' '.join(str(error).split())}") from None
@@ -117,7 +179,9 @@ def parse_value(text: str) -> Any:
     try:
         return yaml.load(text, Loader=_Loader) if text.strip() else None
     except DuplicateKeyError as error:
-        raise UserError(error.describe(repr(text), with_lines=False)) from None
+        raise UserError(error.describe(shown(text), with_lines=False)) from None
+    except AliasExpansionError as error:
+        raise UserError(error.describe(f"the override value {shown(text)}")) from None
     except yaml.YAMLError:
         return text
 
@@ -131,7 +195,7 @@ def merge_layer(tree: dict[str, Any], content: dict[str, Any], source: str) -> N
     """Merge ``content`` into ``tree`` section by section (a null section, all its keys commented out, is empty)."""
     for key, value in content.items():
         if not isinstance(key, str):
-            raise UserError(f"config key {key!r}{source} must be a name such as 'data'")
+            raise UserError(f"config key {shown(key)}{source} must be a name such as 'data'")
         if isinstance(tree.get(key), dict) and isinstance(value, dict):
             merge_layer(tree[key], value, source)
         elif value is not None or not isinstance(tree.get(key), dict):

@@ -4,34 +4,58 @@ from __future__ import annotations
 
 import argparse
 import math
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from prcl.commands import require
 from prcl.data.validate import check_output_file
 from prcl.devices import resolve_device
-from prcl.errors import UserError
+from prcl.errors import UserError, shown
 
 if TYPE_CHECKING:
     from prcl.config import Config
 
 
+# The keys that describe the network a checkpoint holds: the checkpoint's own config builds it, so an evaluation
+# config that says otherwise would be silently ignored. (model.weights, the start of training, does not matter.)
+NETWORK_KEYS = ("model.encoder", "model.output_stride", "data.num_classes")
+
+
+def check_network_keys(cfg: Config, stored: Config, checkpoint: str | Path, overrides: Sequence[str] = (),
+                       config_file: str | Path | None = None) -> None:
+    """UserError naming the first of ``NETWORK_KEYS`` on which ``cfg`` (the evaluation's config) contradicts
+    ``stored`` (the checkpoint's), and where the evaluation's value came from (an override or the config file)."""
+    for key in NETWORK_KEYS:
+        section, name = key.split(".")
+        wanted, held = getattr(getattr(cfg, section), name), getattr(getattr(stored, section), name)
+        if wanted == held:
+            continue
+        given = [o for o in overrides if o.partition("=")[0].strip() == key]
+        source = f"override {shown(given[-1])}" if given else f"in {config_file}" if config_file else "in the config"
+        fix = "drop the override" if given else f"evaluate with the config it was trained with, or set {key}={held}"
+        raise UserError(f"{key} is {wanted} ({source}) but checkpoint {checkpoint} holds a network with {key}={held}: "
+                        f"the checkpoint's network is what is evaluated; {fix}")
+
+
 def evaluate_checkpoint(cfg: Config, checkpoint: str | Path, split: str = "valid", use: str = "teacher",
-                        device: str = "cpu") -> dict:
-    """mIoU of a checkpoint's network on the config's ``split`` (valid, or test for the demo)."""
+                        device: str = "cpu", overrides: Sequence[str] = (),
+                        config_file: str | Path | None = None) -> dict:
+    """mIoU of a checkpoint's network on the config's ``split`` (valid, or test for the demo). The config must
+    agree with the checkpoint's on ``NETWORK_KEYS`` (:func:`check_network_keys`; ``overrides`` and
+    ``config_file`` only name where a contradicting value came from)."""
     from prcl.engine.data_setup import build_run_data
     from prcl.engine.evaluate import evaluate_model
     from prcl.infer import Predictor
 
     torch_device = resolve_device(device, "--device")
+    predictor = Predictor.from_checkpoint(checkpoint, device=torch_device, use=use)
+    assert predictor.config is not None  # set by from_checkpoint
+    check_network_keys(cfg, predictor.config, checkpoint, overrides, config_file)
     data = build_run_data(cfg)
     dataset = data.valid if split == "valid" else data.test
     if dataset is None:
         raise UserError(f"this dataset has no {split} split; use --split valid")
-    predictor = Predictor.from_checkpoint(checkpoint, device=torch_device, use=use)
-    if predictor.num_classes != cfg.data.num_classes:
-        raise UserError(f"{checkpoint} predicts {predictor.num_classes} classes but the config's dataset has "
-                        f"{cfg.data.num_classes}; evaluate with the config it was trained with")
     result = evaluate_model(predictor.model, dataset, cfg, torch_device, probability_head=predictor.probability_head)
     result["class_names"] = data.class_names
     result["checkpoint"] = str(checkpoint)
@@ -98,7 +122,8 @@ def run_eval(args) -> dict:
     if args.scales:
         extra.append(f"eval.scales=[{','.join(str(s) for s in args.scales)}]")
     cfg = apply_overrides(cfg, extra) if extra else cfg
-    result = evaluate_checkpoint(cfg, args.checkpoint, split=args.split, use=args.use, device=args.device)
+    result = evaluate_checkpoint(cfg, args.checkpoint, split=args.split, use=args.use, device=args.device,
+                                 overrides=args.overrides, config_file=args.config)
     result["eval"] = cfg.eval.model_dump()
     print(format_table(result))
     write_json(out, result)  # atomic; creates the folder

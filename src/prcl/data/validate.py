@@ -71,6 +71,7 @@ def validate_dataset_files(
     cache_path: str | os.PathLike | None = None,
     workers: int = 8,
     progress: bool | None = None,
+    need_labels: Iterable[str] = (),
 ) -> ValidationReport:
     """Check every image and mask file the datasets name; UserError (one line) if any is bad.
 
@@ -89,6 +90,9 @@ def validate_dataset_files(
 
     ``workers``: threads decoding files in parallel (PIL releases the GIL while decoding).
     ``progress``: a tqdm bar on stderr; None shows it only when stderr is a terminal.
+    ``need_labels``: keys of the ``datasets`` mapping (e.g. ``("labeled", "valid")``) whose masks, once every
+    file is good, must hold at least one labeled pixel between them (a value that is not ignore): training on
+    a labeled split without one skips every step, and a valid split without one scores nothing.
     """
     sources = datasets.values() if isinstance(datasets, Mapping) else datasets
     pairs: list[_Pair] = []
@@ -128,11 +132,32 @@ def validate_dataset_files(
         report.cache_written = _save_cache(cache_path, cache, fresh)
 
     problems = _problems(pairs, results, num_classes)
+    roots = {str(getattr(pair.dataset, "root", "")) for pair in pairs}
+    where = f" under {roots.pop()}" if len(roots) == 1 and "" not in roots else ""
     if problems:
-        roots = {str(getattr(pair.dataset, "root", "")) for pair in pairs}
-        where = f" under {roots.pop()}" if len(roots) == 1 and "" not in roots else ""
         raise UserError(_describe(problems, report.files, where))
+    named = datasets if isinstance(datasets, Mapping) else {}
+    for name in need_labels:
+        dataset = named.get(name)
+        if dataset is not None and dataset.with_labels and len(dataset) and not _any_labeled_pixel(dataset, results):
+            effect = "every training step would be skipped" if name == "labeled" else "evaluation would score nothing"
+            raise UserError(f"data check: none of the {len(dataset)} {name} masks{where} holds a labeled pixel (every "
+                            f"value means ignore, e.g. 255), so {effect}; give these masks class indices, or check "
+                            "data.root and the split files")
     return report
+
+
+def _any_labeled_pixel(dataset: SegmentationDataset, results: dict[tuple[str, str], _FileResult]) -> bool:
+    """Whether any mask of ``dataset`` holds a value that decodes to a class (its cached set of values says)."""
+    for _, _, mask in dataset.files():
+        entry = results[(_key(mask), "mask")].entry if mask is not None else None
+        values = np.asarray(entry["values"] if entry else [], dtype=np.int64)
+        try:
+            if values.size and (dataset.decode_labels(values, Path(mask)) >= 0).any():
+                return True
+        except DataFileError:  # a value this dataset's own class count refuses: not ignore, so labeled
+            return True
+    return False
 
 
 # ----------------------------------------------------------------------------- one file

@@ -18,7 +18,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from prcl.distributed import is_distributed, rank, world_size
-from prcl.engine.sampling import ignore_stop_signals
+from prcl.engine.sampling import ignore_stop_signals, loader_workers
 from prcl.infer.protocols import (
     INFERENCE_PROTOCOLS,
     PROTOCOLS,
@@ -140,7 +140,7 @@ def evaluate_model(
         probability_head.eval()
         variance = mean_variance(probability_head)
     ids = range(rank(), len(dataset), world_size())
-    loader = DataLoader(Subset(dataset, ids), batch_size=1, num_workers=cfg.data.num_workers,
+    loader = DataLoader(Subset(dataset, ids), batch_size=1, num_workers=loader_workers(cfg.data.num_workers),
                         worker_init_fn=ignore_stop_signals)  # a stop signal is the trainer's to handle
     e = cfg.eval
     return evaluate(model, loader, cfg.data.num_classes, device, e.protocol, e.window, e.stride, e.flip,

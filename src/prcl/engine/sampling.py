@@ -8,12 +8,16 @@ the endless stream is image ``perm_{g // n}[g % n]``, augmented under the torch 
 
 from __future__ import annotations
 
+import os
 import signal
+import sys
 from collections.abc import Iterator
 from typing import Any
 
 import torch
 from torch.utils.data import DataLoader, Dataset
+
+from prcl import distributed
 
 _MIX = 0x9E3779B97F4A7C15
 
@@ -77,11 +81,42 @@ def ignore_stop_signals(worker_id: int) -> None:
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
+_NOTICED: set[int] = set()
+
+
+def usable_cpus() -> int:
+    """The CPUs this process may run on (its affinity mask where the system has one, else all of them)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # macOS, Windows
+        return max(1, os.cpu_count() or 1)
+
+
+WORKERS_PER_CPU = 4
+"""Loader workers allowed per usable CPU: decoding is CPU work, and a few per CPU cover the waits on disk."""
+
+
+def loader_workers(requested: int) -> int:
+    """``data.num_workers`` bounded by ``WORKERS_PER_CPU`` x the usable CPUs: more loader processes load no
+    faster, and each is a process of its own (100000 of them end with the kernel's OOM killer). The first time
+    a value is cut, one notice line on stderr (main process) says so. The batches do not depend on the number
+    of workers (each sample's seed is its stream position), so cutting it changes nothing but speed."""
+    cpus = usable_cpus()
+    bound = WORKERS_PER_CPU * cpus
+    if requested <= bound:
+        return requested
+    if requested not in _NOTICED and distributed.is_main():
+        _NOTICED.add(requested)
+        print(f"prcl: notice: data.num_workers={requested} is more than {WORKERS_PER_CPU} per CPU this process can "
+              f"use ({cpus}); loading with {bound} workers", file=sys.stderr)
+    return bound
+
+
 def step_loader(dataset: Dataset, batch_size: int, seed: int, start_step: int = 0, num_workers: int = 0,
                 rank: int = 0, world_size: int = 1, pin_memory: bool = False) -> Iterator[Any]:
     """An endless iterator over the batches of steps ``start_step, start_step + 1, ...``."""
     sampler = StepBatchSampler(len(dataset), batch_size, seed, start_step, rank, world_size)  # type: ignore[arg-type]
-    loader = DataLoader(SeededDataset(dataset), batch_sampler=sampler, num_workers=num_workers,
+    loader = DataLoader(SeededDataset(dataset), batch_sampler=sampler, num_workers=loader_workers(num_workers),
                         pin_memory=pin_memory, persistent_workers=False,
                         worker_init_fn=ignore_stop_signals)
     return iter(loader)

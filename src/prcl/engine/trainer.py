@@ -36,7 +36,7 @@ from prcl.schedules import describe_schedule, due, poly_lr, schedule_progress
 from .data_setup import build_run_data
 from .evaluate import evaluate_model
 from .run_dir import CHECKPOINT_FORMAT, RunDir, write_errors
-from .sampling import mixed_seed, step_loader
+from .sampling import loader_workers, mixed_seed, step_loader
 from .tensorboard_log import TensorBoardLog, prediction_rows
 
 
@@ -172,19 +172,27 @@ class Trainer:
         return placed
 
     def _check_data(self) -> None:
-        """Every split the run reads is non-empty, and (main process) every image and mask decodes, masks match
-        their images' sizes and hold class indices or 255: checked in parallel, remembered per file."""
-        d = self.data
+        """Every split the run reads is non-empty and holds at least one batch, and (main process) every image and
+        mask decodes, masks match their images' sizes and hold class indices or 255, and the labeled and valid
+        masks hold labeled pixels: checked in parallel, remembered per file."""
+        d, c = self.data, self.cfg.data
         needed = {"labeled": d.labeled, "valid": d.valid, **({"unlabeled": d.unlabeled} if self.method.uses_unlabeled
                                                               else {})}
         for name, dataset in needed.items():
             if len(dataset) == 0:
                 raise UserError(f"the {name} split of data.dataset={self.cfg.data.dataset} is empty; check data.root, "
                                 "data.splits and data.num_labels")
+        batches = [("labeled", "data.batch_size", c.batch_size, "label more images (data.num_labels)")]
+        if self.method.uses_unlabeled:
+            batches.append(("unlabeled", "data.unlabeled_batch_size", c.unlabeled_batch_size, "add unlabeled images"))
+        for name, key, batch, more in batches:  # a step would load its split's images over and over
+            if batch > len(needed[name]):
+                raise UserError(f"{key}={batch} is larger than the {name} split ({len(needed[name])} images); set "
+                                f"{key}={len(needed[name])} or less, or {more}")
         if self.main:
             validate_dataset_files({"labeled": d.labeled, "valid": d.valid, "test": d.test}, self.cfg.data.num_classes,
-                                   self.run_dir.path / ".validated.json", workers=max(4, self.cfg.data.num_workers),
-                                   progress=self.cfg.train.progress and None)
+                                   self.run_dir.path / ".validated.json", workers=max(4, loader_workers(c.num_workers)),
+                                   progress=self.cfg.train.progress and None, need_labels=("labeled", "valid"))
         distributed.barrier()
 
     # ----------------------------------------------------------------------------------------- state
@@ -334,7 +342,7 @@ class Trainer:
             self._count_step(time.perf_counter() - started, loaded - started)
             bar.update(1)
             if record is None:
-                self._skip_step(bar)
+                self._skip_step(bar, labeled_pixels=bool((labeled_batch["mask"] >= 0).any()))
             else:
                 self._log_step(record, bar)
             evaluate_now = due(self.step, t.eval_every, total)
@@ -357,15 +365,22 @@ class Trainer:
         self.step += 1
         self.trained_steps += 1
 
-    def _skip_step(self, bar) -> None:
-        """A step whose loss or gradient was not finite: logged as skipped; too many in a row stop the run."""
+    def _skip_step(self, bar, labeled_pixels: bool = True) -> None:
+        """A step whose loss or gradient was not finite: logged as skipped; too many in a row stop the run.
+        ``labeled_pixels`` False: its labeled batch held no labeled pixel (the supervised loss is then 0 / 0)."""
         self.skipped_steps += 1
         self.counters.nonfinite_in_a_row += 1
-        self.log({"type": "skipped", "step": self.step, "skipped_steps": self.skipped_steps})
+        self.log({"type": "skipped", "step": self.step, "skipped_steps": self.skipped_steps,
+                  "reason": "non-finite loss" if labeled_pixels else "no labeled pixel"})
         in_a_row = self.counters.nonfinite_in_a_row
         if in_a_row >= self.cfg.train.max_nonfinite_steps:
             bar.close()
             kept = self.run_dir.last_checkpoint
+            if not labeled_pixels:
+                raise TrainingDiverged(
+                    f"training stopped: {in_a_row} steps in a row skipped at step {self.step}, the last because its "
+                    f"labeled batch held no labeled pixel (every mask value 255 = ignore); give the labeled images "
+                    f"masks with class indices (see data.root and the labeled split), or raise data.batch_size")
             raise TrainingDiverged(
                 f"training diverged: {in_a_row} non-finite losses in a row at step {self.step}; "
                 f"the last good checkpoint is {kept if kept.is_file() else 'not written yet'}; lower "

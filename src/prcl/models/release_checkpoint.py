@@ -44,6 +44,11 @@ def load_release_checkpoint(path: str | Path) -> dict[str, dict[str, torch.Tenso
     `probability_head.load_state_dict(result['probability_head'])` (strict by default).
     """
     path = Path(path)
+    if path.is_dir():
+        inside = sorted(p.name for p in path.glob("*.pth"))
+        hint = f" (it holds {', '.join(inside[:3])}{', ...' if len(inside) > 3 else ''})" if inside else ""
+        raise UserError(f"release checkpoint {path} is a folder{hint}; give the path of the authors' .pth file "
+                        "itself, e.g. prcl_voc_662.pth")
     if not path.is_file():
         raise UserError(
             f"release checkpoint {path} does not exist; give the path of the authors' .pth file"
