@@ -291,6 +291,7 @@ def test_eval_refuses_a_config_that_contradicts_the_checkpoints_network(
 ) -> None:
     from prcl.config import load_config
     from prcl.engine import data_setup
+    from prcl.engine import evaluate as engine_evaluate
 
     stored = load_config(None, ["model.encoder=resnet18", "model.weights=null"])  # what the checkpoint holds
     loaded: list[str] = []
@@ -299,11 +300,12 @@ def test_eval_refuses_a_config_that_contradicts_the_checkpoints_network(
         loaded.append(str(path))
         return SimpleNamespace(config=stored)
 
-    def no_data(cfg):
-        raise UserError("reached the data")  # the check passed: what follows is not this test's
+    def no_evaluation(*args, **kwargs):
+        raise UserError("reached the evaluation")  # the check passed: what follows is not this test's
 
     monkeypatch.setattr(Predictor, "from_checkpoint", classmethod(from_checkpoint))
-    monkeypatch.setattr(data_setup, "build_run_data", no_data)
+    monkeypatch.setattr(data_setup, "build_run_data", lambda cfg: SimpleNamespace(valid=[], test=None))
+    monkeypatch.setattr(engine_evaluate, "evaluate_model", no_evaluation)
     checkpoint = tmp_path / "run.pt"
     config = tmp_path / "config.yaml"
     config.write_text("model:\n  encoder: resnet18\n  output_stride: 16\n  weights: imagenet\n")
@@ -324,7 +326,7 @@ def test_eval_refuses_a_config_that_contradicts_the_checkpoints_network(
 
     config.write_text("model:\n  encoder: resnet18\n  weights: imagenet\n")  # the start of training does not matter
     assert main([*base, "eval.flip=true"]) == 2
-    assert "reached the data" in _one_error_line(capsys)
+    assert "reached the evaluation" in _one_error_line(capsys)
     assert loaded == [str(checkpoint)] * 4
 
 

@@ -49,10 +49,10 @@ def evaluate_checkpoint(cfg: Config, checkpoint: str | Path, split: str = "valid
     from prcl.infer import Predictor
 
     torch_device = resolve_device(device, "--device")
+    data = build_run_data(cfg)  # the data's own errors (folders, class names) first: they need no checkpoint
     predictor = Predictor.from_checkpoint(checkpoint, device=torch_device, use=use)
     assert predictor.config is not None  # set by from_checkpoint
     check_network_keys(cfg, predictor.config, checkpoint, overrides, config_file)
-    data = build_run_data(cfg)
     dataset = data.valid if split == "valid" else data.test
     if dataset is None:
         raise UserError(f"this dataset has no {split} split; use --split valid")

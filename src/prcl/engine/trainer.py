@@ -37,7 +37,8 @@ from .data_setup import build_run_data
 from .evaluate import evaluate_model
 from .run_dir import CHECKPOINT_FORMAT, RunDir, write_errors
 from .sampling import loader_workers, mixed_seed, step_loader
-from .tensorboard_log import TensorBoardLog, prediction_rows
+from .tensorboard_log import (PSEUDO_LABEL_TAG, TensorBoardLog, prediction_rows, pseudo_label_examples,
+                              pseudo_label_generator, pseudo_label_grid)
 
 
 class TrainingDiverged(UserError):
@@ -423,11 +424,29 @@ class Trainer:
             self.tensorboard.record_images("valid/predictions", self.step, prediction_rows(
                 unwrap_model(self.eval_network()), self.data.valid, self.cfg, self.device,
                 colors=self.data.class_colors))
+            self._record_pseudo_labels()
         if result["miou"] is not None and result["miou"] > self.best_miou:
             self.best_miou = result["miou"]
             self.save("best.pt")
             self.run_dir.write_best_score(self.step, self.best_miou)
         return result
+
+    def _record_pseudo_labels(self) -> None:
+        """TensorBoard's picture of the method's pseudo-labels on a fixed few unlabeled images (none for a method
+        without them). Its random draws come from its own generators and the global random state is restored,
+        so a run trains the same with the pictures as without them."""
+        if not self.method.uses_unlabeled or len(self.data.unlabeled) == 0:
+            return
+        images = pseudo_label_examples(self.data.unlabeled, self.cfg.train.seed).to(self.device)
+        generator = pseudo_label_generator(self.cfg.train.seed, self.device)
+        on_accelerator = self.device.type != "cpu"
+        with torch.random.fork_rng(devices=[self.device] if on_accelerator else [],
+                                   device_type=self.device.type if on_accelerator else None):
+            pictures = self.method.pseudo_label_pictures(self.nets, images, generator)
+        if pictures is not None:
+            self.tensorboard.record_image(PSEUDO_LABEL_TAG, self.step,
+                                          pseudo_label_grid(pictures, self.cfg.data.num_classes,
+                                                            colors=self.data.class_colors))
 
     def fit(self) -> dict:
         """Train to ``train.iterations`` (from the resumed step), then evaluate and write the summary."""

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from .base import Method, Networks, StepInput
+from .base import Method, Networks, PseudoLabelPictures, StepInput
 from .mean_teacher import MeanTeacher
 from .prcl import PRCL
 from .supervised import Supervised
@@ -24,4 +24,5 @@ def build_method(cfg: Config) -> Method:
     return METHODS[cfg.method.name](cfg)
 
 
-__all__ = ["METHODS", "MeanTeacher", "Method", "Networks", "PRCL", "StepInput", "Supervised", "build_method"]
+__all__ = ["METHODS", "MeanTeacher", "Method", "Networks", "PRCL", "PseudoLabelPictures", "StepInput", "Supervised",
+           "build_method"]

@@ -9,6 +9,8 @@ optimiser and runs :meth:`Method.train_step` / :meth:`Method.after_step`.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -48,6 +50,26 @@ class StepInput:
     generator: torch.Generator | None = None
     probe: bool = False
     unlabeled_masks: torch.Tensor | None = None
+
+
+@dataclass
+class PseudoLabelPictures:
+    """What a method's pseudo-labels look like on a few unlabeled images, for TensorBoard's pictures.
+
+    strong_images: (N, 3, H, W) float, normalised: the strong view the student is trained on.
+    pseudo_labels: (N, H, W) int64, the teacher's class per pixel moved into the strong view; -1 where
+      there is none (the rescale's padding, a CutOut box): the pixels the pseudo-label loss ignores.
+    confidence: (N, H, W) float in [0, 1]: the teacher's confidence q, moved (and quantised) alike.
+    thresholds: the confidence thresholds the losses compare q with, by name (e.g. ``un_threshold``).
+    variance: (N, H, W) float, the probability head's variance (mean over the representation's
+      dimensions) on the strong view, upsampled (nearest) from stride 4; None for a method without one.
+    """
+
+    strong_images: torch.Tensor
+    pseudo_labels: torch.Tensor
+    confidence: torch.Tensor
+    thresholds: dict[str, float]
+    variance: torch.Tensor | None = None
 
 
 class Method:
@@ -90,6 +112,13 @@ class Method:
         """The network that is evaluated, saved for inference and exported: the student by default."""
         return unwrap_model(nets["student"])
 
+    def pseudo_label_pictures(self, nets: Networks, images: torch.Tensor,
+                              generator: torch.Generator) -> PseudoLabelPictures | None:
+        """The pseudo-labels this method would train on for ``images`` (N, 3, H, W), normalised, on the
+        device; random draws from ``generator`` only. None (the default) for a method without pseudo-labels.
+        Called outside training: it must change no network, buffer or random state of the run."""
+        return None
+
     def state_dict(self) -> dict[str, torch.Tensor]:
         """State the method carries across steps besides its networks (saved in checkpoints)."""
         return {}
@@ -118,6 +147,20 @@ def teacher_pseudo_labels(teacher: nn.Module, images: torch.Tensor) -> tuple[tor
     probabilities = torch.softmax(upsample(teacher(images).logits, images.shape[-2:]).float(), dim=1)
     confidence, pseudo_labels = probabilities.max(dim=1)
     return pseudo_labels, confidence
+
+
+@contextmanager
+def eval_mode(*modules: nn.Module) -> Iterator[None]:
+    """The modules in eval mode (BatchNorm reads its running statistics and updates nothing), each put
+    back in the mode it had afterwards."""
+    modes = [(module, module.training) for module in modules]
+    try:
+        for module, _ in modes:
+            module.eval()
+        yield
+    finally:
+        for module, training in modes:
+            module.train(training)
 
 
 def nearest_resize(labels: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:

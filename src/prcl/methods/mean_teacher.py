@@ -10,10 +10,11 @@ from torch import nn
 from prcl.data.strong_view import StrongView
 from prcl.losses import pseudo_label_loss
 from prcl.metrics import error_auroc
-from prcl.models import ema_update, make_teacher
+from prcl.models import ema_update, make_teacher, unwrap_model
 from prcl.models.deeplab import SegmenterOutput
 
-from .base import Method, Networks, StepInput, nearest_resize, supervised_loss, teacher_pseudo_labels
+from .base import (Method, Networks, PseudoLabelPictures, StepInput, eval_mode, nearest_resize, supervised_loss,
+                   teacher_pseudo_labels)
 
 if TYPE_CHECKING:
     from prcl.config import Config
@@ -124,6 +125,26 @@ class MeanTeacher(Method):
             if strong_truth is not None:
                 losses.update(pseudo_label_probe(strong_labels, strong_confidence, strong_truth, self.thresholds()))
         return losses
+
+    @torch.no_grad()
+    def pseudo_label_pictures(self, nets: Networks, images: torch.Tensor,
+                              generator: torch.Generator) -> PseudoLabelPictures:
+        """The teacher's pseudo-labels and confidences on ``images`` (N, 3, H, W), the weak view, moved into
+        a strong view drawn from ``generator`` as in training (rescale, crop, mix among these N images,
+        colour, blur, flip). Every network runs in eval mode (BatchNorm's running statistics, as
+        evaluation runs the teacher; training's teacher uses the batch's statistics, so its
+        pseudo-labels can differ a little) and nothing of the run changes."""
+        with eval_mode(*nets.values()):
+            pseudo_labels, confidence = teacher_pseudo_labels(unwrap_model(nets["teacher"]), images)
+            strong_images, strong_labels, strong_confidence = self.strong_view(images, pseudo_labels, confidence,
+                                                                               generator=generator)
+            variance = self.strong_view_variance(nets, strong_images)
+        return PseudoLabelPictures(strong_images, strong_labels, strong_confidence, self.thresholds(), variance)
+
+    def strong_view_variance(self, nets: Networks, strong_images: torch.Tensor) -> torch.Tensor | None:
+        """(N, H, W) the probability head's mean variance on the strong view, for the pictures; the mean
+        teacher has no head: None."""
+        return None
 
     def after_step(self, nets: Networks, step: int) -> None:
         ema_update(nets["teacher"], nets["student"], step, self.cfg.method.ema_alpha)

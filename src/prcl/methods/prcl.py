@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from prcl.losses import ContrastOptions, PRCLLoss
-from prcl.models import ProbabilityHead
+from prcl.models import ProbabilityHead, unwrap_model
 from prcl.models.deeplab import FEATURE_CHANNELS, REPRESENTATION_DIM
 from prcl.schedules import contrast_weight
 
@@ -99,6 +99,16 @@ class PRCL(MeanTeacher):
 
     def thresholds(self) -> dict[str, float]:
         return {"un_threshold": self.un_threshold, "weak_threshold": self.weak_threshold}
+
+    def strong_view_variance(self, nets: Networks, strong_images: torch.Tensor) -> torch.Tensor | None:
+        """(N, H, W): the head's variance (N, D, h, w) on the student's features of the strong view, averaged
+        over the D dimensions and upsampled (nearest) to the image; None with ``prcl.deterministic`` (no head).
+        The networks run in the caller's mode."""
+        if "probability_head" not in nets:
+            return None
+        features = unwrap_model(nets["student"])(strong_images).features
+        variance = unwrap_model(nets["probability_head"])(features).float().mean(dim=1)
+        return nearest_resize(variance, strong_images.shape[-2:])
 
     @staticmethod
     def _probes(sup: torch.Tensor, contrast: torch.Tensor, weight: float, details: dict[str, torch.Tensor],
