@@ -298,7 +298,7 @@ def test_eval_refuses_a_config_that_contradicts_the_checkpoints_network(
 
     def from_checkpoint(cls, path, device="cpu", use="teacher"):
         loaded.append(str(path))
-        return SimpleNamespace(config=stored)
+        return SimpleNamespace(config=stored, model=None, probability_head=None)
 
     def no_evaluation(*args, **kwargs):
         raise UserError("reached the evaluation")  # the check passed: what follows is not this test's

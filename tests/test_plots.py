@@ -204,7 +204,7 @@ def test_training_shows_its_pseudo_labels_in_tensorboard(demo_root, tmp_path, me
     from prcl.engine.tensorboard_log import (BELOW_THRESHOLDS_COLOUR, NO_LABEL_COLOUR, PSEUDO_LABEL_TAG,
                                              pseudo_label_examples)
     from prcl.engine.trainer import Trainer
-    from prcl.infer.visualize import heatmap, palette
+    from prcl.infer.visualize import heatmap
     from prcl.models import build_segmenter
     from tiny_run import tiny_config
 
