@@ -119,7 +119,7 @@ class Setting:
             unlabeled = {"image": unlabeled["image"]}
         sync()
         started = time.perf_counter()
-        record = self.trainer.train_step(labeled, unlabeled if self.method != "supervised" else None)
+        record = self.trainer.train_step([(labeled, unlabeled if self.method != "supervised" else None)])
         sync()
         self.times.append(time.perf_counter() - started)
         self.trainer.step += 1

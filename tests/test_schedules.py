@@ -75,6 +75,38 @@ def test_keeping_the_global_batch_on_fewer_gpus_keeps_the_schedule():
     assert (two.train.epoch_iterations, two.train.iterations) == (eight.train.epoch_iterations, eight.train.iterations)
 
 
+def _documented_accumulation_rows() -> list[tuple[int, str, str]]:
+    """(GPUs, VOC overrides, Cityscapes overrides) of the accumulation table under "Fewer GPUs" in docs/datasets.md."""
+    pattern = re.compile(r"^\|\s*(\d)\s*\|\s*`([^`]*train\.accumulate=[^`]*)`\s*\|\s*`([^`]*)`\s*\|")
+    return [(int(m.group(1)), m.group(2), m.group(3))
+            for m in map(pattern.match, DATASETS_DOC.read_text(encoding="utf-8").splitlines()) if m]
+
+
+def test_the_documented_accumulation_settings_keep_the_global_batch_and_the_schedule():
+    from prcl.config import resolve_config
+
+    rows = _documented_accumulation_rows()
+    assert sorted(gpus for gpus, _, _ in rows) == [1, 2, 4]
+    for gpus, voc, cityscapes in rows:
+        for name, labels, global_batch, settings in (("voc_blended.yaml", 662, 16, voc),
+                                                     ("cityscapes.yaml", 744, 48, cityscapes)):
+            eight = resolve_config(load_config(CONFIGS / name, [f"data.num_labels={labels}"], resolve=False), 8)
+            cfg = resolve_config(load_config(CONFIGS / name, [f"data.num_labels={labels}", *settings.split()],
+                                             resolve=False), gpus)
+            data, train = cfg.data, cfg.train
+            assert data.batch_size * gpus * train.accumulate == global_batch == data.batch_size * 8, (name, gpus)
+            assert data.unlabeled_batch_size * gpus * train.accumulate == global_batch, (name, gpus)
+            assert (train.epoch_iterations, train.iterations) == (eight.train.epoch_iterations,
+                                                                 eight.train.iterations), (name, gpus)
+
+
+def test_accumulation_counts_in_the_global_batch_of_the_epoch_formula():
+    """1 process x 2 x 8 micro-batches is the global batch of 16 (84 iterations per epoch for VOC 662), not 2."""
+    accumulated = _voc_662(1, "train.accumulate=8")
+    assert accumulated.train.epoch_iterations == _voc_662(8).train.epoch_iterations == 84
+    assert _voc_662(1).train.epoch_iterations != 84  # without it, a global batch of 2: another epoch
+
+
 def test_iterations_stop_a_paper_schedule_early_without_changing_it():
     full = _voc_662()
     early = _voc_662(8, "train.iterations=100")
@@ -141,6 +173,8 @@ def test_the_schedule_line_a_run_prints():
     assert "200 epochs x 84 iterations = 16800" in line and "8 processes x 2" in line
     assert "stopping early at iteration 100" in line
     assert "stopping early" not in describe_schedule(_voc_662(), world_size=8)
+    line = describe_schedule(_voc_662(1, "train.accumulate=8"), world_size=1)
+    assert "global batch 16 labeled (1 process x 2 x 8 micro-batches)" in line
 
 
 @pytest.mark.parametrize("name, crop, scales, strong, batch, protocol", [

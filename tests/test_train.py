@@ -166,6 +166,7 @@ def test_cli_help_and_usage_errors():
     ("data.batch_size=two", ["data.batch_size"]),
     ("method.name=fixmatch", ["method.name", "prcl"]),
     ("data.batch_size=1", ["data.batch_size", "2"]),
+    ("train.accumulate=0", ["train.accumulate", ">= 1"]),
 ])
 def test_config_errors_end_with_one_clear_line(tmp_path, override, words):
     result = run_cli("train", "-c", "configs/demo.yaml", override, f"train.out_dir={tmp_path / 'x'}")

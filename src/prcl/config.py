@@ -199,6 +199,9 @@ class TrainConfig(_Section):
     epoch_images: Maybe[AtLeast(1)] = None  # set (the release: 2000): derive epoch_iterations as the release
     eval_every: AtLeast(0) = 1000  # 0: evaluate only at the end
     log_every: AtLeast(1) = 20
+    # micro-batches per optimiser step (gradient accumulation): each draws its own labeled and unlabeled batch,
+    # the global batch is data.batch_size x processes x accumulate; schedules, EMA and logs count optimiser steps
+    accumulate: AtLeast(1) = 1
     checkpoint_every: AtLeast(0) = 1000  # 0: checkpoint only at the end
     seed: Seed = 0
     # may name config values, e.g. runs/voc_{data.num_labels}
@@ -367,7 +370,8 @@ def launch_world_size() -> int:
 
 def resolve_config(cfg: Config, world_size: int | None = None) -> Config:
     """A copy with the derived values (those left null) filled in, see the module docstring; ``world_size``
-    (default: torchrun's WORLD_SIZE, else 1) gives the global batch from which ``train.epoch_images`` derives."""
+    (default: torchrun's WORLD_SIZE, else 1) gives the global batch (``data.batch_size`` x processes x
+    ``train.accumulate``) from which ``train.epoch_images`` derives."""
     world = launch_world_size() if world_size is None else world_size
     resolved = cfg.model_copy(deep=True)
     data, train, evaluation = resolved.data, resolved.train, resolved.eval
@@ -375,7 +379,7 @@ def resolve_config(cfg: Config, world_size: int | None = None) -> Config:
     data.unlabeled_batch_size = data.unlabeled_batch_size or data.batch_size
     evaluation.window = evaluation.window or data.crop_size
     evaluation.stride = evaluation.stride or max(1, evaluation.window * 2 // 3)
-    resolve_schedule(train, data.num_labels, data.batch_size * world)
+    resolve_schedule(train, data.num_labels, data.batch_size * world * train.accumulate)
     train.out_dir = _format_out_dir(cfg.train.out_dir, {name: getattr(resolved, name) for name in Config.model_fields})
     return resolved
 

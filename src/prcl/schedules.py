@@ -40,7 +40,7 @@ def release_epoch_iterations(num_labels: int, global_batch: int, epoch_images: i
 
     Args:
         num_labels: labeled images.
-        global_batch: labeled images per step over all processes.
+        global_batch: labeled images per optimiser step over all processes (and micro-batches).
         epoch_images: the release's nominal epoch size (2000).
     """
     if num_labels < 1 or global_batch < 1 or epoch_images < 1:
@@ -75,8 +75,10 @@ def schedule_epochs(cfg: Config) -> int | None:
 def describe_schedule(cfg: Config, world_size: int = 1) -> str:
     """One line for the start of a run, e.g. ``schedule: 200 epochs x 84 iterations = 16800, ...``."""
     train, epochs = cfg.train, schedule_epochs(cfg)
-    batch = (f"global batch {cfg.data.batch_size * world_size} labeled"
-             f" ({world_size} process{'es' if world_size > 1 else ''} x {cfg.data.batch_size})")
+    accumulate = cfg.train.accumulate
+    batch = (f"global batch {cfg.data.batch_size * world_size * accumulate} labeled"
+             f" ({world_size} process{'es' if world_size > 1 else ''} x {cfg.data.batch_size}"
+             f"{f' x {accumulate} micro-batches' if accumulate > 1 else ''})")
     if epochs is None:
         return f"schedule: continuous over {train.iterations} iterations, {batch}"
     length = epochs * train.epoch_iterations

@@ -3,6 +3,8 @@
 The trainer knows no method: it builds the student, asks the method (``prcl.methods``) for its
 networks and optimiser groups, moves them to the device, wraps the trained ones for data
 parallelism, and then runs the method's step, the optimiser, and the method's post-step update.
+With ``train.accumulate: N`` an optimiser step sums the gradients of N micro-batches, each the
+method's step on its own labeled and unlabeled batch with its loss divided by N.
 
 What a run writes, and reads back when it resumes, is kept by ``prcl.engine.run_dir``.
 """
@@ -15,7 +17,7 @@ import signal
 import sys
 import threading
 import time
-from contextlib import contextmanager, nullcontext
+from contextlib import ExitStack, contextmanager, nullcontext
 from dataclasses import dataclass
 
 import torch
@@ -96,6 +98,26 @@ def peak_memory_mb(device: torch.device) -> dict[str, float]:
     return peak
 
 
+def _mean_record(values: list[dict], device: torch.device) -> dict[str, float | None]:
+    """The logged values of a step: each key's mean over the micro-batches that gave a number for it (None where
+    none did; a key some micro-batches lack, such as ``prcl_anchors``, is averaged over those that have it).
+    ``values``: the method's values per micro-batch, tensors and floats; the tensors are read in one sync."""
+    tensors = [(key, value) for record in values for key, value in record.items() if isinstance(value, torch.Tensor)]
+    numbers = torch.stack([value.float().to(device) for _, value in tensors]).tolist() if tensors else []
+    collected: dict[str, list] = {}
+    for record in values:  # the floats first, then the tensors, as one micro-batch's record was always written
+        for key, value in record.items():
+            if not isinstance(value, torch.Tensor):
+                collected.setdefault(key, []).append(value)
+    for (key, _), number in zip(tensors, numbers):
+        collected.setdefault(key, []).append(number)
+    means = {}
+    for key, found in collected.items():
+        given = [float(number) for number in found if number is not None]
+        means[key] = sum(given) / len(given) if given else None
+    return means
+
+
 @dataclass
 class _LoopCounters:
     """What the loop counts within one ``fit`` besides the checkpointed state."""
@@ -142,7 +164,7 @@ class Trainer:
         self.scaler = torch.amp.GradScaler(self.device.type,
                                            enabled=cfg.train.amp and self.autocast_dtype == torch.float16)
         unlabeled_batch = cfg.data.unlabeled_batch_size if self.method.uses_unlabeled else 0
-        self.images_per_step = (cfg.data.batch_size + unlabeled_batch) * distributed.world_size()
+        self.images_per_step = (cfg.data.batch_size + unlabeled_batch) * distributed.world_size() * cfg.train.accumulate
 
         self.step = 0
         self.best_miou = -1.0
@@ -253,15 +275,22 @@ class Trainer:
 
     # -------------------------------------------------------------------------------------- training
     def _loaders(self):
+        """The labeled and unlabeled (None: the method reads none) batch streams from the current step. A loader
+        step is one micro-batch, so the stream of optimiser step s starts at loader step s x ``train.accumulate``."""
         cfg, rank, world = self.cfg, distributed.rank(), distributed.world_size()
-        pin = self.device.type == "cuda"
-        labeled = step_loader(self.data.labeled, cfg.data.batch_size, cfg.train.seed, self.step,
+        pin, start = self.device.type == "cuda", self.step * cfg.train.accumulate
+        labeled = step_loader(self.data.labeled, cfg.data.batch_size, cfg.train.seed, start,
                               cfg.data.num_workers, rank, world, pin)
         unlabeled = None
         if self.method.uses_unlabeled:
             unlabeled = step_loader(self.data.unlabeled, cfg.data.unlabeled_batch_size, cfg.train.seed + 1,
-                                    self.step, cfg.data.num_workers, rank, world, pin)
+                                    start, cfg.data.num_workers, rank, world, pin)
         return labeled, unlabeled
+
+    def _next_batches(self, labeled, unlabeled) -> list[tuple[dict, dict | None]]:
+        """The next optimiser step's ``train.accumulate`` micro-batches, each a (labeled, unlabeled or None) pair."""
+        return [(next(labeled), next(unlabeled) if unlabeled is not None else None)
+                for _ in range(self.cfg.train.accumulate)]
 
     def _set_lr(self, progress: float) -> float:
         """Poly-decay every optimiser group's lr from its base; returns the first group's (the student's)."""
@@ -274,14 +303,43 @@ class Trainer:
         """Whether the step that ends at count ``step`` (1-based) is written to metrics.jsonl."""
         return due(step, self.cfg.train.log_every, self.cfg.train.iterations)
 
-    def train_step(self, labeled: dict, unlabeled: dict | None) -> dict[str, float] | None:
-        """One optimisation step; None when the loss or a gradient was not finite (step skipped)."""
+    def train_step(self, batches: list[tuple[dict, dict | None]]) -> dict[str, float | None] | None:
+        """One optimiser step over its micro-batches ``batches`` (``train.accumulate`` (labeled, unlabeled or None)
+        pairs from the loaders; one pair without accumulation): the gradients of every micro-batch's loss / N add
+        up to those of their mean, then one optimiser step (and one gradient-scaler step). Returns the logged
+        values, each the mean over the micro-batches (``_mean_record``); None when a loss or the summed gradient
+        was not finite on some process (the step is skipped, the weights unchanged)."""
+        lr = self._set_lr(schedule_progress(self.step, self.cfg))
+        for net in self.trained_nets:
+            net.train()
+        self.optimizer.zero_grad(set_to_none=True)
+        values = []
+        for micro, (labeled, unlabeled) in enumerate(batches):
+            with self._gradient_sync(last=micro == len(batches) - 1):
+                values.append(self._micro_step(self._step_input(labeled, unlabeled, micro, len(batches)),
+                                               len(batches)))
+            if values[-1] is None:
+                self.optimizer.zero_grad(set_to_none=True)
+                return None
+        grad_norm = self._gradient_norm()
+        if grad_norm is None:
+            self.optimizer.zero_grad(set_to_none=True)
+            self.scaler.update()  # unscale_ ran: a float16 scaler lowers its scale (no-op when disabled)
+            return None
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.method.after_step(self.nets, self.step)
+        return {**_mean_record(values, self.device), "lr": lr, "grad_norm": grad_norm}
+
+    def _step_input(self, labeled: dict, unlabeled: dict | None, micro: int, count: int) -> StepInput:
+        """Micro-batch ``micro`` of ``count`` in this step, on the device. The method's own sampling is seeded by
+        the micro-batch's loader step (step x count + micro: the step itself without accumulation) and the rank;
+        every micro-batch of a logged step is probed."""
         cfg, device = self.cfg, self.device
-        lr = self._set_lr(schedule_progress(self.step, cfg))
         probe = self._logged(self.step + 1)
         generator = torch.Generator(device).manual_seed(
-            mixed_seed(cfg.train.seed, self.step, distributed.rank()))
-        batch = StepInput(
+            mixed_seed(cfg.train.seed, self.step * count + micro, distributed.rank()))
+        return StepInput(
             labeled_images=labeled["image"].to(device, non_blocking=True, memory_format=self.memory_format),
             labels=labeled["mask"].to(device, non_blocking=True),
             unlabeled_images=unlabeled["image"].to(device, non_blocking=True, memory_format=self.memory_format)
@@ -289,31 +347,37 @@ class Trainer:
             step=self.step, generator=generator, probe=probe,
             unlabeled_masks=unlabeled["mask"].to(device, non_blocking=True)  # read by the probe only
             if probe and unlabeled is not None and "mask" in unlabeled else None)
-        for net in self.trained_nets:
-            net.train()
-        amp = torch.autocast(device.type, dtype=self.autocast_dtype) if cfg.train.amp else nullcontext()
+
+    def _gradient_sync(self, last: bool):
+        """Under DDP the gradients are all-reduced in the backward of the step's last micro-batch only; before
+        it, each process sums its own (``no_sync`` around forward and backward). Other collectives (SyncBatchNorm,
+        the prototypes' statistics) run in every micro-batch."""
+        stack = ExitStack()
+        if not last:
+            for net in self.trained_nets:
+                if isinstance(net, DistributedDataParallel):
+                    stack.enter_context(net.no_sync())
+        return stack
+
+    def _micro_step(self, batch: StepInput, count: int) -> dict | None:
+        """The method's step on one micro-batch and the backward of its loss / ``count``, the gradients added to
+        those already there. Returns the method's values detached, or None (no backward) when the loss is not
+        finite on some process."""
+        amp = torch.autocast(self.device.type, dtype=self.autocast_dtype) if self.cfg.train.amp else nullcontext()
         with amp:
             losses = self.method.train_step(self.nets, batch)
-        self.optimizer.zero_grad(set_to_none=True)
-        finite = distributed.all_true(bool(torch.isfinite(losses["loss"])), device)
-        if finite:
-            self.scaler.scale(losses["loss"]).backward()
-            self.scaler.unscale_(self.optimizer)
-            params = [p for g in self.optimizer.param_groups for p in g["params"] if p.grad is not None]
-            grad_norm = torch.nn.utils.clip_grad_norm_(params, float("inf"))
-            finite = distributed.all_true(bool(torch.isfinite(grad_norm)), device)
-        if not finite:
-            self.optimizer.zero_grad(set_to_none=True)
+        if not distributed.all_true(bool(torch.isfinite(losses["loss"])), self.device):
             return None
-        self.scaler.step(self.optimizer)
-        self.scaler.update()
-        self.method.after_step(self.nets, self.step)
-        tensors = {k: v for k, v in losses.items() if isinstance(v, torch.Tensor)}
-        values = torch.stack([v.detach().float().to(device) for v in tensors.values()]).tolist()  # one sync
-        record = {k: None if v is None else float(v) for k, v in losses.items() if not isinstance(v, torch.Tensor)}
-        record.update(zip(tensors, values))
-        record.update(lr=lr, grad_norm=float(grad_norm))
-        return record
+        self.scaler.scale(losses["loss"] / count).backward()
+        return {key: value.detach() if isinstance(value, torch.Tensor) else value for key, value in losses.items()}
+
+    def _gradient_norm(self) -> float | None:
+        """The L2 norm of all trained parameters' gradients after AMP unscaling (nothing is clipped); None when it
+        is not finite on some process."""
+        self.scaler.unscale_(self.optimizer)
+        params = [p for g in self.optimizer.param_groups for p in g["params"] if p.grad is not None]
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, float("inf"))
+        return float(grad_norm) if distributed.all_true(bool(torch.isfinite(grad_norm)), self.device) else None
 
     def eval_network(self) -> nn.Module:
         """The network that is evaluated and saved for inference (the method decides: teacher or student)."""
@@ -336,14 +400,13 @@ class Trainer:
         last_result: dict | None = None
         while self.step < total:
             started = time.perf_counter()
-            labeled_batch = next(labeled)
-            unlabeled_batch = next(unlabeled) if unlabeled is not None else None
+            batches = self._next_batches(labeled, unlabeled)
             loaded = time.perf_counter()
-            record = self.train_step(labeled_batch, unlabeled_batch)
+            record = self.train_step(batches)
             self._count_step(time.perf_counter() - started, loaded - started)
             bar.update(1)
             if record is None:
-                self._skip_step(bar, labeled_pixels=bool((labeled_batch["mask"] >= 0).any()))
+                self._skip_step(bar, labeled_pixels=all(bool((lab["mask"] >= 0).any()) for lab, _ in batches))
             else:
                 self._log_step(record, bar)
             evaluate_now = due(self.step, t.eval_every, total)

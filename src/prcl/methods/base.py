@@ -35,7 +35,8 @@ class StepInput:
 
     labeled_images: (Bl, 3, H, W) float, normalised; labels: (Bl, H, W) int64, -1 = ignore.
     unlabeled_images: (Bu, 3, H, W), or None for a method without unlabeled data.
-    step: 0-based index of this step (the schedules read it).
+    step: 0-based index of this optimiser step (the schedules read it); with ``train.accumulate`` the
+      same for each of the step's micro-batches.
     generator: torch.Generator on the device for the method's own sampling.
     probe: this step is logged; a method may add diagnostics that cost extra work.
     unlabeled_masks: (Bu, H, W) int64 ground truth of the unlabeled images, -1 = ignore, given at
@@ -75,8 +76,11 @@ class PseudoLabelPictures:
 class Method:
     """A training method, run by the generic trainer through these methods.
 
-    ``train_step`` returns named values: ``loss`` is the total to minimise (with its graph), the
-    others (detached tensors or floats) are logged.
+    ``train_step`` returns named values for one batch: ``loss`` is the total to minimise (with its
+    graph), the others (detached tensors, floats or None) are logged. With ``train.accumulate: N``
+    the trainer calls it N times per optimiser step, once per micro-batch, divides each loss by N
+    and logs each value's mean; whatever the step updates as it runs (BatchNorm statistics, PRCL's
+    global prototypes) is then updated per micro-batch. ``after_step`` runs once per optimiser step.
     """
 
     name = "base"
