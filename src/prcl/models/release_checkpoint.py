@@ -152,6 +152,7 @@ def convert_release_checkpoint(
     from prcl.config import config_to_dict
     from prcl.data.datasets import VOC_CLASS_NAMES
     from prcl.data.validate import check_output_file
+    from prcl.io import remove_leftovers
     from prcl.models import ProbabilityHead, build_segmenter
 
     path = Path(path).expanduser()
@@ -188,5 +189,6 @@ def convert_release_checkpoint(
         "teacher": dict(release["ema"]),
         "probability_head": dict(release["probability_head"]),
     }
+    remove_leftovers(out.parent, out.name)  # what a conversion killed while writing left there
     save_checkpoint(out, state)
     return state
