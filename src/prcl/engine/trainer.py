@@ -116,6 +116,16 @@ class Trainer:
         self.run_dir = RunDir(cfg.train.out_dir, self.main)
         # Everything that can be checked without building the run, before any work is done.
         self.run_dir.check_writable()
+        self.run_dir.lock()  # an existing folder: before anything is read or written there
+        try:
+            self._build(cfg, resume, resume_force)
+        except BaseException:
+            self.run_dir.unlock()  # a Trainer that failed to build holds no folder
+            raise
+
+    def _build(self, cfg: Config, resume: str | None, resume_force: bool) -> None:
+        """Everything else a run needs, checked before its folder is written: the resumed checkpoint, the
+        method, the data (every file read once), the networks and the optimiser; then the folder is prepared."""
         resumed = self.run_dir.checkpoint_to_resume(cfg, resume, resume_force)
         self.method = build_method(cfg)
         self.data = build_run_data(cfg)
@@ -181,7 +191,7 @@ class Trainer:
                                 "data.splits and data.num_labels")
         if self.main:
             validate_dataset_files({"labeled": d.labeled, "valid": d.valid, "test": d.test}, self.cfg.data.num_classes,
-                                   self.run_dir.path / ".validated.json", workers=max(4, self.cfg.data.num_workers),
+                                   self.run_dir.validation_cache, workers=max(4, self.cfg.data.num_workers),
                                    progress=self.cfg.train.progress and None)
         distributed.barrier()
 
@@ -416,6 +426,7 @@ class Trainer:
             return self._fit()
         finally:
             self.tensorboard.close()  # flushed, after an interruption or an error too
+            self.run_dir.unlock()  # the folder is free for the next training
 
     def _fit(self) -> dict:
         cfg = self.cfg
