@@ -45,7 +45,7 @@ def test_failed_write_keeps_old_file_and_leaves_no_temporary(tmp_path: Path, mon
         raise OSError("disk full")  # ... then the write fails
 
     monkeypatch.setattr(checkpoint_module.torch, "save", broken_save)
-    with pytest.raises(OSError, match="disk full"):
+    with pytest.raises(UserError, match="cannot write .*last.pt: the write failed .disk full."):
         save_checkpoint(path, {"iteration": 2})
     monkeypatch.undo()
     assert load_checkpoint(path) == {"iteration": 1}

@@ -174,15 +174,19 @@ def test_an_unwritable_out_dir_fails_before_any_work(demo_root, tmp_path, capsys
     assert len(err) == 1 and "train.out_dir" in err[0] and "cannot write" in err[0] and str(blocker) in err[0]
 
 
-@pytest.mark.parametrize("target", ["checkpoint", "metrics"])
+@pytest.mark.parametrize("target", ["checkpoint", "metrics", "config"])
 def test_a_full_disk_is_one_line_naming_the_file(demo_root, tmp_path, capsys, monkeypatch, target):
     import errno
+
+    from full_disk import fill_disk
 
     def full(*args, **kwargs):
         raise OSError(errno.ENOSPC, "No space left on device")
 
     if target == "checkpoint":
-        monkeypatch.setattr("prcl.engine.trainer.save_checkpoint", full)
+        fill_disk(monkeypatch, "last.pt", room=1000)  # torch.save fails part way through
+    elif target == "config":
+        fill_disk(monkeypatch, "config.yaml")
     else:
         real_open = open
 
@@ -195,8 +199,8 @@ def test_a_full_disk_is_one_line_naming_the_file(demo_root, tmp_path, capsys, mo
     out = tmp_path / "run"
     assert main(["train", "-c", os.devnull, *tiny_overrides(demo_root, out, iterations=2)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    name = "last.pt" if target == "checkpoint" else "metrics.jsonl"
-    assert len(err) == 1 and name in err[0] and "No space left" in err[0] and "--resume auto" in err[0]
+    name = {"checkpoint": "last.pt", "metrics": "metrics.jsonl", "config": "config.yaml"}[target]
+    assert len(err) == 1 and name in err[0] and "no space left on device" in err[0] and "--resume auto" in err[0]
 
 
 def test_deterministic_cpu_runs_give_identical_weights(demo_root, tmp_path):

@@ -20,10 +20,38 @@ from prcl.errors import UserError
 from prcl.io import atomic_write
 
 
+class _KeepWriteError:
+    """The stream torch.save writes to, keeping the first OSError of a failed write: torch reports that
+    only as a RuntimeError ("[enforce fail at inline_container.cc] unexpected pos")."""
+
+    def __init__(self, stream: Any) -> None:
+        self.stream, self.error = stream, None
+
+    def write(self, data: Any) -> int:
+        try:
+            return self.stream.write(data)
+        except OSError as error:
+            self.error = self.error or error
+            raise
+
+    def flush(self) -> None:
+        self.stream.flush()
+
+
 def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
-    """Write ``state`` (tensors, dicts, lists, numbers, strings, None) to ``path`` atomically."""
+    """Write ``state`` (tensors, dicts, lists, numbers, strings, None) to ``path`` atomically.
+
+    A failed write (a full disk) is a :class:`prcl.io.WriteError` naming ``path``; the file there before
+    is kept whole.
+    """
     with atomic_write(path, "wb") as stream:
-        torch.save(state, stream)
+        keeper = _KeepWriteError(stream)
+        try:
+            torch.save(state, keeper)
+        except RuntimeError:
+            if keeper.error is not None:
+                raise keeper.error from None  # atomic_write turns it into the one-line WriteError
+            raise
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:

@@ -108,11 +108,12 @@ def run_eval(args) -> dict:
     is written atomically.
     """
     from prcl.config import apply_overrides, load_config
-    from prcl.io import write_json
+    from prcl.io import remove_leftovers, write_json
 
     resolve_device(args.device, "--device")
     out = check_output_file(eval_output_path(args.checkpoint, args.out, args.split),
                             "--out" if args.out else "the results file (set --out)")
+    remove_leftovers(out.parent, out.name)  # what an eval killed while writing left there
     cfg = load_config(args.config, args.overrides)
     extra = []
     if args.protocol:

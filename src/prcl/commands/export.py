@@ -12,6 +12,7 @@ from prcl.errors import UserError
 def cmd_export(args: argparse.Namespace) -> int:
     from prcl.data.validate import check_output_file
     from prcl.infer import export
+    from prcl.io import remove_leftovers
 
     require(args, "export", {"checkpoint": "--checkpoint FILE", "out": "--out FILE"})
     if args.format not in export.FORMATS:
@@ -19,7 +20,8 @@ def cmd_export(args: argparse.Namespace) -> int:
     if not export.onnx_available():
         print(export.MISSING_PACKAGES, file=sys.stderr)
         return 2
-    check_output_file(args.out, "--out")
+    out = check_output_file(args.out, "--out")
+    remove_leftovers(out.parent, out.name)  # what an export killed while writing left there
     result = export.export_onnx(args.checkpoint, args.out, opset=args.opset, use=args.use, device=args.device,
                                 check=not args.no_check)
     print(f"wrote {args.out} ({args.format}, opset {args.opset}, {args.use} weights)")

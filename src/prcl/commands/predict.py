@@ -224,6 +224,7 @@ def predict_files(checkpoint: str | Path, inputs: list[str], out_dir: str | Path
 
     from prcl.infer import Predictor
     from prcl.infer.visualize import palette
+    from prcl.io import remove_leftovers
 
     torch_device = resolve_device(device, "--device")
     check_views(protocol, window, stride)
@@ -243,6 +244,7 @@ def predict_files(checkpoint: str | Path, inputs: list[str], out_dir: str | Path
                         f"use --uncertainty entropy")
     _set_views(predictor, protocol, window, stride)
     out.mkdir(parents=True, exist_ok=True)
+    remove_leftovers(out)  # what a predict killed while writing left (not those of one still running)
     bar = tqdm(total=len(files), desc="predict", unit="image", file=sys.stderr, dynamic_ncols=True,
                disable=None if progress is None else not progress)
 

@@ -44,6 +44,7 @@ def _splits_make(args: argparse.Namespace) -> None:
         missing_split_files,
     )
     from prcl.data.validate import check_output_folder
+    from prcl.io import remove_leftovers
 
     if args.published:
         raise UserError("--published is for `prcl splits check`; `make` writes your own splits")
@@ -75,6 +76,7 @@ def _splits_make(args: argparse.Namespace) -> None:
         gone = missing_split_files(splits, *_splits_datasets(args.dataset, args.root))
         if gone:
             raise UserError(f"{describe_missing(gone)}; check --root or the id lists")
+    remove_leftovers(folder)  # what a `splits make` killed while writing left there
     written = write_splits(args.out, args.num_labels, args.seed, splits, overwrite=args.force)
     print(f"{'replaced' if existing else 'wrote'} {written}: {len(splits.labeled)} labeled, "
           f"{len(splits.unlabeled)} unlabeled, {len(splits.valid)} valid")

@@ -30,6 +30,7 @@ import hashlib
 import json
 import math
 import os
+import re
 import shutil
 import uuid
 from collections.abc import Sequence
@@ -42,6 +43,7 @@ from PIL import Image
 
 from prcl.data.splits import SPLIT_NAMES, make_splits, split_dir, write_id_list, write_splits
 from prcl.errors import UserError
+from prcl.io import process_alive, reason_of
 
 GENERATOR_VERSION = 1
 """Bump when the rendered images change, so cached datasets are regenerated."""
@@ -318,6 +320,7 @@ def generate_demo_dataset(
     root = Path(root).expanduser().absolute()
     wanted = {**asdict(params), "class_names": demo_class_names(num_classes)}
 
+    remove_dead_work_folders(root.parent)  # what a build killed before its rename left
     marker = _read_marker(root)
     if marker != wanted:
         if root.exists() and marker is None and any(root.iterdir()):
@@ -340,8 +343,36 @@ def generate_demo_dataset(
     return root
 
 
+_WORK_FOLDER = re.compile(r"^\.(?P<name>.+)\.(?:tmp|old)-(?P<pid>\d+)-[0-9a-f]{8}$")
+
+
+def remove_dead_work_folders(folder: Path) -> list[Path]:
+    """Remove the ``.<name>.tmp-<pid>-*`` and ``.<name>.old-<pid>-*`` folders that :func:`_build` leaves in
+    ``folder`` when its process is killed, once that process is gone (a running build keeps its own)."""
+    removed = []
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:
+        return removed
+    for entry in entries:
+        match = _WORK_FOLDER.match(entry.name)
+        if match and entry.is_dir(follow_symlinks=False) and not process_alive(int(match["pid"])):
+            shutil.rmtree(entry.path, ignore_errors=True)
+            removed.append(Path(entry.path))
+    return removed
+
+
 def _build(root: Path, params: DemoParams, wanted: dict) -> None:
-    """Render into a temporary sibling folder, then move it into place atomically."""
+    """Render into a temporary sibling folder, then move it into place atomically. A failed write (a full
+    disk) is one line naming the folder; a killed build's folder is removed by the next one."""
+    try:
+        _build_folder(root, params, wanted)
+    except OSError as error:
+        raise UserError(f"cannot write the demo dataset {root}: {reason_of(error)}; free space there or set "
+                        "PRCL_CACHE (or data.root) to another folder") from None
+
+
+def _build_folder(root: Path, params: DemoParams, wanted: dict) -> None:
     root.parent.mkdir(parents=True, exist_ok=True)
     tmp = root.parent / f".{root.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     try:

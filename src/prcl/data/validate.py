@@ -31,7 +31,7 @@ from prcl.data.datasets import (
     read_label_file,
 )
 from prcl.errors import UserError
-from prcl.io import atomic_write
+from prcl.io import WriteError, atomic_write
 
 CACHE_VERSION = 1
 SHOWN_PER_PROBLEM = 3
@@ -319,7 +319,7 @@ def _save_cache(cache_path: str | os.PathLike, old: dict[str, Any], fresh: dict[
     try:
         with atomic_write(cache_path, "w") as stream:
             json.dump(payload, stream, separators=(",", ":"))
-    except OSError:
+    except WriteError:
         return False
     return True
 
@@ -382,7 +382,7 @@ def _folder_problem(folder: Path) -> str | None:
             return "is a file, not a folder" if existing.exists() else "cannot be created"
         return f"cannot be created: {existing} is a file, not a folder"
     try:
-        handle, probe = tempfile.mkstemp(dir=existing, prefix=".prcl-write-check.", suffix=".tmp")
+        handle, probe = tempfile.mkstemp(dir=existing, prefix=f".prcl-write-check.{os.getpid()}-", suffix=".tmp")
     except OSError as error:
         reason = error.strerror or type(error).__name__
         return f"is not writable ({reason})" if existing == folder else f"cannot be created in {existing} ({reason})"

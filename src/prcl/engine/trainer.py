@@ -139,6 +139,16 @@ class Trainer:
         self.run_dir = RunDir(cfg.train.out_dir, self.main)
         # Everything that can be checked without building the run, before any work is done.
         self.run_dir.check_writable()
+        self.run_dir.lock()  # an existing folder: before anything is read or written there
+        try:
+            self._build(cfg, resume, resume_force)
+        except BaseException:
+            self.run_dir.unlock()  # a Trainer that failed to build holds no folder
+            raise
+
+    def _build(self, cfg: Config, resume: str | None, resume_force: bool) -> None:
+        """Everything else a run needs, checked before its folder is written: the resumed checkpoint, the
+        method, the data (every file read once), the networks and the optimiser; then the folder is prepared."""
         resumed = self.run_dir.checkpoint_to_resume(cfg, resume, resume_force)
         self.method = build_method(cfg)
         self.data = build_run_data(cfg)
@@ -214,7 +224,7 @@ class Trainer:
                                 f"{key}={len(needed[name])} or less, or {more}")
         if self.main:
             validate_dataset_files({"labeled": d.labeled, "valid": d.valid, "test": d.test}, self.cfg.data.num_classes,
-                                   self.run_dir.path / ".validated.json", workers=max(4, loader_workers(c.num_workers)),
+                                   self.run_dir.validation_cache, workers=max(4, loader_workers(c.num_workers)),
                                    progress=self.cfg.train.progress and None, need_labels=("labeled", "valid"))
         distributed.barrier()
 
@@ -517,6 +527,7 @@ class Trainer:
             return self._fit()
         finally:
             self.tensorboard.close()  # flushed, after an interruption or an error too
+            self.run_dir.unlock()  # the folder is free for the next training
 
     def _fit(self) -> dict:
         cfg = self.cfg

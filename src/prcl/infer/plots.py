@@ -10,8 +10,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from prcl.data.validate import check_output_file
 from prcl.errors import UserError
-from prcl.io import atomic_write, read_records
+from prcl.io import atomic_write, read_records, remove_leftovers
 
 LOSSES = ("loss", "sup", "unsup", "prcl")
 LOSS_STYLES = {"loss": "-", "sup": "--", "unsup": ":", "prcl": "-."}
@@ -63,13 +64,16 @@ def _figure_class():
 def plot_runs(run_dirs: list[str | Path], out: str | Path | None = None) -> Path:
     """Draw the curves of ``run_dirs`` into one PNG (written atomically) and return its path.
 
-    UserError when a folder has no metrics.jsonl; ImportError when matplotlib is not installed.
+    UserError when a folder has no metrics.jsonl or the PNG cannot be written (both checked before drawing);
+    ImportError when matplotlib is not installed.
     """
     if not run_dirs:
         raise UserError("give at least one run folder")
     dirs = [Path(d) for d in run_dirs]
     runs = [read_metrics(d) for d in dirs]  # every folder checked before drawing
-    out_path = Path(out) if out is not None else default_output(dirs)
+    out_path = check_output_file(out if out is not None else default_output(dirs),
+                                 "--out" if out is not None else "the picture (set --out)")
+    remove_leftovers(out_path.parent, out_path.name)  # what a plot killed while writing left there
     matplotlib, Figure = _figure_class()
     colours = matplotlib.rcParams["axes.prop_cycle"].by_key().get("color", ["C0"])
     figure = Figure(figsize=(12, 8))

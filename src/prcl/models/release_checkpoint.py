@@ -158,6 +158,7 @@ def convert_release_checkpoint(
     from prcl.data.classes import voc_color_map
     from prcl.data.datasets import VOC_CLASS_NAMES
     from prcl.data.validate import check_output_file
+    from prcl.io import remove_leftovers
     from prcl.models import ProbabilityHead, build_segmenter
 
     path = Path(path).expanduser()
@@ -195,5 +196,6 @@ def convert_release_checkpoint(
         "teacher": dict(release["ema"]),
         "probability_head": dict(release["probability_head"]),
     }
+    remove_leftovers(out.parent, out.name)  # what a conversion killed while writing left there
     save_checkpoint(out, state)
     return state
