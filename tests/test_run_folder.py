@@ -45,7 +45,7 @@ def _folder_data(root: Path, bad_mask: str | None = None) -> Path:
 
 def _overrides(root: Path, out: Path) -> list[str]:
     return tiny_overrides(root / "data", out, iterations=1, **{
-        "data.dataset": "folder", "data.splits": str(root / "splits"), "data.num_labels": 2,
+        "data.dataset": "folder", "data.splits": str(root / "splits"), "data.num_labels": 2, "data.batch_size": 2, "data.unlabeled_batch_size": 2,
         "data.num_classes": NUM_CLASSES, "data.crop_size": 32})
 
 
