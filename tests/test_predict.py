@@ -244,3 +244,61 @@ def test_uncertainty_map_is_the_entropy_by_default_or_the_variance(
     assert "no probability head" in line and "--uncertainty entropy" in line
     assert main(["predict", "--checkpoint", str(headless), str(tmp_path / "p.png"), "--out", str(tmp_path / "h")]) == 0
     assert (tmp_path / "h" / "p_uncertainty.png").is_file()
+
+
+# ----------------------------------------------------------------------------- globs
+
+
+def _tree(root: Path) -> None:
+    """root/a.png, root/b.jpg, root/sub/c.png, root/sub/deeper/d.png, root/.hidden/e.png, root/sub/f.txt."""
+    for relative in ("a.png", "b.jpg", "sub/c.png", "sub/deeper/d.png", ".hidden/e.png", "sub/f.txt"):
+        path = root / relative
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"")
+
+
+@pytest.mark.parametrize("pattern", ["*.png", "**/*.png", "**/*.jpg", "sub/*", "s*/**/*.png", "**", "*/deeper/?.png",
+                                     "[ab].*", ".hidden/*", "**/d*"])
+def test_a_glob_names_what_python_glob_names(tmp_path: Path, pattern: str) -> None:
+    """Without links, the walked glob gives the files Python's glob gives (a matched folder: the images below it)."""
+    import glob
+
+    from prcl.commands.predict import IMAGE_SUFFIXES, _glob_images, _image_files_below
+
+    _tree(tmp_path / "root")
+    expected = set()
+    for match in glob.glob(str(tmp_path / "root" / pattern), recursive=True):
+        path = Path(match)
+        if path.is_dir():
+            expected.update(_image_files_below(path))
+        elif path.suffix in IMAGE_SUFFIXES:
+            expected.add(path)
+    found = _glob_images(str(tmp_path / "root" / pattern))
+    assert len(found) == len(set(found))
+    assert {p.resolve() for p in found} == {p.resolve() for p in expected}
+    assert found  # every pattern here names some image
+
+
+def test_a_glob_does_not_follow_a_link_loop(tmp_path: Path) -> None:
+    """``root/**/*.png`` with root/sub/loop -> root: the real files, once (Python's glob never ends here);
+    run in a process of its own, so a regression cannot hang the tests."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    _tree(tmp_path / "root")
+    os.symlink(tmp_path / "root", tmp_path / "root" / "sub" / "loop")
+    script = ("import json, sys; from prcl.commands.predict import _inputs; "
+              "print(json.dumps([str(p) for p in _inputs(sys.argv[1:])[0]]))")
+    process = subprocess.Popen([sys.executable, "-c", script, str(tmp_path / "root" / "**" / "*.png")],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        stdout, stderr = process.communicate(timeout=120)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
+    assert process.returncode == 0, stderr
+    found = sorted(Path(p).relative_to(tmp_path / "root").as_posix() for p in json.loads(stdout))
+    assert found == ["a.png", "sub/c.png", "sub/deeper/d.png"]
