@@ -302,3 +302,62 @@ def test_a_glob_does_not_follow_a_link_loop(tmp_path: Path) -> None:
     assert process.returncode == 0, stderr
     found = sorted(Path(p).relative_to(tmp_path / "root").as_posix() for p in json.loads(stdout))
     assert found == ["a.png", "sub/c.png", "sub/deeper/d.png"]
+
+
+# ----------------------------------------------------------------------------- out of memory
+
+
+OUT_OF_MEMORY = {
+    "cpu": lambda: RuntimeError("[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: can't allocate "
+                                "memory: you tried to allocate 40000000000 bytes. Error code 12"),
+    "cuda": lambda: torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 30.00 GiB"),
+    "python": lambda: MemoryError(),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(OUT_OF_MEMORY))
+def test_an_image_that_does_not_fit_in_memory_is_named_and_the_others_written(
+    checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, kind: str
+) -> None:
+    rng = np.random.default_rng(7)
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    Image.fromarray(rng.integers(0, 256, (72, 90, 3), dtype=np.uint8)).save(folder / "huge.png")
+    for name in ("small1", "small2"):
+        Image.fromarray(rng.integers(0, 256, (40, 56, 3), dtype=np.uint8)).save(folder / f"{name}.png")
+    real = Predictor.predict_batch
+    calls = []
+
+    def limited(self, images):
+        calls.append(len(images))
+        if len(images) > 1 or images[0].shape[0] == 72:  # a batch of two, or the huge one, does not fit
+            raise OUT_OF_MEMORY[kind]()
+        return real(self, images)
+
+    monkeypatch.setattr(Predictor, "predict_batch", limited)
+    out = tmp_path / "pred"
+    assert main(["predict", "--checkpoint", str(checkpoint), str(folder), "--out", str(out), "--batch", "2"]) == 1
+    captured = capsys.readouterr()
+    assert "Traceback" not in captured.err
+    skipped = [line for line in captured.err.splitlines() if line.startswith("prcl: skipped")]
+    assert len(skipped) == 1, captured.err
+    assert "huge.png" in skipped[0] and "out of memory" in skipped[0] and "--protocol sliding" in skipped[0]
+    assert captured.out.strip().splitlines()[-1].startswith("2 written, 1 failed")
+    assert sorted(calls) == [1, 1, 1, 2]  # the batch of two small ones was retried one at a time
+    assert sorted(p.name for p in out.glob("*_mask.png")) == ["small1_mask.png", "small2_mask.png"]
+    # with sliding windows already, the advice is a smaller window
+    assert main(["predict", "--checkpoint", str(checkpoint), str(folder / "huge.png"), "--out", str(out),
+                 "--protocol", "sliding", "--window", "32"]) == 1
+    skipped = [line for line in capsys.readouterr().err.splitlines() if line.startswith("prcl: skipped")]
+    assert len(skipped) == 1 and "smaller --window" in skipped[0], skipped
+
+
+def test_an_error_that_is_not_memory_is_not_hidden(
+    checkpoint: Path, photos: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def broken(self, images):
+        raise RuntimeError("Given groups=1, weight of size [64, 3, 7, 7], expected input to have 3 channels")
+
+    monkeypatch.setattr(Predictor, "predict_batch", broken)
+    with pytest.raises(RuntimeError, match="expected input"):
+        main(["predict", "--checkpoint", str(checkpoint), str(photos / "sub"), "--out", str(tmp_path / "pred")])

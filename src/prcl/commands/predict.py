@@ -280,8 +280,9 @@ def predict_files(checkpoint: str | Path, inputs: list[str], out_dir: str | Path
     files are decoded and outputs encoded by threads beside the network.
 
     The device, the inputs, the views, the batch size and the output folder are checked before
-    the checkpoint is loaded (UserError). A file that cannot be read or decoded is reported on
-    stderr (one line, named) and skipped; the others are still predicted. Each output is written
+    the checkpoint is loaded (UserError). A file that cannot be read or decoded, or whose prediction
+    does not fit in memory (a batch that does not is retried one image at a time), is reported on
+    stderr (one line, named, with the fix) and skipped; the others are still predicted. Each output is written
     atomically. ``progress``: a tqdm bar on stderr; None shows it only when stderr is a terminal.
     """
     from tqdm import tqdm
@@ -316,21 +317,79 @@ def predict_files(checkpoint: str | Path, inputs: list[str], out_dir: str | Path
         bar.update(1)
 
     flat_palette = palette(256).reshape(-1).tolist()
-    writes: deque[Future] = deque()
+    writes: deque[tuple[Path, Future]] = deque()
+
+    def finish(path: Path, write: Future) -> None:
+        """Wait for one image's outputs; a write error other than running out of memory ends the run."""
+        try:
+            write.result()
+        except Exception as error:
+            if not _is_out_of_memory(error):
+                raise
+            failed(path, "out of memory writing its outputs; free memory or predict it alone")
+            return
+        result.written.append(out / f"{names[path]}_mask.png")
+        bar.update(1)
+
     with ThreadPoolExecutor(max_workers=ENCODE_THREADS) as writer:
         for batch in _size_batches(_decode_ahead(files, 2 * batch_size), batch_size, failed):
-            predictions = predictor.predict_batch([picture for _, picture in batch])
-            for (path, picture), prediction in zip(batch, predictions):
-                writes.append(writer.submit(_write_outputs, out, names[path], picture, prediction,
-                                            predictor.num_classes, flat_palette, save_probs, uncertainty))
-                result.written.append(out / f"{names[path]}_mask.png")
+            for (path, picture), prediction in _predict_or_skip(predictor, batch, failed):
+                writes.append((path, writer.submit(_write_outputs, out, names[path], picture, prediction,
+                                                   predictor.num_classes, flat_palette, save_probs, uncertainty)))
             while len(writes) > 2 * batch_size:  # a bounded queue; a write error surfaces here
-                writes.popleft().result()
-            bar.update(len(batch))
+                finish(*writes.popleft())
         while writes:
-            writes.popleft().result()
+            finish(*writes.popleft())
     bar.close()
     return result
+
+
+def _is_out_of_memory(error: BaseException) -> bool:
+    """Whether ``error`` is a failed allocation: Python's MemoryError, torch's OutOfMemoryError (CUDA),
+    or the RuntimeError of torch's CPU allocator ("DefaultCPUAllocator: can't allocate memory")."""
+    import torch
+
+    if isinstance(error, (MemoryError, torch.OutOfMemoryError)):
+        return True
+    text = str(error).lower()
+    return isinstance(error, RuntimeError) and ("can't allocate memory" in text or "out of memory" in text)
+
+
+def _out_of_memory_reason(predictor, picture: np.ndarray) -> str:
+    """Why one picture failed for lack of memory, and what to try (a flag of ``prcl predict``)."""
+    height, width = picture.shape[:2]
+    if predictor.protocol == "sliding":
+        fix = "retry it with a smaller --window"
+    else:
+        fix = "retry it with --protocol sliding (windows of the crop size, not the whole image at once)"
+    return f"out of memory predicting its {width}x{height} pixels; {fix}"
+
+
+def _predict_or_skip(predictor, batch: list[tuple[Path, np.ndarray]], on_failure: Callable[[Path, str], None]
+                     ) -> list[tuple[tuple[Path, np.ndarray], object]]:
+    """``((path, picture), prediction)`` per picture of ``batch``. When memory runs out, a batch of
+    several is predicted again one picture at a time; a single picture that does not fit goes to
+    ``on_failure`` with the flag to retry it with, and the others go on."""
+    try:
+        return list(zip(batch, predictor.predict_batch([picture for _, picture in batch])))
+    except Exception as error:  # only a failed allocation is handled; anything else is re-raised
+        if not _is_out_of_memory(error):
+            raise
+    _release_cached_memory(predictor)  # outside the except block: the failed batch's tensors are freed
+    if len(batch) > 1:
+        return [done for item in batch for done in _predict_or_skip(predictor, [item], on_failure)]
+    path, picture = batch[0]
+    on_failure(path, _out_of_memory_reason(predictor, picture))
+    return []
+
+
+def _release_cached_memory(predictor) -> None:
+    """Give the GPU memory torch keeps cached back, so the next picture starts from what is really free."""
+    import torch
+
+    device = getattr(predictor, "device", None)
+    if device is not None and torch.device(device).type == "cuda":
+        torch.cuda.empty_cache()
 
 
 def _write_outputs(out: Path, name: str, picture: np.ndarray, prediction, num_classes: int,
