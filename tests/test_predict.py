@@ -361,3 +361,57 @@ def test_an_error_that_is_not_memory_is_not_hidden(
     monkeypatch.setattr(Predictor, "predict_batch", broken)
     with pytest.raises(RuntimeError, match="expected input"):
         main(["predict", "--checkpoint", str(checkpoint), str(photos / "sub"), "--out", str(tmp_path / "pred")])
+
+
+# ----------------------------------------------------------------------------- EXIF orientation
+
+
+def _turned_jpeg(path: Path) -> None:
+    """A JPEG stored 80 wide x 48 high whose top rows are red, tagged EXIF orientation 6 (shown turned a
+    quarter clockwise: 48 wide x 80 high, the red rows at the right)."""
+    stored = np.full((48, 80, 3), 30, np.uint8)
+    stored[:12] = (255, 0, 0)
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.fromarray(stored).save(path, format="JPEG", quality=95, exif=exif)
+
+
+def test_a_photo_is_read_as_viewers_show_it(checkpoint: Path, tmp_path: Path,
+                                            capsys: pytest.CaptureFixture[str]) -> None:
+    from prcl.data.datasets import FolderDataset, decode_image
+
+    (tmp_path / "data" / "images").mkdir(parents=True)
+    photo = tmp_path / "data" / "images" / "phone.jpg"
+    _turned_jpeg(photo)
+    with Image.open(photo) as stored:
+        assert stored.size == (80, 48)  # PIL's (width, height) as stored
+    picture = decode_image(photo)
+    assert picture.shape == (80, 48, 3)  # (H, W) as shown
+    red = (picture[..., 0].astype(int) - picture[..., 2]) > 150
+    assert red[:, -6:].all() and not red[:, :30].any()  # the stored top rows are now the right columns
+    out = tmp_path / "pred"
+    assert main(["predict", "--checkpoint", str(checkpoint), str(photo), "--out", str(out)]) == 0
+    for kind in ("mask", "overlay", "uncertainty"):
+        with Image.open(out / f"phone_{kind}.png") as written:
+            assert written.size == (48, 80), kind
+    with Image.open(photo) as pil:  # a PIL image given to the Predictor is turned too
+        assert Predictor.from_checkpoint(checkpoint).predict(pil).mask.shape == (80, 48)
+    # training data: a mask drawn on the picture as shown fits it
+    (tmp_path / "data" / "masks").mkdir()
+    Image.fromarray(np.zeros((80, 48), np.uint8), mode="L").save(tmp_path / "data" / "masks" / "phone.png")
+    sample = FolderDataset(tmp_path / "data", ["phone"], num_classes=NUM_CLASSES)[0]
+    assert tuple(sample["image"].shape) == (3, 80, 48) and tuple(sample["mask"].shape) == (80, 48)
+
+
+def test_a_picture_over_pils_safety_limit_is_named(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from PIL import Image as PILImage
+
+    from prcl.data.datasets import DataFileError, decode_image
+
+    Image.fromarray(np.zeros((40, 56, 3), np.uint8)).save(tmp_path / "big.png")
+    monkeypatch.setattr(PILImage, "MAX_IMAGE_PIXELS", 1000)  # 2,240 pixels: over twice the limit, an error in PIL
+    with pytest.raises(DataFileError) as info:
+        decode_image(tmp_path / "big.png")
+    message = str(info.value)
+    assert len(message.splitlines()) == 1 and "big.png" in message and "MAX_IMAGE_PIXELS" in message
+    assert "safety limit" in info.value.reason
