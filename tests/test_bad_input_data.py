@@ -226,7 +226,7 @@ def test_data_check_cache_skips_unchanged_files_and_rereads_changed_ones(
     cache.write_text("{not json")
     reads.clear()
     validate_dataset_files([FolderDataset(root, ["s0"], num_classes=21)], 21, cache, 1, False)
-    assert len(reads) == 2 and json.loads(cache.read_text())["version"] == 1
+    assert len(reads) == 2 and json.loads(cache.read_text())["version"] == validate_module.CACHE_VERSION
 
 
 # ----------------------------------------------------------------------------- worker errors

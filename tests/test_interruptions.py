@@ -255,3 +255,77 @@ def test_cuda_without_a_gpu_is_one_line_for_train(demo_root, tmp_path, capsys, m
         err = capsys.readouterr().err.strip().splitlines()
         assert code == 2 and len(err) == 1 and f"train.device={device}" in err[0] and "cpu" in err[0]
         assert not (tmp_path / device).exists()
+
+
+def _run_with_unlabeled(tmp_path, bad_position):
+    """A folder dataset (4 labeled, 8 unlabeled, 2 valid images) whose unlabeled image met at ``bad_position``
+    of the unlabeled stream (batches of 2) is a truncated PNG. Returns (overrides, the bad file, the step
+    whose batch holds it)."""
+    from PIL import Image
+    import numpy as np
+
+    from prcl.engine.sampling import StepBatchSampler
+
+    ids = [f"img{i}" for i in range(14)]
+    root = tmp_path / "data"
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir()
+    for i, image_id in enumerate(ids):
+        Image.fromarray(np.full((64, 64, 3), 18 * i, np.uint8)).save(root / "images" / f"{image_id}.png")
+        Image.fromarray(np.full((64, 64), i % 4, np.uint8), mode="L").save(root / "masks" / f"{image_id}.png")
+    split = tmp_path / "splits" / "4" / "0"
+    split.mkdir(parents=True)
+    lists = {"labeled": ids[:4], "unlabeled": ids[4:12], "valid": ids[12:]}
+    for name, listed in lists.items():
+        (split / f"{name}_filename.txt").write_text("".join(f"{i}\n" for i in listed))
+    overrides = tiny_overrides(tmp_path / "data", tmp_path / "run", iterations=6, **{
+        "data.dataset": "folder", "data.splits": str(tmp_path / "splits"), "data.num_labels": 4,
+        "data.num_classes": 4, "data.batch_size": 2, "data.unlabeled_batch_size": 2, "data.num_workers": 2,
+        "train.checkpoint_every": 1000})
+    seed = tiny_config(tmp_path / "data", tmp_path / "run").train.seed
+    batches = iter(StepBatchSampler(8, 2, seed + 1))  # the unlabeled stream, as the trainer draws it
+    stream = [index for _ in range(4) for index, _ in next(batches)]
+    bad_index = stream[bad_position]
+    bad = tmp_path / "data" / "images" / f"{lists['unlabeled'][bad_index]}.png"
+    noise = np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)
+    Image.fromarray(noise).save(bad)
+    bad.write_bytes(bad.read_bytes()[: bad.stat().st_size // 2])  # a copy that stopped half-way
+    return overrides, bad, stream.index(bad_index) // 2
+
+
+def test_a_corrupt_unlabeled_image_mid_run_saves_the_steps_before_it(tmp_path, capsys):
+    """The run meets the file in a loader worker at step 3: one line, exit 2, the process ends (its workers
+    too), last.pt holds the 3 steps before it, and the run resumes once the file is replaced."""
+    from PIL import Image
+    import numpy as np
+
+    overrides, bad, step = _run_with_unlabeled(tmp_path, bad_position=7)  # the last image of the first pass
+    assert step == 3
+    out = tmp_path / "run"
+    process = subprocess.Popen([sys.executable, "-m", "prcl", "train", "-c", os.devnull, *overrides],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               env={**os.environ, "OMP_NUM_THREADS": "1"})
+    try:
+        _, stderr = process.communicate(timeout=240)
+    finally:
+        if process.poll() is None:  # it did not end: stop it (its workers end when they see it gone)
+            process.kill()
+            process.communicate()
+    assert process.returncode == 2, stderr[-2000:]
+    err = stderr.strip().splitlines()
+    assert len(err) == 1, err
+    assert str(bad) in err[0] and f"stopped at step {step}" in err[0] and "--resume auto" in err[0], err[0]
+    assert load_checkpoint(out / "checkpoints" / "last.pt")["step"] == step  # the steps before it are kept
+    Image.fromarray(np.zeros((64, 64, 3), np.uint8)).save(bad)  # the file replaced
+    assert main(["train", "-c", os.devnull, "--resume", "auto", *overrides]) == 0
+    assert f"from step {step}" in capsys.readouterr().err
+    assert json.loads((out / "summary.json").read_text())["iterations"] == 6
+
+
+def test_a_corrupt_unlabeled_image_at_the_first_step_writes_no_checkpoint(tmp_path, capsys):
+    overrides, bad, step = _run_with_unlabeled(tmp_path, bad_position=0)
+    assert step == 0
+    assert main(["train", "-c", os.devnull, *overrides]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and str(bad) in err[0] and "no step was trained" in err[0], err
+    assert not (tmp_path / "run" / "checkpoints" / "last.pt").exists()

@@ -244,3 +244,174 @@ def test_uncertainty_map_is_the_entropy_by_default_or_the_variance(
     assert "no probability head" in line and "--uncertainty entropy" in line
     assert main(["predict", "--checkpoint", str(headless), str(tmp_path / "p.png"), "--out", str(tmp_path / "h")]) == 0
     assert (tmp_path / "h" / "p_uncertainty.png").is_file()
+
+
+# ----------------------------------------------------------------------------- globs
+
+
+def _tree(root: Path) -> None:
+    """root/a.png, root/b.jpg, root/sub/c.png, root/sub/deeper/d.png, root/.hidden/e.png, root/sub/f.txt."""
+    for relative in ("a.png", "b.jpg", "sub/c.png", "sub/deeper/d.png", ".hidden/e.png", "sub/f.txt"):
+        path = root / relative
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"")
+
+
+@pytest.mark.parametrize("pattern", ["*.png", "**/*.png", "**/*.jpg", "sub/*", "s*/**/*.png", "**", "*/deeper/?.png",
+                                     "[ab].*", ".hidden/*", "**/d*"])
+def test_a_glob_names_what_python_glob_names(tmp_path: Path, pattern: str) -> None:
+    """Without links, the walked glob gives the files Python's glob gives (a matched folder: the images below it)."""
+    import glob
+
+    from prcl.commands.predict import IMAGE_SUFFIXES, _glob_images, _image_files_below
+
+    _tree(tmp_path / "root")
+    expected = set()
+    for match in glob.glob(str(tmp_path / "root" / pattern), recursive=True):
+        path = Path(match)
+        if path.is_dir():
+            expected.update(_image_files_below(path))
+        elif path.suffix in IMAGE_SUFFIXES:
+            expected.add(path)
+    found = _glob_images(str(tmp_path / "root" / pattern))
+    assert len(found) == len(set(found))
+    assert {p.resolve() for p in found} == {p.resolve() for p in expected}
+    assert found  # every pattern here names some image
+
+
+def test_a_glob_does_not_follow_a_link_loop(tmp_path: Path) -> None:
+    """``root/**/*.png`` with root/sub/loop -> root: the real files, once (Python's glob never ends here);
+    run in a process of its own, so a regression cannot hang the tests."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    _tree(tmp_path / "root")
+    os.symlink(tmp_path / "root", tmp_path / "root" / "sub" / "loop")
+    script = ("import json, sys; from prcl.commands.predict import _inputs; "
+              "print(json.dumps([str(p) for p in _inputs(sys.argv[1:])[0]]))")
+    process = subprocess.Popen([sys.executable, "-c", script, str(tmp_path / "root" / "**" / "*.png")],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        stdout, stderr = process.communicate(timeout=120)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
+    assert process.returncode == 0, stderr
+    found = sorted(Path(p).relative_to(tmp_path / "root").as_posix() for p in json.loads(stdout))
+    assert found == ["a.png", "sub/c.png", "sub/deeper/d.png"]
+
+
+# ----------------------------------------------------------------------------- out of memory
+
+
+OUT_OF_MEMORY = {
+    "cpu": lambda: RuntimeError("[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: can't allocate "
+                                "memory: you tried to allocate 40000000000 bytes. Error code 12"),
+    "cuda": lambda: torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 30.00 GiB"),
+    "python": lambda: MemoryError(),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(OUT_OF_MEMORY))
+def test_an_image_that_does_not_fit_in_memory_is_named_and_the_others_written(
+    checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, kind: str
+) -> None:
+    rng = np.random.default_rng(7)
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    Image.fromarray(rng.integers(0, 256, (72, 90, 3), dtype=np.uint8)).save(folder / "huge.png")
+    for name in ("small1", "small2"):
+        Image.fromarray(rng.integers(0, 256, (40, 56, 3), dtype=np.uint8)).save(folder / f"{name}.png")
+    real = Predictor.predict_batch
+    calls = []
+
+    def limited(self, images):
+        calls.append(len(images))
+        if len(images) > 1 or images[0].shape[0] == 72:  # a batch of two, or the huge one, does not fit
+            raise OUT_OF_MEMORY[kind]()
+        return real(self, images)
+
+    monkeypatch.setattr(Predictor, "predict_batch", limited)
+    out = tmp_path / "pred"
+    assert main(["predict", "--checkpoint", str(checkpoint), str(folder), "--out", str(out), "--batch", "2"]) == 1
+    captured = capsys.readouterr()
+    assert "Traceback" not in captured.err
+    skipped = [line for line in captured.err.splitlines() if line.startswith("prcl: skipped")]
+    assert len(skipped) == 1, captured.err
+    assert "huge.png" in skipped[0] and "out of memory" in skipped[0] and "--protocol sliding" in skipped[0]
+    assert captured.out.strip().splitlines()[-1].startswith("2 written, 1 failed")
+    assert sorted(calls) == [1, 1, 1, 2]  # the batch of two small ones was retried one at a time
+    assert sorted(p.name for p in out.glob("*_mask.png")) == ["small1_mask.png", "small2_mask.png"]
+    # with sliding windows already, the advice is a smaller window
+    assert main(["predict", "--checkpoint", str(checkpoint), str(folder / "huge.png"), "--out", str(out),
+                 "--protocol", "sliding", "--window", "32"]) == 1
+    skipped = [line for line in capsys.readouterr().err.splitlines() if line.startswith("prcl: skipped")]
+    assert len(skipped) == 1 and "smaller --window" in skipped[0], skipped
+
+
+def test_an_error_that_is_not_memory_is_not_hidden(
+    checkpoint: Path, photos: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def broken(self, images):
+        raise RuntimeError("Given groups=1, weight of size [64, 3, 7, 7], expected input to have 3 channels")
+
+    monkeypatch.setattr(Predictor, "predict_batch", broken)
+    with pytest.raises(RuntimeError, match="expected input"):
+        main(["predict", "--checkpoint", str(checkpoint), str(photos / "sub"), "--out", str(tmp_path / "pred")])
+
+
+# ----------------------------------------------------------------------------- EXIF orientation
+
+
+def _turned_jpeg(path: Path) -> None:
+    """A JPEG stored 80 wide x 48 high whose top rows are red, tagged EXIF orientation 6 (shown turned a
+    quarter clockwise: 48 wide x 80 high, the red rows at the right)."""
+    stored = np.full((48, 80, 3), 30, np.uint8)
+    stored[:12] = (255, 0, 0)
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.fromarray(stored).save(path, format="JPEG", quality=95, exif=exif)
+
+
+def test_a_photo_is_read_as_viewers_show_it(checkpoint: Path, tmp_path: Path,
+                                            capsys: pytest.CaptureFixture[str]) -> None:
+    from prcl.data.datasets import FolderDataset, decode_image
+
+    (tmp_path / "data" / "images").mkdir(parents=True)
+    photo = tmp_path / "data" / "images" / "phone.jpg"
+    _turned_jpeg(photo)
+    with Image.open(photo) as stored:
+        assert stored.size == (80, 48)  # PIL's (width, height) as stored
+    picture = decode_image(photo)
+    assert picture.shape == (80, 48, 3)  # (H, W) as shown
+    red = (picture[..., 0].astype(int) - picture[..., 2]) > 150
+    assert red[:, -6:].all() and not red[:, :30].any()  # the stored top rows are now the right columns
+    out = tmp_path / "pred"
+    assert main(["predict", "--checkpoint", str(checkpoint), str(photo), "--out", str(out)]) == 0
+    for kind in ("mask", "overlay", "uncertainty"):
+        with Image.open(out / f"phone_{kind}.png") as written:
+            assert written.size == (48, 80), kind
+    with Image.open(photo) as pil:  # a PIL image given to the Predictor is turned too
+        assert Predictor.from_checkpoint(checkpoint).predict(pil).mask.shape == (80, 48)
+    # training data: a mask drawn on the picture as shown fits it
+    (tmp_path / "data" / "masks").mkdir()
+    Image.fromarray(np.zeros((80, 48), np.uint8), mode="L").save(tmp_path / "data" / "masks" / "phone.png")
+    sample = FolderDataset(tmp_path / "data", ["phone"], num_classes=NUM_CLASSES)[0]
+    assert tuple(sample["image"].shape) == (3, 80, 48) and tuple(sample["mask"].shape) == (80, 48)
+
+
+def test_a_picture_over_pils_safety_limit_is_named(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from PIL import Image as PILImage
+
+    from prcl.data.datasets import DataFileError, decode_image
+
+    Image.fromarray(np.zeros((40, 56, 3), np.uint8)).save(tmp_path / "big.png")
+    monkeypatch.setattr(PILImage, "MAX_IMAGE_PIXELS", 1000)  # 2,240 pixels: over twice the limit, an error in PIL
+    with pytest.raises(DataFileError) as info:
+        decode_image(tmp_path / "big.png")
+    message = str(info.value)
+    assert len(message.splitlines()) == 1 and "big.png" in message and "MAX_IMAGE_PIXELS" in message
+    assert "safety limit" in info.value.reason

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import fnmatch
 import glob
+import os
 import sys
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
@@ -27,7 +29,11 @@ UNCERTAINTY_MAPS = ("entropy", "variance")  # what <name>_uncertainty.png shows 
 
 
 def _image_files_below(folder: Path, exclude: Path | None = None) -> list[Path]:
-    """Every image file (by extension) anywhere below ``folder``, sorted by path, except below ``exclude``."""
+    """Every image file (by extension) anywhere below ``folder``, sorted by path, except below ``exclude``.
+
+    Symbolic links to folders below ``folder`` are not entered (a link back up would loop); links to
+    files are taken.
+    """
     return sorted(p for p in folder.rglob("*")
                   if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file() and _outside(p, exclude))
 
@@ -37,17 +43,83 @@ def _outside(path: Path, folder: Path | None) -> bool:
     return folder is None or not path.resolve().is_relative_to(folder.resolve())
 
 
+def _name_matches(pattern: str, name: str) -> bool:
+    """One path component against one glob component; as ``glob``, a wildcard skips hidden names."""
+    if name.startswith(".") and not pattern.startswith("."):
+        return False
+    return fnmatch.fnmatch(name, pattern)
+
+
+def _parts_match(pattern: tuple[str, ...], parts: tuple[str, ...]) -> bool:
+    """Whether the path components ``parts`` match the glob components ``pattern``, where ``**`` stands
+    for any number of (non-hidden) folders, none included."""
+    if not pattern:
+        return not parts
+    head, rest = pattern[0], pattern[1:]
+    if head == "**":
+        return any(_parts_match(rest, parts[skip:]) for skip in range(len(parts) + 1)
+                   if not any(part.startswith(".") for part in parts[:skip]))
+    return bool(parts) and _name_matches(head, parts[0]) and _parts_match(rest, parts[1:])
+
+
+def _may_match_below(pattern: tuple[str, ...], parts: tuple[str, ...]) -> bool:
+    """Whether something below the folder ``parts`` can still match ``pattern`` (else it is not walked)."""
+    if not pattern:
+        return False
+    if pattern[0] == "**":
+        return True
+    if not parts:
+        return True
+    return _name_matches(pattern[0], parts[0]) and _may_match_below(pattern[1:], parts[1:])
+
+
+def _glob_images(pattern: str, exclude: Path | None = None) -> list[Path]:
+    """The image files a glob names, walking folders as :func:`_image_files_below` does.
+
+    The components before the first wildcard name the folder that is walked (``os.walk``, which enters
+    no symbolic link to a folder, so a link loop cannot make the walk endless); ``**`` matches any number
+    of folders, ``*``, ``?`` and ``[...]`` as in ``glob`` (hidden names only when the component starts
+    with a dot). A matched folder gives every image below it; a matched file is kept when it has an
+    image extension. Nothing below ``exclude`` is taken. Sorted by path.
+    """
+    parts = Path(pattern).parts
+    first = next(i for i, part in enumerate(parts) if glob.has_magic(part))
+    base = Path(*parts[:first]) if first else Path(".")
+    wanted = parts[first:]
+    if _parts_match(wanted, ()):  # e.g. "photos/**": the folder itself
+        return _image_files_below(base, exclude) if base.is_dir() else []
+    found: list[Path] = []
+    for folder, dirnames, filenames in os.walk(base):
+        here = Path(folder)
+        relative = here.relative_to(base).parts
+        walked = []
+        for name in sorted(dirnames):
+            path = here / name
+            if not _outside(path, exclude):
+                continue
+            if _parts_match(wanted, relative + (name,)):
+                found += _image_files_below(path, exclude)  # a matched folder: everything below it
+            elif _may_match_below(wanted, relative + (name,)):
+                walked.append(name)
+        dirnames[:] = walked
+        for name in filenames:
+            path = here / name
+            if (path.suffix.lower() in IMAGE_SUFFIXES and _parts_match(wanted, relative + (name,))
+                    and path.is_file() and _outside(path, exclude)):
+                found.append(path)
+    return sorted(found)
+
+
 def _inputs(paths: list[str], exclude: Path | None = None) -> tuple[list[Path], list[str]]:
     """The image files the inputs name, and one note per input that names none.
 
     An input is a file (taken whatever its extension), a folder (every image file below it,
-    recursively, by extension: ``IMAGE_SUFFIXES``) or a glob the shell left unexpanded (expanded
-    with ``glob.glob(recursive=True)``, so ``photos/**/*.jpg`` works; matched folders are searched
-    as above, matched files kept when they have an image extension). A path that does not exist
-    (and is no glob) raises UserError; an empty folder or a glob matching no image is a note. A file
-    reached twice is predicted once. Images below ``exclude`` (the output folder, which may lie
-    inside an input folder) are left out of folders and globs. When no input names any image,
-    UserError naming them (one line).
+    recursively, by extension: ``IMAGE_SUFFIXES``) or a glob the shell left unexpanded (walked as a
+    folder is, :func:`_glob_images`, so ``photos/**/*.jpg`` works and a symbolic link loop below
+    ``photos`` is not followed). A path that does not exist (and is no glob) raises UserError; an
+    empty folder or a glob matching no image is a note. A file reached twice is predicted once.
+    Images below ``exclude`` (the output folder, which may lie inside an input folder) are left out
+    of folders and globs. When no input names any image, UserError naming them (one line).
     """
     files: list[Path] = []
     notes: list[str] = []
@@ -60,14 +132,7 @@ def _inputs(paths: list[str], exclude: Path | None = None) -> tuple[list[Path], 
         elif path.is_file():
             found = [path]
         elif glob.has_magic(item):
-            found = []
-            for match in sorted(glob.glob(str(path), recursive=True)):
-                match_path = Path(match)
-                if match_path.is_dir():
-                    found += _image_files_below(match_path, exclude)
-                elif (match_path.suffix.lower() in IMAGE_SUFFIXES and match_path.is_file()
-                      and _outside(match_path, exclude)):
-                    found.append(match_path)
+            found = _glob_images(str(path), exclude)
             if not found:
                 notes.append(f"no images match {item}")
         else:
@@ -216,8 +281,9 @@ def predict_files(checkpoint: str | Path, inputs: list[str], out_dir: str | Path
     files are decoded and outputs encoded by threads beside the network.
 
     The device, the inputs, the views, the batch size and the output folder are checked before
-    the checkpoint is loaded (UserError). A file that cannot be read or decoded is reported on
-    stderr (one line, named) and skipped; the others are still predicted. Each output is written
+    the checkpoint is loaded (UserError). A file that cannot be read or decoded, or whose prediction
+    does not fit in memory (a batch that does not is retried one image at a time), is reported on
+    stderr (one line, named, with the fix) and skipped; the others are still predicted. Each output is written
     atomically. ``progress``: a tqdm bar on stderr; None shows it only when stderr is a terminal.
     """
     from tqdm import tqdm
@@ -256,21 +322,79 @@ def predict_files(checkpoint: str | Path, inputs: list[str], out_dir: str | Path
     mask_palette = palette(256)  # values past the classes keep the default colours
     mask_palette[: predictor.num_classes] = predictor.palette[:256]
     flat_palette = mask_palette.reshape(-1).tolist()
-    writes: deque[Future] = deque()
+    writes: deque[tuple[Path, Future]] = deque()
+
+    def finish(path: Path, write: Future) -> None:
+        """Wait for one image's outputs; a write error other than running out of memory ends the run."""
+        try:
+            write.result()
+        except Exception as error:
+            if not _is_out_of_memory(error):
+                raise
+            failed(path, "out of memory writing its outputs; free memory or predict it alone")
+            return
+        result.written.append(out / f"{names[path]}_mask.png")
+        bar.update(1)
+
     with ThreadPoolExecutor(max_workers=ENCODE_THREADS) as writer:
         for batch in _size_batches(_decode_ahead(files, 2 * batch_size), batch_size, failed):
-            predictions = predictor.predict_batch([picture for _, picture in batch])
-            for (path, picture), prediction in zip(batch, predictions):
-                writes.append(writer.submit(_write_outputs, out, names[path], picture, prediction,
-                                            predictor.palette, flat_palette, save_probs, uncertainty))
-                result.written.append(out / f"{names[path]}_mask.png")
+            for (path, picture), prediction in _predict_or_skip(predictor, batch, failed):
+                writes.append((path, writer.submit(_write_outputs, out, names[path], picture, prediction,
+                                                   predictor.palette, flat_palette, save_probs, uncertainty)))
             while len(writes) > 2 * batch_size:  # a bounded queue; a write error surfaces here
-                writes.popleft().result()
-            bar.update(len(batch))
+                finish(*writes.popleft())
         while writes:
-            writes.popleft().result()
+            finish(*writes.popleft())
     bar.close()
     return result
+
+
+def _is_out_of_memory(error: BaseException) -> bool:
+    """Whether ``error`` is a failed allocation: Python's MemoryError, torch's OutOfMemoryError (CUDA),
+    or the RuntimeError of torch's CPU allocator ("DefaultCPUAllocator: can't allocate memory")."""
+    import torch
+
+    if isinstance(error, (MemoryError, torch.OutOfMemoryError)):
+        return True
+    text = str(error).lower()
+    return isinstance(error, RuntimeError) and ("can't allocate memory" in text or "out of memory" in text)
+
+
+def _out_of_memory_reason(predictor, picture: np.ndarray) -> str:
+    """Why one picture failed for lack of memory, and what to try (a flag of ``prcl predict``)."""
+    height, width = picture.shape[:2]
+    if predictor.protocol == "sliding":
+        fix = "retry it with a smaller --window"
+    else:
+        fix = "retry it with --protocol sliding (windows of the crop size, not the whole image at once)"
+    return f"out of memory predicting its {width}x{height} pixels; {fix}"
+
+
+def _predict_or_skip(predictor, batch: list[tuple[Path, np.ndarray]], on_failure: Callable[[Path, str], None]
+                     ) -> list[tuple[tuple[Path, np.ndarray], object]]:
+    """``((path, picture), prediction)`` per picture of ``batch``. When memory runs out, a batch of
+    several is predicted again one picture at a time; a single picture that does not fit goes to
+    ``on_failure`` with the flag to retry it with, and the others go on."""
+    try:
+        return list(zip(batch, predictor.predict_batch([picture for _, picture in batch])))
+    except Exception as error:  # only a failed allocation is handled; anything else is re-raised
+        if not _is_out_of_memory(error):
+            raise
+    _release_cached_memory(predictor)  # outside the except block: the failed batch's tensors are freed
+    if len(batch) > 1:
+        return [done for item in batch for done in _predict_or_skip(predictor, [item], on_failure)]
+    path, picture = batch[0]
+    on_failure(path, _out_of_memory_reason(predictor, picture))
+    return []
+
+
+def _release_cached_memory(predictor) -> None:
+    """Give the GPU memory torch keeps cached back, so the next picture starts from what is really free."""
+    import torch
+
+    device = getattr(predictor, "device", None)
+    if device is not None and torch.device(device).type == "cuda":
+        torch.cuda.empty_cache()
 
 
 def _write_outputs(out: Path, name: str, picture: np.ndarray, prediction, colors: np.ndarray,

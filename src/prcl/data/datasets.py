@@ -10,8 +10,9 @@ before ``transform``; with a transform from :mod:`prcl.data.transforms` the imag
 (3, h, w) and both become plain tensors. Ignore pixels (255 in the files) become -1. A label value
 outside ``[0, num_classes)`` other than 255, an unreadable image or a missing data folder raises
 :class:`DataFileError` (a :class:`prcl.errors.UserError`) naming the file, on one line also when
-raised in a DataLoader worker. Every picture is decoded by :func:`to_rgb8` (16-bit and float
-images scaled, not clipped); masks must be 8-bit grey or palette PNGs.
+raised in a DataLoader worker. Every picture is decoded by :func:`to_rgb8` (turned upright by its
+EXIF orientation, as image viewers show it; 16-bit and float images scaled, not clipped); masks must
+be 8-bit grey or palette PNGs, read as stored: they must match their image as displayed.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageOps
 from torch.utils.data import Dataset
 from torchvision import tv_tensors
 
@@ -97,9 +98,12 @@ def to_rgb8(image: Image.Image, path: str | os.PathLike | None = None) -> np.nda
       refused: there is no one right way to map it to 8 bits.
     * Other modes are refused with the mode named.
 
-    Grey results are repeated into the three channels.
+    Grey results are repeated into the three channels. A picture whose EXIF orientation tag says it
+    is stored turned or mirrored (phone photos) is first turned upright, as image viewers show it, so
+    a JPEG stored 80x48 with orientation 6 gives (H, W) = (80, 48).
     """
     name = str(path) if path is not None else "the image"
+    image = upright(image)
     mode = image.mode
     if mode in _PIL_TO_RGB_MODES:
         try:
@@ -129,6 +133,17 @@ def to_rgb8(image: Image.Image, path: str | os.PathLike | None = None) -> np.nda
     raise _mode_error(name, mode, "prcl does not convert this mode")
 
 
+EXIF_ORIENTATION = 0x0112
+"""The EXIF tag saying how a stored picture is to be turned or mirrored for display (1 = as stored)."""
+
+
+def upright(image: Image.Image) -> Image.Image:
+    """``image`` turned and mirrored as its EXIF orientation (2..8) says; itself when it has none."""
+    if image.getexif().get(EXIF_ORIENTATION, 1) in (1, None):
+        return image
+    return ImageOps.exif_transpose(image)
+
+
 def _scale_16bit(values: np.ndarray) -> np.ndarray:
     return values * (255.0 / 65535.0)
 
@@ -156,6 +171,13 @@ def decode_image(path: str | os.PathLike) -> np.ndarray:
             return to_rgb8(pil, path)
     except UserError:
         raise
+    except Image.DecompressionBombError as error:
+        raise DataFileError(f"image {path} is larger than PIL's safety limit ({_one_line(error)}); downscale it, "
+                            "or raise PIL.Image.MAX_IMAGE_PIXELS from Python if you trust the file",
+                            reason=f"larger than PIL's safety limit: {_one_line(error)}") from None
+    except MemoryError:
+        raise DataFileError(f"not enough memory to decode image {path}; downscale it or free memory",
+                            reason="not enough memory to decode it") from None
     except Exception as error:  # PIL raises many types for truncated or non-image files
         raise DataFileError(f"cannot read image {path} ({_one_line(error)}); replace or remove the file",
                             reason=f"cannot decode: {_one_line(error)}") from None

@@ -33,7 +33,7 @@ from prcl.data.datasets import (
 from prcl.errors import UserError
 from prcl.io import WriteError, atomic_write
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: image shapes as displayed (EXIF orientation applied); older caches are read again
 SHOWN_PER_PROBLEM = 3
 """How many file names each kind of problem shows in the error line."""
 

@@ -29,6 +29,7 @@ from tqdm import tqdm
 from prcl import distributed
 from prcl.checkpoint import capture_rng_state, restore_rng_state, save_checkpoint
 from prcl.config import Config, config_to_dict
+from prcl.data.datasets import DataFileError
 from prcl.data.validate import validate_dataset_files
 from prcl.errors import UserError
 from prcl.methods import Networks, StepInput, build_method
@@ -70,6 +71,16 @@ def _stop_signals():
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+
+
+def _stop_loader_workers(*loaders) -> None:
+    """End the worker processes of these batch iterators now. An error re-raised from a worker is held in a
+    reference cycle with the iterator, which would outlive the run; at exit Python would then wait forever
+    for its workers (they ignore SIGTERM, the stop signal of the run)."""
+    for loader in loaders:
+        shutdown = getattr(loader, "_shutdown_workers", None)  # torch's multi-process iterator only
+        if shutdown is not None:
+            shutdown()
 
 
 def use_deterministic_kernels() -> None:
@@ -276,6 +287,8 @@ class Trainer:
             path = self.run_dir.checkpoints / name
             with write_errors(path):
                 save_checkpoint(path, self.state_dict())
+        if name == "last.pt":
+            self.saved_step = self.step
 
     def log(self, record: dict) -> None:
         """One line of metrics.jsonl (main process), and its numbers in TensorBoard."""
@@ -488,6 +501,18 @@ class Trainer:
             f"{self.run_dir.last_checkpoint}; continue with: prcl train -c {self.run_dir.config_file} --resume auto",
             128 + signal_number)
 
+    def _stopped_by_data(self, error: DataFileError, first_step: int) -> DataFileError:
+        """A data file failed mid-run: the steps trained since the last checkpoint are saved in last.pt (as on a
+        signal), and the error's one line says where the run stopped and how to continue once the file is fixed."""
+        if self.step > self.saved_step:
+            self.save("last.pt")
+        if self.step == first_step:
+            return DataFileError(f"{error}; no step was trained in this run yet, so nothing is lost",
+                                 reason=error.reason)
+        return DataFileError(
+            f"{error}; stopped at step {self.step}, saved in {self.run_dir.last_checkpoint}; once the file is fixed, "
+            f"continue with: prcl train -c {self.run_dir.config_file} --resume auto", reason=error.reason)
+
     def _evaluate_and_keep_best(self) -> dict:
         """Evaluate on the validation split and log it (with TensorBoard's pictures); a new best mIoU saves
         best.pt and best.json. Returns the result."""
@@ -536,8 +561,14 @@ class Trainer:
                    desc=cfg.method.name, dynamic_ncols=True)
         if self.main and cfg.train.progress:
             bar.write(describe_schedule(cfg, distributed.world_size()))
+        first_step = self.saved_step = self.step  # the state at the start is on disk (or is step 0)
         with _stop_signals() as signals:
-            last_result = self._train_loop(labeled, unlabeled, bar, signals)
+            try:
+                last_result = self._train_loop(labeled, unlabeled, bar, signals)
+            except DataFileError as error:  # a corrupt image met mid-run (the unlabeled split is not pre-checked)
+                bar.close()
+                _stop_loader_workers(labeled, unlabeled)
+                raise self._stopped_by_data(error, first_step) from None
         if last_result is None:  # resumed a finished run
             last_result = self.evaluate(self.data.valid)
         summary = self._summary(last_result)
