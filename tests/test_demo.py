@@ -10,6 +10,8 @@ from PIL import Image
 
 from prcl.demo import METHODS, run_demo
 
+from tolerances import EPS64
+
 pytestmark = pytest.mark.slow  # every test here trains or runs the demo
 
 
@@ -23,7 +25,9 @@ def test_demo_trains_three_methods_and_reports_them(tmp_path):
     written = json.loads((tmp_path / "demo/report.json").read_text())
     for method in METHODS:
         assert 0 <= written[f"{method}_miou"] <= 100 and method in written["valid_miou"]
-    assert written["gain_over_mean_teacher"] == pytest.approx(report["prcl_miou"] - report["mean_teacher_miou"])
+    # 100 (a - b) against 100 a - 100 b: a few float64 roundings of numbers up to 100
+    assert written["gain_over_mean_teacher"] == pytest.approx(report["prcl_miou"] - report["mean_teacher_miou"],
+                                                              abs=4 * EPS64 * 100)
     configs = {m: yaml.safe_load((tmp_path / "demo" / m / "config.yaml").read_text()) for m in METHODS}
     for method in METHODS:  # only the method and its folder differ
         for section, values in configs[method].items():
