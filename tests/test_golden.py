@@ -20,6 +20,7 @@ import torch
 from prcl.checkpoint import load_checkpoint
 from prcl.config import load_config
 from prcl.engine.trainer import Trainer
+from prcl.methods import METHODS
 
 from tiny_run import tiny_overrides
 from tolerances import NETWORK_ROUNDING
@@ -91,9 +92,10 @@ def golden_step(method: str, data_root, out_dir) -> tuple[dict[str, float], dict
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("method", ["supervised", "mean_teacher", "prcl"])
+@pytest.mark.parametrize("method", sorted(METHODS))  # every registered method has its numbers recorded here
 def test_one_step_matches_the_recorded_numbers(demo_root, tmp_path, method):
     got, sizes = golden_step(method, demo_root, tmp_path / method)
+    assert method in GOLDEN, f"no golden numbers for {method}: record these in GOLDEN: {got}"
     expected = GOLDEN[method]
     assert set(got) == set(expected), f"logged keys changed: {sorted(got)} vs {sorted(expected)}"
     for key, value in expected.items():
