@@ -24,10 +24,10 @@ EPS64 = torch.finfo(torch.float64).eps  # 2.2e-16
 # decoder, the probability head) may differ, relative to the largest output, when their kernels sum in
 # other orders. Each layer sums up to 4608 products (3 x 3 x 512); two orders of such a sum differ by about
 # sqrt(4608) eps = 8e-6 of its magnitude (rounding errors add like a random walk), and after each
-# normalisation these add up the same way over the ~20 layers in a row: sqrt(20) x 8e-6 = 3.6e-5. 1e-4
-# leaves a margin of almost 3 over that estimate and of 75 over the largest difference measured (1.3e-6:
-# ONNX Runtime against PyTorch, resnet101, with oneDNN's AVX2 kernels). A wrong weight, layout or
-# normalisation moves the outputs by a sizeable part of their magnitude.
+# normalisation these add up the same way over the layers in a row, about 20 (resnet18) to 100 (resnet101):
+# sqrt(100) x 8e-6 = 8e-5 at most. 1e-4 covers that estimate and is 75 times the largest difference
+# measured (1.3e-6: ONNX Runtime against PyTorch, resnet18 and resnet101, with oneDNN's AVX2 kernels). A
+# wrong weight, layout or normalisation moves the outputs by a sizeable part of their magnitude.
 NETWORK_ROUNDING = 1e-4
 
 
