@@ -25,7 +25,7 @@ test: $(STAMP)
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -m "not slow"
 
-# the same with oneDNN's AVX2 kernels: other summation orders, as on the AMD EPYC of CI (tests/tolerances.py)
+# the same with oneDNN's AVX2 kernels: other summation orders, which reproduce the AMD CI's (tests/tolerances.py)
 test-avx2: $(STAMP)
 	ONEDNN_MAX_CPU_ISA=AVX2 $(BIN)/python -m pytest -m "not slow"
 
