@@ -18,6 +18,8 @@ from prcl.models.release_checkpoint import (
     student_state_from_release,
 )
 
+from tolerances import assert_within, network_bound
+
 
 def _random_state(module: torch.nn.Module, seed: int) -> dict[str, torch.Tensor]:
     """A state dict of ``module`` with random values that keep a deep network's outputs finite."""
@@ -223,5 +225,7 @@ def test_prcl_export_accepts_the_converted_checkpoint(release, converted, tmp_pa
     logits, variance = session.run(None, {"image": x.numpy()})
     with torch.no_grad():
         expected, expected_variance = _reference(*_by_hand(release[1], "ema"), x)  # as evaluation upsamples
-    np.testing.assert_allclose(logits, expected, atol=1e-3 * max(1.0, float(np.abs(expected).max())))
-    np.testing.assert_allclose(variance, expected_variance, atol=1e-4)
+    # ONNX Runtime's kernels sum in other orders than PyTorch's: a forward pass's rounding (tolerances.py)
+    assert_within(logits, expected, network_bound(expected), "logits")
+    # the head reads the features of that pass: the same rounding, relative to the variances
+    assert_within(variance, expected_variance, network_bound(expected_variance), "variance")

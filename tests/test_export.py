@@ -19,6 +19,7 @@ from prcl.infer import export
 from prcl.infer.visualize import palette
 
 from tiny_run import tiny_networks
+from tolerances import assert_within, network_bound
 
 NUM_CLASSES = 3
 SIZES = [(2, 64, 64), (2, 96, 80)]  # (batch, height, width): dynamic axes
@@ -76,8 +77,10 @@ def test_prcl_export_matches_pytorch_at_two_sizes(checkpoints: dict, capsys: pyt
         logits, variance = session.run(None, {"image": x.numpy()})
         expected_logits, expected_variance = _reference(checkpoints["teacher"], checkpoints["head"], x)
         assert logits.shape == (batch, NUM_CLASSES, height, width) and variance.shape == (batch, 1, height, width)
-        np.testing.assert_allclose(logits, expected_logits, atol=1e-3 * max(1.0, np.abs(expected_logits).max()))
-        np.testing.assert_allclose(variance, expected_variance, atol=1e-4)
+        # ONNX Runtime's kernels sum in other orders than PyTorch's: a forward pass's rounding (tolerances.py)
+        assert_within(logits, expected_logits, network_bound(expected_logits), "logits")
+        # the head reads the features of that pass: the same rounding, relative to the variances
+        assert_within(variance, expected_variance, network_bound(expected_variance), "variance")
         assert np.all((variance > 0) & (variance < 1))
 
 
@@ -96,7 +99,8 @@ def test_supervised_export_has_only_logits(checkpoints: dict, capsys: pytest.Cap
     x = torch.randn(batch, 3, height, width)
     (logits,) = session.run(None, {"image": x.numpy()})
     (expected,) = _reference(checkpoints["student"], None, x)  # no teacher: the student
-    np.testing.assert_allclose(logits, expected, atol=1e-3 * max(1.0, np.abs(expected).max()))
+    # ONNX Runtime's kernels sum in other orders than PyTorch's: a forward pass's rounding (tolerances.py)
+    assert_within(logits, expected, network_bound(expected), "logits")
 
 
 def _one_error_line(capsys: pytest.CaptureFixture, *needles: str) -> str:

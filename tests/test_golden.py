@@ -20,8 +20,10 @@ import torch
 from prcl.checkpoint import load_checkpoint
 from prcl.config import load_config
 from prcl.engine.trainer import Trainer
+from prcl.methods import METHODS
 
 from tiny_run import tiny_overrides
+from tolerances import NETWORK_ROUNDING
 
 # Low thresholds so that every loss term (pseudo-labels, weak/strong masks) is active on step one.
 GOLDEN_OVERRIDES = {"method.un_threshold": 0.3, "method.weak_threshold": 0.3, "method.strong_threshold": 0.5,
@@ -62,14 +64,16 @@ LOSS_KEYS = ("loss", "sup", "unsup", "prcl", "variance", "grad_norm")
 
 
 def _checksums(before: dict[str, torch.Tensor], after: dict[str, torch.Tensor]) -> dict[str, float]:
-    """L2 norm and sum of the change of every floating tensor (weights and BatchNorm statistics)."""
+    """L2 norm, sum and sum of absolute values of the change of every floating tensor (weights and BatchNorm
+    statistics)."""
     deltas = [after[k].double() - before[k].double() for k in before if before[k].is_floating_point()]
     return {"norm": float(torch.sqrt(sum(d.square().sum() for d in deltas))),
-            "sum": float(sum(d.sum() for d in deltas))}
+            "sum": float(sum(d.sum() for d in deltas)), "abs": float(sum(d.abs().sum() for d in deltas))}
 
 
-def golden_step(method: str, data_root, out_dir) -> dict[str, float]:
-    """Loss values of step one, and checksums of the student's and the teacher's change."""
+def golden_step(method: str, data_root, out_dir) -> tuple[dict[str, float], dict[str, float]]:
+    """Loss values of step one and checksums of the student's and the teacher's change; and the size of each value's
+    terms (the change's absolute sum for a sum of changes, the value itself otherwise)."""
     overrides = tiny_overrides(data_root, out_dir, method=method, **GOLDEN_OVERRIDES)
     cfg = load_config(None, overrides)
     init = {k: v.clone() for k, v in Trainer(cfg).state_dict()["student"].items()}
@@ -78,18 +82,25 @@ def golden_step(method: str, data_root, out_dir) -> dict[str, float]:
     assert record["type"] == "train" and record["step"] == 1
     values = {key: record[key] for key in LOSS_KEYS if key in record}
     state = load_checkpoint(out_dir / "checkpoints" / "last.pt")
+    sizes = {}
     for name in ("student", "teacher"):
         if state.get(name) is not None:
-            for kind, value in _checksums(init, state[name]).items():
-                values[f"{name}_delta_{kind}"] = value
-    return values
+            checksums = _checksums(init, state[name])
+            values[f"{name}_delta_norm"], values[f"{name}_delta_sum"] = checksums["norm"], checksums["sum"]
+            sizes[f"{name}_delta_sum"] = checksums["abs"]
+    return values, {key: sizes.get(key, abs(value)) for key, value in values.items()}
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("method", ["supervised", "mean_teacher", "prcl"])
+@pytest.mark.parametrize("method", sorted(METHODS))  # every registered method has its numbers recorded here
 def test_one_step_matches_the_recorded_numbers(demo_root, tmp_path, method):
-    got = golden_step(method, demo_root, tmp_path / method)
+    got, sizes = golden_step(method, demo_root, tmp_path / method)
+    assert method in GOLDEN, f"no golden numbers for {method}: record these in GOLDEN: {got}"
     expected = GOLDEN[method]
     assert set(got) == set(expected), f"logged keys changed: {sorted(got)} vs {sorted(expected)}"
     for key, value in expected.items():
-        assert math.isclose(got[key], value, rel_tol=1e-4, abs_tol=1e-6), f"{method} {key}: {got[key]} != {value}"
+        # recorded on another machine, whose kernels sum the step's forward and backward passes in other orders:
+        # a forward pass's rounding of the value's size (of the changes' absolute sum for a sum of changes, which may
+        # cancel); oneDNN's AVX2 kernels moved them by 1.4e-9 relative at most, a changed loss term by far more
+        assert math.isclose(got[key], value, rel_tol=0, abs_tol=NETWORK_ROUNDING * sizes[key]), \
+            f"{method} {key}: {got[key]} != {value}"

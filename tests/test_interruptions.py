@@ -109,7 +109,7 @@ def test_best_score_survives_a_resume_after_an_evaluation(demo_root, tmp_path):
     best = json.loads((out / "checkpoints" / "best.json").read_text())
     assert best["step"] == 2
     resumed = Trainer(tiny_config(demo_root, out, iterations=4, **{"train.eval_every": 2}), resume="auto")
-    assert resumed.best_miou == pytest.approx(best["miou"])
+    assert resumed.best_miou == best["miou"]  # read back from best.json: JSON keeps every bit of a float
 
 
 def test_torn_metrics_line_is_dropped_and_a_damaged_one_refused_before_anything_is_written(demo_root, tmp_path, capsys):

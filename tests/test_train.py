@@ -13,6 +13,7 @@ import torch
 from prcl.checkpoint import load_checkpoint
 from prcl.cli import main
 from prcl.engine.trainer import Trainer, TrainingDiverged
+from prcl.methods import METHODS, MeanTeacher
 
 from tiny_run import tiny_config
 
@@ -23,12 +24,13 @@ def read_metrics(out_dir):
     return [json.loads(line) for line in (out_dir / "metrics.jsonl").read_text().splitlines()]
 
 
-@pytest.mark.parametrize("method", ["supervised", "mean_teacher", "prcl"])
+@pytest.mark.parametrize("method", sorted(METHODS))  # every registered method
 def test_each_method_trains_and_writes_a_complete_run_directory(demo_root, tmp_path, method):
     torch.manual_seed(0)
     cfg = tiny_config(demo_root, tmp_path / method, method=method, iterations=16,
                       **{"data.num_labels": 4, "data.scale_range": "[1.0,1.0]"})
-    summary = Trainer(cfg).fit()
+    trainer = Trainer(cfg)
+    summary = trainer.fit()
     out = tmp_path / method
     for name in ("config.yaml", "metrics.jsonl", "summary.json", "checkpoints/last.pt", "checkpoints/best.pt"):
         assert (out / name).is_file(), name
@@ -38,24 +40,26 @@ def test_each_method_trains_and_writes_a_complete_run_directory(demo_root, tmp_p
     assert written["iterations"] == 16 and written["protocol"] == "whole" and 0 <= summary["miou"] <= 1
     train = [r for r in read_metrics(out) if r["type"] == "train"]
     assert len(train) == 16
-    # the supervised loss falls: the last steps' mean is below the first steps'
-    first = sum(r["sup"] for r in train[:4]) / 4
-    last = sum(r["sup"] for r in train[-4:]) / 4
+    # the supervised loss (the loss, for a method without one) falls: the last steps' mean is below the first steps'
+    key = "sup" if "sup" in train[0] else "loss"
+    first = sum(r[key] for r in train[:4]) / 4
+    last = sum(r[key] for r in train[-4:]) / 4
     assert last < first
     # what every logged step reports: data-loading time and peak memory
     assert all(0 <= r["data_seconds"] < r["images_per_second"] * 1e6 and r["peak_memory_mb"] > 50 for r in train)
-    if method != "supervised":
+    has_head = trainer.probability_head_network() is not None
+    if isinstance(trainer.method, MeanTeacher):  # pseudo-labels of a teacher
         assert "unsup" in train[0] and 0 <= train[0]["unlabeled_above_un_threshold"] <= 1
         # the demo's unlabeled images have masks: the pseudo-label probe reports at every logged step
         assert all(0 <= r["pseudo_label_accuracy"] <= 1 and "pseudo_label_auroc_confidence" in r for r in train)
-        assert ("pseudo_label_auroc_variance" in train[0]) == (method == "prcl")
+        assert ("pseudo_label_auroc_variance" in train[0]) == has_head
     if method == "prcl":
         assert all(r["prcl"] > 0 for r in train) and "variance" in train[0]
         assert 0 <= train[0]["unlabeled_above_weak_threshold"] <= 1
         # anchors: num_queries (16) per class with hard pixels, among the classes present (4 at most)
         assert all(r["prcl_anchors"] == 16 * r["prcl_anchor_classes"] for r in train)
         assert all(1 <= r["prcl_anchor_classes"] <= r["prcl_present_classes"] <= 4 for r in train)
-        assert load_checkpoint(out / "checkpoints/last.pt")["probability_head"] is not None
+    if has_head:
         # the variance's and the softmax's error-finding AUROCs at every evaluation and in the summary
         evaluations = [r for r in read_metrics(out) if r["type"] == "eval"]
         assert evaluations and all("auroc_variance" in r["uncertainty"] for r in evaluations)
@@ -68,8 +72,6 @@ def test_each_method_trains_and_writes_a_complete_run_directory(demo_root, tmp_p
     else:
         assert "uncertainty" not in written and "test_uncertainty" not in written
         assert all("uncertainty" not in r for r in read_metrics(out) if r["type"] == "eval")
-        assert "contrast_weight" not in train[0] and "prcl_anchors" not in train[0]
-        assert "probability_head" not in load_checkpoint(out / "checkpoints/last.pt")
 
 
 def _weights(path):
@@ -187,7 +189,8 @@ def test_missing_data_folder_is_a_clear_error(tmp_path):
 
 
 def test_eval_and_predict_commands_on_a_trained_checkpoint(demo_root, tmp_path, capsys):
-    cfg = tiny_config(demo_root, tmp_path / "run", iterations=2)
+    # contiguous networks, as the eval command builds them: training's evaluation then runs the same kernels
+    cfg = tiny_config(demo_root, tmp_path / "run", iterations=2, **{"train.channels_last": "false"})
     summary = Trainer(cfg).fit()
     checkpoint = tmp_path / "run/checkpoints/last.pt"
     assert main(["eval", "-c", str(tmp_path / "run/config.yaml"), "--checkpoint", str(checkpoint),
@@ -203,8 +206,9 @@ def test_eval_and_predict_commands_on_a_trained_checkpoint(demo_root, tmp_path, 
                  "--split", "test", "--use", "student", "--out", str(tmp_path / "eval-test.json")]) == 0
     miou_line = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("mIoU"))
     assert "split test" in miou_line and "student" in miou_line
-    # the same teacher on the same split gives the same number as training reported
-    assert json.loads((tmp_path / "eval.json").read_text())["miou"] == pytest.approx(summary["miou"], abs=1e-6)
+    # the same teacher on the same split gives the same number as training reported: the same code and layout on
+    # the same machine, bit for bit (a channels_last run's evaluation may flip near-tied pixels by rounding)
+    assert json.loads((tmp_path / "eval.json").read_text())["miou"] == summary["miou"]
     image = next((demo_root / "images").glob("test_*.png"))
     assert main(["predict", "--checkpoint", str(checkpoint), str(image), "--out", str(tmp_path / "pred")]) == 0
     from PIL import Image
@@ -240,7 +244,9 @@ def test_channels_last_changes_the_layout_not_the_training(demo_root, tmp_path):
     between CPUs (4e-5 on an AMD EPYC where an Intel Xeon gave 1e-6). The tolerance is therefore
     relative to what the two steps changed: per tensor, the norm of the layouts' difference must stay
     below 10 % of the norm of the change the training made. Rounding measured 0.01 % at most on the
-    Intel dev machine; a layout that changed the training would differ by the order of the change.
+    Intel dev machine, 1.0 % (a BatchNorm bias) with oneDNN's AVX2 kernels there
+    (ONEDNN_MAX_CPU_ISA=AVX2, which reproduces the EPYC's 4.1e-5 on conv1); a layout that changed the
+    training (images transposed in one layout, say) differs by the order of the change.
     """
     trainers, initial = {}, {}
     for layout in ("true", "false"):

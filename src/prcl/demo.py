@@ -1,11 +1,11 @@
 """`prcl demo`: supervised, mean teacher and PRCL on the embedded demo data, same labels and schedule.
 
-The three runs train from ``configs/demo.yaml`` (EfficientNet-Lite0 ImageNet weights from an
-installed package, generated texture mosaics) and differ only in ``method.name``: ``supervised``
-(the labeled images), ``mean_teacher`` (+ the unlabeled images through the teacher's pseudo-labels
-on a strong view) and ``prcl`` (+ the probabilistic contrast). Settings were chosen on the valid
-split; the runs are compared on the held-out test split. Writes ``<out>/report.json`` and
-``<out>/figure.png`` beside the run directories.
+One run per registered method (``prcl.methods.METHODS``), each from ``configs/demo.yaml``
+(EfficientNet-Lite0 ImageNet weights from an installed package, generated texture mosaics), differing
+only in ``method.name``: ``supervised`` (the labeled images), ``mean_teacher`` (+ the unlabeled images
+through the teacher's pseudo-labels on a strong view) and ``prcl`` (+ the probabilistic contrast).
+Settings were chosen on the valid split; the runs are compared on the held-out test split, PRCL against
+the two baselines. Writes ``<out>/report.json`` and ``<out>/figure.png`` beside the run directories.
 """
 
 from __future__ import annotations
@@ -21,10 +21,11 @@ from prcl.config import Config, load_config
 from prcl.data import IMAGENET_MEAN, IMAGENET_STD
 from prcl.engine.trainer import Trainer
 from prcl.io import write_json
+from prcl.methods import METHODS as REGISTRY
 from prcl.metrics import format_uncertainty
 
-METHODS = ("supervised", "mean_teacher", "prcl")
-TITLES = {"supervised": "supervised", "mean_teacher": "mean teacher", "prcl": "PRCL"}
+METHODS = tuple(REGISTRY)  # every registered method, in the registry's order
+TITLES = {"supervised": "supervised", "mean_teacher": "mean teacher", "prcl": "PRCL"}  # others: their name
 FIGURE_ROWS = 4
 
 
@@ -60,15 +61,16 @@ def _figure(out_dir: Path, cfgs: dict[str, Config], trainers: dict[str, Trainer]
                      *(colorize(predictions[m].mask, num_classes, colors=colors) for m in METHODS),
                      heatmap(uncertainty)])
     path = out_dir / "figure.png"
-    title = f"{report['split']} mIoU: " + ", ".join(f"{TITLES[m]} {report[m + '_miou']:.1f}" for m in METHODS)
+    title = f"{report['split']} mIoU: " + ", ".join(f"{TITLES.get(m, m)} {report[m + '_miou']:.1f}"
+                                                    for m in METHODS)
     legend = list(zip(data.class_names, colors))
-    make_grid(rows, ["image", "label", *(TITLES[m] for m in METHODS), "PRCL uncertainty"], scale=2, path=path,
+    make_grid(rows, ["image", "label", *(TITLES.get(m, m) for m in METHODS), "PRCL uncertainty"], scale=2, path=path,
               title=title, legend=legend)
     return path
 
 
 def run_demo(out_dir: Path = Path("runs/demo"), overrides: list[str] | None = None, seed: int = 0) -> dict:
-    """Train the three methods (continuing any finished or interrupted run in ``out_dir``) and compare."""
+    """Train every registered method (continuing any finished or interrupted run in ``out_dir``) and compare."""
     out_dir = Path(out_dir)
     cfgs = demo_configs(out_dir, list(overrides or []), seed)
     started = time.perf_counter()

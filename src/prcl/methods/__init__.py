@@ -1,7 +1,8 @@
 """Training methods run by one generic trainer.
 
 Adding a method: one file, one line in ``METHODS`` and its name in ``prcl.config.METHOD_NAMES`` (the names a
-config accepts, kept torch-free there; tests/test_methods.py checks that the two agree).
+config accepts, kept torch-free there; tests/test_methods.py checks that the two agree, and holds every registered
+method to the interface in TestMethodContract).
 """
 
 from __future__ import annotations
