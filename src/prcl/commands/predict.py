@@ -19,6 +19,7 @@ from prcl.data.datasets import DataFileError, decode_image
 from prcl.data.validate import check_output_folder
 from prcl.devices import resolve_device
 from prcl.errors import UserError
+from prcl.stopping import Stopped
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 DECODE_THREADS = 2  # prcl predict: threads decoding the next images
@@ -255,18 +256,23 @@ def predict_files(checkpoint: str | Path, inputs: list[str], out_dir: str | Path
     mask_palette[: predictor.num_classes] = predictor.palette[:256]
     flat_palette = mask_palette.reshape(-1).tolist()
     writes: deque[Future] = deque()
-    with ThreadPoolExecutor(max_workers=ENCODE_THREADS) as writer:
-        for batch in _size_batches(_decode_ahead(files, 2 * batch_size), batch_size, failed):
-            predictions = predictor.predict_batch([picture for _, picture in batch])
-            for (path, picture), prediction in zip(batch, predictions):
-                writes.append(writer.submit(_write_outputs, out, names[path], picture, prediction,
-                                            predictor.palette, flat_palette, save_probs, uncertainty))
-                result.written.append(out / f"{names[path]}_mask.png")
-            while len(writes) > 2 * batch_size:  # a bounded queue; a write error surfaces here
+    try:
+        with ThreadPoolExecutor(max_workers=ENCODE_THREADS) as writer:
+            for batch in _size_batches(_decode_ahead(files, 2 * batch_size), batch_size, failed):
+                predictions = predictor.predict_batch([picture for _, picture in batch])
+                for (path, picture), prediction in zip(batch, predictions):
+                    writes.append(writer.submit(_write_outputs, out, names[path], picture, prediction,
+                                                predictor.palette, flat_palette, save_probs, uncertainty))
+                    result.written.append(out / f"{names[path]}_mask.png")
+                while len(writes) > 2 * batch_size:  # a bounded queue; a write error surfaces here
+                    writes.popleft().result()
+                bar.update(len(batch))
+            while writes:
                 writes.popleft().result()
-            bar.update(len(batch))
-        while writes:
-            writes.popleft().result()
+    except Stopped as stop:  # SIGINT / SIGTERM: the images handed to the writers were finished (each file atomic)
+        bar.close()
+        finished = sum(1 for done in writes if done.exception() is None) + len(result.written) - len(writes)
+        raise stop.with_detail(f"{finished} of {len(files)} images written to {out}") from None
     bar.close()
     return result
 
