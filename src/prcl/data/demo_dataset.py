@@ -26,11 +26,13 @@ Ids: ``train_00000``..., ``valid_00000``..., ``test_00000``....
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import json
 import math
 import os
 import shutil
+import socket
 import uuid
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -340,15 +342,45 @@ def generate_demo_dataset(
     return root
 
 
+def _sibling(root: Path, kind: str) -> Path:
+    """A private folder beside ``root``: ``.<name>.<kind>-<host>-<pid>-<random>`` (kind "tmp" or "old")."""
+    return root.parent / f".{root.name}.{kind}-{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+
+
+def _remove_stale_siblings(root: Path) -> None:
+    """Remove the "tmp" and "old" folders beside ``root`` that a process of this machine, no longer running,
+    left behind (killed while it rendered: a stop signal lets it remove its own). Others' are left alone."""
+    for kind in ("tmp", "old"):
+        prefix = f".{root.name}.{kind}-{socket.gethostname()}-"
+        for folder in root.parent.glob(f"{glob.escape(prefix)}*"):
+            pid = folder.name[len(prefix):].split("-")[0]
+            if pid.isdigit() and not _running(int(pid)):
+                shutil.rmtree(folder, ignore_errors=True)
+
+
+def _running(pid: int) -> bool:
+    """Whether a process with this id runs on this machine (one that may not be signalled counts as running)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def _build(root: Path, params: DemoParams, wanted: dict) -> None:
-    """Render into a temporary sibling folder, then move it into place atomically."""
+    """Render into a temporary sibling folder, then move it into place atomically. A stop signal
+    (``prcl.stopping``, a KeyboardInterrupt) removes the temporary folder; one left by a killed
+    process is removed the next time."""
     root.parent.mkdir(parents=True, exist_ok=True)
-    tmp = root.parent / f".{root.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    _remove_stale_siblings(root)
+    tmp = _sibling(root, "tmp")
     try:
         _render_to(tmp, params)
         (tmp / MARKER_NAME).write_text(json.dumps(wanted, indent=2, sort_keys=True) + "\n")
         if root.exists():  # stale dataset (other parameters) or an empty folder: set it aside
-            old = root.parent / f".{root.name}.old-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+            old = _sibling(root, "old")
             os.rename(root, old)
             shutil.rmtree(old, ignore_errors=True)
         try:
