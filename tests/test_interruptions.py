@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from prcl.checkpoint import load_checkpoint
+from prcl.checkpoint import load_checkpoint, save_checkpoint
 from prcl.cli import main
 from prcl.engine.trainer import Trainer, TrainingInterrupted
 
@@ -111,6 +111,31 @@ def test_a_second_signal_stops_at_once_keeping_the_last_checkpoint(demo_root, tm
     assert load_checkpoint(out / "checkpoints" / "last.pt")["step"] == 2  # checkpoint_every=2
     assert not list(out.rglob("*.tmp"))
     assert _workers_of_this_process() <= before, "the loader workers outlived fit"
+
+
+def test_a_second_signal_stops_at_once_even_when_the_save_it_interrupts_fails_on_it(demo_root, tmp_path,
+                                                                                       monkeypatch):
+    """torch.save, interrupted, raises an error of its own ("unexpected pos ..."), which replaces the stop."""
+    out = tmp_path / "run"
+    trainer = Trainer(tiny_config(demo_root, out, iterations=20))
+    _signal_on_step(trainer, monkeypatch, {3: [signal.SIGINT]})
+    real_save = save_checkpoint
+
+    def save_interrupted_at_step_3(path, state):
+        if state["step"] == 3:
+            try:
+                os.kill(os.getpid(), signal.SIGINT)
+            except KeyboardInterrupt:
+                raise RuntimeError("unexpected pos 185010816 vs 185010704") from None
+        real_save(path, state)
+
+    monkeypatch.setattr("prcl.engine.trainer.save_checkpoint", save_interrupted_at_step_3)
+    with pytest.raises(TrainingInterrupted) as stopped:
+        trainer.fit()
+    message = str(stopped.value)
+    assert stopped.value.exit_code == 130 and "stopped at once by a second SIGINT after step 3" in message
+    assert "holds step 2; the steps after it are lost" in message
+    assert load_checkpoint(out / "checkpoints" / "last.pt")["step"] == 2
 
 
 def test_a_signal_during_an_evaluation_abandons_it_and_trains_no_further_step(demo_root, tmp_path, monkeypatch):
@@ -345,7 +370,6 @@ def test_cuda_without_a_gpu_is_one_line_for_train(demo_root, tmp_path, capsys, m
 def trained(demo_root, tmp_path_factory):
     """A folder with the tiny config (config.yaml) and a checkpoint of its network (checkpoints/last.pt), not
     trained: what a stop does to eval and predict does not depend on the weights."""
-    from prcl.checkpoint import save_checkpoint
     from prcl.config import config_to_dict, save_config
     from prcl.models import build_segmenter
 

@@ -200,18 +200,25 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    received: list[int] = []
     try:
-        with stop_raises():  # SIGINT / SIGTERM: Stopped where the command is, so its cleanup runs
+        with stop_raises() as received:  # SIGINT / SIGTERM: Stopped where the command is, so its cleanup runs
             return args.func(args)
-    except UserError as error:
-        print(f"prcl: error: {error}", file=sys.stderr)
-        return 2
     except Stopped as stop:
         print(f"prcl: {stop}", file=sys.stderr)
         return stop.exit_code
     except KeyboardInterrupt:
         print("prcl: interrupted", file=sys.stderr)
         return 130
+    except Exception as error:
+        if received:  # the Stopped was replaced by an error of the cleanup it interrupted
+            stop = Stopped(received[-1])
+            print(f"prcl: {stop}", file=sys.stderr)
+            return stop.exit_code
+        if isinstance(error, UserError):
+            print(f"prcl: error: {error}", file=sys.stderr)
+            return 2
+        raise
 
 
 if __name__ == "__main__":

@@ -66,15 +66,19 @@ def _handlers(handler) -> Iterator[None]:
             signal.signal(number, old)
 
 
-def _raise(number: int, frame) -> None:
-    raise Stopped(number)
-
-
 @contextmanager
-def stop_raises() -> Iterator[None]:
-    """Inside the block a stop signal raises :class:`Stopped` (each time one arrives)."""
-    with _handlers(_raise):
-        yield
+def stop_raises() -> Iterator[list[int]]:
+    """Inside the block a stop signal raises :class:`Stopped` (each time one arrives). The yielded list holds
+    the signals received: cleanup that a Stopped interrupted can fail in its turn (torch.save, interrupted,
+    raises a RuntimeError of its own) and replace it, and the list still says the work was stopped."""
+    received: list[int] = []
+
+    def stop(number: int, frame) -> None:
+        received.append(number)
+        raise Stopped(number)
+
+    with _handlers(stop):
+        yield received
 
 
 def say(line: str) -> None:
@@ -90,14 +94,16 @@ def say(line: str) -> None:
 def stop_after_step(first: str | None) -> Iterator[list[int]]:
     """Inside the block the first stop signal is appended to the yielded list, for the caller to check when it
     can stop cleanly, and ``prcl: <SIGNAL>: <first>; send it again to stop at once`` is written on stderr
-    (``first`` None: nothing is written, e.g. by all processes of a torchrun but the first); a second signal
-    raises :class:`Stopped` at once. Outside the main thread the list stays empty."""
+    (``first`` None: nothing is written, e.g. by all processes of a torchrun but the first); a second signal is
+    appended too and raises :class:`Stopped` at once (more than one signal in the list: stopped at once, even
+    when an error of the interrupted cleanup replaced the Stopped). Outside the main thread the list stays
+    empty."""
     received: list[int] = []
 
     def note(number: int, frame) -> None:
-        if received:
-            raise Stopped(number)
         received.append(number)
+        if len(received) > 1:
+            raise Stopped(number)
         if first is not None:
             say(f"{signal.Signals(number).name}: {first}; send it again to stop at once")
 

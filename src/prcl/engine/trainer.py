@@ -422,7 +422,7 @@ class Trainer:
             what = f"stopped by {name} at step {self.step}{during}; checkpoint {last}"
         return TrainingInterrupted(what, 128 + signal_number, self._resume_command())
 
-    def _stopped_at_once(self, stop: Stopped) -> TrainingInterrupted:
+    def _stopped_at_once(self, signal_number: int) -> TrainingInterrupted:
         """The error that ends a run stopped by a second signal, wherever it was: what the checkpoint holds."""
         last, saved = self.run_dir.last_checkpoint, self.saved_step
         if saved is not None:
@@ -430,8 +430,8 @@ class Trainer:
                                                                else "")
         else:
             kept = f"checkpoint {last} is as before this session" if last.is_file() else "no checkpoint was saved"
-        return TrainingInterrupted(f"stopped at once by a second {stop.name} after step {self.step}; {kept}",
-                                   stop.exit_code, self._resume_command())
+        return TrainingInterrupted(f"stopped at once by a second {signal.Signals(signal_number).name} after step "
+                                   f"{self.step}; {kept}", 128 + signal_number, self._resume_command())
 
     def _evaluate_and_keep_best(self, signals: list[int] | None = None) -> dict:
         """Evaluate on the validation split and log it (with TensorBoard's pictures); a new best mIoU saves
@@ -474,6 +474,7 @@ class Trainer:
         and ends with TrainingInterrupted, which says how to continue; a second one stops at once (the steps
         since the last checkpoint are lost) with TrainingInterrupted too. The loaders' worker processes are
         stopped before ``fit`` returns or raises."""
+        signals: list[int] = []
         try:
             with stop_after_step(STOPPING if self.main else None) as signals:
                 try:
@@ -481,7 +482,11 @@ class Trainer:
                 except EvaluationStopped:  # passed a stop only in one process, where signals then holds one
                     raise self._interrupted(signals[0], during="the evaluation") from None
         except Stopped as stop:
-            raise self._stopped_at_once(stop) from None
+            raise self._stopped_at_once(stop.signal_number) from None
+        except Exception:
+            if len(signals) > 1:  # a second signal's Stopped, replaced by an error of what it interrupted
+                raise self._stopped_at_once(signals[1]) from None
+            raise
         finally:
             self.tensorboard.close()  # flushed, after an interruption or an error too
 
