@@ -12,6 +12,10 @@ one with the best mean *valid* mIoU; the rows that name ``{fix}`` then use it.
 
     python scripts/ablation.py --out runs/ablation --seeds 0 1 2 --jobs 2
     python scripts/ablation.py --out runs/ablation --rows supervised mean_teacher --seeds 0 --set train.device=cuda
+
+SIGINT (Ctrl-C) or SIGTERM stops it: the running trainings get the signal, save their step and exit (a second
+signal stops them at once), and the same command continues: runs already in ``runs.jsonl`` are taken from
+there, stopped ones resume from their ``last.pt``.
 """
 
 from __future__ import annotations
@@ -26,6 +30,8 @@ import sys
 import time
 from pathlib import Path
 
+from prcl.stopping import Stopped, stop_raises
+
 ROWS = {
     "supervised": "method.name=supervised",
     "mean_teacher": "method.name=mean_teacher",
@@ -37,14 +43,18 @@ ROWS = {
     "prcl_gdp_vn": "{fix} prcl.global_prototypes=true prcl.gdp_decay=0.01 prcl.virtual_negatives=4 prcl.vn_radius=1.0",
 }
 DEFAULT_FIX = "prcl.variance_scale=0.00390625 prcl.prototype_variance=mean"
+STOP_SECONDS = 25.0
+"""After a stop signal, how long the running trainings get to save their step before they are killed."""
 
 
 def run_one(name: str, overrides: list[str], seed: int, work: Path, common: list[str]) -> subprocess.Popen:
     run_dir = work / "runs" / f"{name}_seed{seed}"
-    command = [sys.executable, "-m", "prcl", "train", "-c", "configs/demo.yaml", *common, *overrides,
-               f"train.seed={seed}", f"train.out_dir={run_dir}", "train.progress=false"]
-    log = open(work / "logs" / f"{name}_seed{seed}.log", "w")
-    process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+    command = [sys.executable, "-m", "prcl", "train", "-c", "configs/demo.yaml", "--resume", "auto", *common,
+               *overrides, f"train.seed={seed}", f"train.out_dir={run_dir}", "train.progress=false"]
+    log = open(work / "logs" / f"{name}_seed{seed}.log", "a")
+    # A session of its own: a terminal's Ctrl-C reaches this script only, which passes it on once (a second
+    # signal would make the training stop at once, without saving its step).
+    process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     process.run = (name, seed, run_dir, " ".join(overrides), time.perf_counter())  # type: ignore[attr-defined]
     return process
 
@@ -71,25 +81,76 @@ def collect(process: subprocess.Popen) -> dict:
     return result
 
 
+def finished_runs(out: Path) -> dict[tuple[str, int, str], dict]:
+    """The runs ``runs.jsonl`` holds as finished (exit 0, with a test mIoU), by (row, seed, overrides)."""
+    path = out / "runs.jsonl"
+    done = {}
+    for line in path.read_text().splitlines() if path.is_file() else []:
+        try:
+            result = json.loads(line)
+        except ValueError:
+            continue  # a torn last line
+        if result.get("exit") == 0 and "test" in result:
+            done[(result["row"], result["seed"], result["overrides"])] = result
+    return done
+
+
 def run_all(jobs: list[tuple[str, list[str], int]], out: Path, work: Path, common: list[str],
             parallel: int) -> list[dict]:
-    """Run (row, overrides, seed) jobs, ``parallel`` at a time, appending results to runs.jsonl."""
-    results, running, queue = [], [], list(jobs)
-    while queue or running:
-        while queue and len(running) < parallel:
-            name, overrides, seed = queue.pop(0)
-            running.append(run_one(name, overrides, seed, work, common))
-        time.sleep(1)
-        for process in [p for p in running if p.poll() is not None]:
-            running.remove(process)
-            result = collect(process)
-            results.append(result)
-            with open(out / "runs.jsonl", "a") as f:
-                f.write(json.dumps(result) + "\n")
-            print(f"{result['row']:<20} seed {result['seed']}: test {result.get('test', float('nan')):.1f} "
-                  f"valid {result.get('valid', float('nan')):.1f} ({result['seconds']} s, exit {result['exit']})",
-                  flush=True)
+    """Run (row, overrides, seed) jobs, ``parallel`` at a time, appending results to runs.jsonl; jobs it already
+    holds as finished are taken from there. A stop signal stops the running ones (``stop_runs``) and is raised."""
+    done = finished_runs(out)
+    results = [done[(n, s, " ".join(o))] for n, o, s in jobs if (n, s, " ".join(o)) in done]
+    running: list[subprocess.Popen] = []
+    queue = [(n, o, s) for n, o, s in jobs if (n, s, " ".join(o)) not in done]
+    try:
+        while queue or running:
+            while queue and len(running) < parallel:
+                name, overrides, seed = queue.pop(0)
+                running.append(run_one(name, overrides, seed, work, common))
+            time.sleep(1)
+            for process in [p for p in running if p.poll() is not None]:
+                running.remove(process)
+                result = collect(process)
+                results.append(result)
+                with open(out / "runs.jsonl", "a") as f:
+                    f.write(json.dumps(result) + "\n")
+                print(f"{result['row']:<20} seed {result['seed']}: test {result.get('test', float('nan')):.1f} "
+                      f"valid {result.get('valid', float('nan')):.1f} ({result['seconds']} s, exit {result['exit']})",
+                      flush=True)
+    except Stopped as stop:
+        stop_runs(running, stop.signal_number)
+        raise stop.with_detail(f"{len(running)} running trainings stopped") from None
     return results
+
+
+def wait_all(processes: list[subprocess.Popen], seconds: float) -> None:
+    """Wait until every process has ended, at most ``seconds`` in all."""
+    deadline = time.monotonic() + seconds
+    for process in processes:
+        try:
+            process.wait(timeout=max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            return
+
+
+def stop_runs(running: list[subprocess.Popen], signal_number: int) -> None:
+    """Pass a stop signal on to the running trainings, which save their step and exit; wait for them (at most
+    ``STOP_SECONDS``); a second signal meanwhile is passed on too (they stop at once). Kill what is left."""
+    for process in running:
+        process.send_signal(signal_number)
+    try:
+        wait_all(running, STOP_SECONDS)
+    except Stopped as again:
+        for process in running:
+            if process.poll() is None:
+                process.send_signal(again.signal_number)
+        wait_all(running, 5.0)
+    finally:
+        for process in running:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
 
 
 def spread(values: list[float], digits: int = 1) -> str:
@@ -132,6 +193,16 @@ def table(results: list[dict], rows: list[str]) -> str:
 
 
 def main() -> None:
+    try:
+        with stop_raises():
+            ablate()
+    except Stopped as stop:
+        again = shlex.join(["python", *sys.argv])
+        print(f"ablation: {stop}; continue with: {again}", file=sys.stderr)
+        sys.exit(stop.exit_code)
+
+
+def ablate() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="runs/ablation", help="runs.jsonl, tuning.json, ablation.md")
     parser.add_argument("--work", help="run directories and logs (default: --out)")

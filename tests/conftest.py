@@ -9,3 +9,20 @@ import pytest
 def demo_root(tmp_path_factory):
     """A folder for the tiny runs' demo data, generated on first use and shared by every test module."""
     return tmp_path_factory.mktemp("demo-data")
+
+
+@pytest.fixture
+def start_process(tmp_path):
+    """Start a command as a marked process (tests/processes.py); whatever of it is left is killed afterwards."""
+    from processes import Run
+
+    started = []
+
+    def start(args, cwd=None, prcl=True):
+        run = Run.prcl(args, tmp_path) if prcl else Run(args, tmp_path, cwd=cwd)
+        started.append(run)
+        return run
+
+    yield start
+    for run in started:
+        run.kill()

@@ -360,6 +360,31 @@ def test_demo_is_deterministic(demo_root: Path, tmp_path: Path) -> None:
     assert all(other_bytes[k] != reference[k] for k in images)
 
 
+def test_a_killed_demo_generation_leaves_nothing_once_the_next_one_ran(tmp_path: Path) -> None:
+    """A process killed while it rendered leaves its temporary folder; the next generation removes it, and
+    leaves those of processes still running (or of other machines) alone."""
+    import socket
+
+    host, ended = socket.gethostname(), _ended_pid()
+    dead = tmp_path / f".data.tmp-{host}-{ended}-0a1b2c3d"
+    alive = tmp_path / f".data.tmp-{host}-{os.getpid()}-0a1b2c3d"
+    elsewhere = tmp_path / f".data.tmp-{host}x-{ended}-0a1b2c3d"
+    for folder in (dead, alive, elsewhere):
+        (folder / "images").mkdir(parents=True)
+    generate_demo_dataset(tmp_path / "data", **{**DEMO_KW, "num_train": 6, "num_labels": 2, "num_test": 0})
+    assert not dead.exists() and alive.is_dir() and elsewhere.is_dir()
+
+
+def _ended_pid() -> int:
+    """The id of a process that has ended (and was reaped: no process has it now)."""
+    import subprocess
+    import sys
+
+    process = subprocess.Popen([sys.executable, "-c", "pass"])
+    process.wait()
+    return process.pid
+
+
 def test_demo_colour_alone_does_not_separate_classes(tmp_path: Path) -> None:
     root = generate_demo_dataset(
         tmp_path / "d", num_train=40, num_valid=20, num_test=0, image_size=64, num_classes=6, seed=0,

@@ -19,7 +19,7 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 # everything in it (prcl.engine); ``prcl`` is the package's own (empty) __init__.
 FLOORS: list[tuple[str, tuple[str, ...]]] = [
     ("1", ("prcl", "prcl.errors", "prcl.constants", "prcl.io", "prcl.devices", "prcl.yaml_files", "prcl.checkpoint",
-           "prcl.distributed")),
+           "prcl.distributed", "prcl.stopping")),
     ("2a", ("prcl.schedules",)),
     ("2b", ("prcl.config",)),
     ("3", ("prcl.data", "prcl.models", "prcl.losses", "prcl.metrics")),

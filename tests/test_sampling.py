@@ -1,8 +1,20 @@
-"""Step-indexed sampling: a step's batch depends only on (seed, step, rank)."""
+"""Step-indexed sampling: a step's batch depends only on (seed, step, rank); the loaders' workers end with them."""
 
+import multiprocessing
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
 import torch
+from torch.utils.data import Dataset
 
-from prcl.engine.sampling import SeededDataset, StepBatchSampler
+from prcl.engine.sampling import SeededDataset, StepBatchSampler, step_loader
+from prcl.stopping import Stopped
+
+from processes import HAS_PROC
 
 
 def take(sampler, steps):
@@ -35,3 +47,61 @@ def test_seeded_items_repeat_and_leave_the_global_rng_alone():
     a, b = dataset[(1, 42)], dataset[(2, 42)]
     assert torch.equal(a, b) and not torch.equal(a, dataset[(1, 43)])
     assert torch.equal(torch.rand(1), before)
+
+
+class _SlowItems(Dataset):
+    """Four items, each taking a while to load."""
+
+    def __len__(self) -> int:
+        return 4
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        time.sleep(0.5)
+        return torch.zeros(1)
+
+
+@pytest.mark.slow  # starts loader workers
+@pytest.mark.skipif(not HAS_PROC, reason="looks for the workers in /proc")
+def test_close_stops_the_workers_while_an_interrupted_next_still_holds_the_loader():
+    """A stop signal raised inside ``next`` leaves the loader's iterator in the exception's traceback; closing
+    must still end the workers, which ignore SIGTERM, without torch reporting them as crashed."""
+    before = set(multiprocessing.active_children())
+    batches = step_loader(_SlowItems(), 1, seed=0, num_workers=2)
+    workers = [child.pid for child in multiprocessing.active_children() if child not in before]
+    assert len(workers) == 2
+
+    def interrupt(number, frame):
+        raise Stopped(signal.SIGTERM)
+
+    previous = signal.signal(signal.SIGALRM, interrupt)
+    try:
+        signal.setitimer(signal.ITIMER_REAL, 0.2)
+        with pytest.raises(Stopped) as caught:
+            next(batches)  # the workers need 0.5 s for an item: the signal lands inside next
+        batches.close()
+        time.sleep(0.2)  # torch's SIGCHLD handler would raise here for workers it still watched
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+    assert caught.value.__traceback__ is not None  # still held while the workers were stopped
+    assert not [pid for pid in workers if Path(f"/proc/{pid}").exists()]
+    with pytest.raises(StopIteration):
+        next(batches)
+
+
+@pytest.mark.slow  # a process that imports torch
+@pytest.mark.skipif(not HAS_PROC, reason="looks for the workers in /proc")
+def test_workers_nobody_closed_do_not_keep_the_process_from_exiting(start_process):
+    """multiprocessing's exit handler sends SIGTERM to a worker and waits for it: forever, for workers that ignore
+    SIGTERM. The loader's own exit handler stops them first."""
+    program = ("import torch\n"
+               "from prcl.engine.sampling import step_loader\n"
+               "batches = step_loader(torch.utils.data.TensorDataset(torch.zeros(8, 2)), 2, 0, num_workers=2)\n"
+               "next(batches)\n")
+    run = start_process([sys.executable, "-c", program], prcl=False)
+    try:
+        code = run.process.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        raise AssertionError("the process did not exit: its loader workers held it") from None
+    assert code == 0, run.err()[-2000:]
+    assert not run.leftovers()

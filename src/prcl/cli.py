@@ -2,7 +2,7 @@
 
 This module parses the arguments; what each command does is ``cmd_<name>`` in ``prcl.commands.<module>``,
 imported when that command runs. Mistakes a user can make end with one line on stderr naming the key or file
-and the fix, exit 2.
+and the fix, exit 2; SIGINT and SIGTERM end a command with one line, exit 130 / 143 (``prcl.stopping``).
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import sys
 from collections.abc import Callable
 
 from prcl.errors import UserError
+from prcl.stopping import Stopped, stop_raises
 
 
 def _add_config(parser: argparse.ArgumentParser, required: bool = True) -> None:
@@ -199,14 +200,25 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    received: list[int] = []
     try:
-        return args.func(args)
-    except UserError as error:
-        print(f"prcl: error: {error}", file=sys.stderr)
-        return 2
+        with stop_raises() as received:  # SIGINT / SIGTERM: Stopped where the command is, so its cleanup runs
+            return args.func(args)
+    except Stopped as stop:
+        print(f"prcl: {stop}", file=sys.stderr)
+        return stop.exit_code
     except KeyboardInterrupt:
         print("prcl: interrupted", file=sys.stderr)
         return 130
+    except Exception as error:
+        if received:  # the Stopped was replaced by an error of the cleanup it interrupted
+            stop = Stopped(received[-1])
+            print(f"prcl: {stop}", file=sys.stderr)
+            return stop.exit_code
+        if isinstance(error, UserError):
+            print(f"prcl: error: {error}", file=sys.stderr)
+            return 2
+        raise
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ from prcl.commands import require
 from prcl.data.validate import check_output_file
 from prcl.devices import resolve_device
 from prcl.errors import UserError, shown
+from prcl.stopping import Stopped
 
 if TYPE_CHECKING:
     from prcl.config import Config
@@ -123,8 +124,11 @@ def run_eval(args) -> dict:
     if args.scales:
         extra.append(f"eval.scales=[{','.join(str(s) for s in args.scales)}]")
     cfg = apply_overrides(cfg, extra) if extra else cfg
-    result = evaluate_checkpoint(cfg, args.checkpoint, split=args.split, use=args.use, device=args.device,
-                                 overrides=args.overrides, config_file=args.config)
+    try:
+        result = evaluate_checkpoint(cfg, args.checkpoint, split=args.split, use=args.use, device=args.device,
+                                     overrides=args.overrides, config_file=args.config)
+    except Stopped as stop:  # SIGINT / SIGTERM (prcl.stopping): the loader's workers are already stopped
+        raise stop.with_detail(f"the evaluation did not finish; nothing was written to {out}") from None
     result["eval"] = cfg.eval.model_dump()
     print(format_table(result))
     write_json(out, result)  # atomic; creates the folder

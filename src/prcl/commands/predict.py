@@ -21,6 +21,7 @@ from prcl.data.datasets import DataFileError, decode_image
 from prcl.data.validate import check_output_folder
 from prcl.devices import resolve_device
 from prcl.errors import UserError
+from prcl.stopping import Stopped
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 DECODE_THREADS = 2  # prcl predict: threads decoding the next images
@@ -336,15 +337,20 @@ def predict_files(checkpoint: str | Path, inputs: list[str], out_dir: str | Path
         result.written.append(out / f"{names[path]}_mask.png")
         bar.update(1)
 
-    with ThreadPoolExecutor(max_workers=ENCODE_THREADS) as writer:
-        for batch in _size_batches(_decode_ahead(files, 2 * batch_size), batch_size, failed):
-            for (path, picture), prediction in _predict_or_skip(predictor, batch, failed):
-                writes.append((path, writer.submit(_write_outputs, out, names[path], picture, prediction,
-                                                   predictor.palette, flat_palette, save_probs, uncertainty)))
-            while len(writes) > 2 * batch_size:  # a bounded queue; a write error surfaces here
+    try:
+        with ThreadPoolExecutor(max_workers=ENCODE_THREADS) as writer:
+            for batch in _size_batches(_decode_ahead(files, 2 * batch_size), batch_size, failed):
+                for (path, picture), prediction in _predict_or_skip(predictor, batch, failed):
+                    writes.append((path, writer.submit(_write_outputs, out, names[path], picture, prediction,
+                                                       predictor.palette, flat_palette, save_probs, uncertainty)))
+                while len(writes) > 2 * batch_size:  # a bounded queue; a write error surfaces here
+                    finish(*writes.popleft())
+            while writes:
                 finish(*writes.popleft())
-        while writes:
-            finish(*writes.popleft())
+    except Stopped as stop:  # SIGINT / SIGTERM: the images handed to the writers were finished (each file atomic)
+        bar.close()
+        finished = len(result.written) + sum(1 for _, done in writes if done.done() and done.exception() is None)
+        raise stop.with_detail(f"{finished} of {len(files)} images written to {out}") from None
     bar.close()
     return result
 

@@ -7,6 +7,7 @@ import json
 import sys
 
 from prcl.config import load_config
+from prcl.stopping import Stopped
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -16,7 +17,12 @@ def cmd_train(args: argparse.Namespace) -> int:
     from prcl.engine.trainer import Trainer, TrainingInterrupted
 
     try:
-        summary = Trainer(cfg, resume=args.resume, resume_force=args.resume_force).fit()
+        try:
+            trainer = Trainer(cfg, resume=args.resume, resume_force=args.resume_force)
+        except Stopped as stop:  # the trainer takes stop signals over once it trains
+            raise stop.with_detail("before the first step (nothing was trained); run the same command again") \
+                from None
+        summary = trainer.fit()
     except TrainingInterrupted as stopped:
         print(f"prcl: {stopped}", file=sys.stderr)
         return stopped.exit_code

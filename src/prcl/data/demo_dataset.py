@@ -32,6 +32,7 @@ import math
 import os
 import re
 import shutil
+import socket
 import uuid
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -343,20 +344,29 @@ def generate_demo_dataset(
     return root
 
 
-_WORK_FOLDER = re.compile(r"^\.(?P<name>.+)\.(?:tmp|old)-(?P<pid>\d+)-[0-9a-f]{8}$")
+# .<name>.tmp-<host>-<pid>-<random> (and .old-): a build's private folders (older builds wrote no host)
+_WORK_FOLDER = re.compile(r"^\.(?P<name>.+)\.(?:tmp|old)-(?:(?P<host>.+)-)?(?P<pid>\d+)-[0-9a-f]{8}$")
+
+
+def _sibling(root: Path, kind: str) -> Path:
+    """A private folder beside ``root``: ``.<name>.<kind>-<host>-<pid>-<random>`` (kind "tmp" or "old")."""
+    return root.parent / f".{root.name}.{kind}-{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
 
 
 def remove_dead_work_folders(folder: Path) -> list[Path]:
-    """Remove the ``.<name>.tmp-<pid>-*`` and ``.<name>.old-<pid>-*`` folders that :func:`_build` leaves in
-    ``folder`` when its process is killed, once that process is gone (a running build keeps its own)."""
+    """Remove the "tmp" and "old" folders (:func:`_sibling`) that :func:`_build` leaves in ``folder`` when its
+    process is killed, once that process is gone; a running build keeps its own, and another machine's (a shared
+    cache) are left alone. A stop signal lets a build remove its own."""
     removed = []
     try:
         entries = list(os.scandir(folder))
     except OSError:
         return removed
+    host = socket.gethostname()
     for entry in entries:
         match = _WORK_FOLDER.match(entry.name)
-        if match and entry.is_dir(follow_symlinks=False) and not process_alive(int(match["pid"])):
+        if (match and match["host"] in (None, host) and entry.is_dir(follow_symlinks=False)
+                and not process_alive(int(match["pid"]))):
             shutil.rmtree(entry.path, ignore_errors=True)
             removed.append(Path(entry.path))
     return removed
@@ -364,7 +374,8 @@ def remove_dead_work_folders(folder: Path) -> list[Path]:
 
 def _build(root: Path, params: DemoParams, wanted: dict) -> None:
     """Render into a temporary sibling folder, then move it into place atomically. A failed write (a full
-    disk) is one line naming the folder; a killed build's folder is removed by the next one."""
+    disk) is one line naming the folder; a stop signal (``prcl.stopping``, a KeyboardInterrupt) removes the
+    temporary folder, and one left by a killed process is removed by the next build."""
     try:
         _build_folder(root, params, wanted)
     except OSError as error:
@@ -374,12 +385,12 @@ def _build(root: Path, params: DemoParams, wanted: dict) -> None:
 
 def _build_folder(root: Path, params: DemoParams, wanted: dict) -> None:
     root.parent.mkdir(parents=True, exist_ok=True)
-    tmp = root.parent / f".{root.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    tmp = _sibling(root, "tmp")
     try:
         _render_to(tmp, params)
         (tmp / MARKER_NAME).write_text(json.dumps(wanted, indent=2, sort_keys=True) + "\n")
         if root.exists():  # stale dataset (other parameters) or an empty folder: set it aside
-            old = root.parent / f".{root.name}.old-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+            old = _sibling(root, "old")
             os.rename(root, old)
             shutil.rmtree(old, ignore_errors=True)
         try:

@@ -115,13 +115,16 @@ def validate_dataset_files(
 
     results: dict[tuple[str, str], _FileResult] = {}
     bar = _progress_bar(len(jobs), progress)
+    pool = ThreadPoolExecutor(max_workers=max(1, int(workers)))
     try:
-        with ThreadPoolExecutor(max_workers=max(1, int(workers))) as pool:
-            futures = {job: pool.submit(_check_file, path, kind, cache) for job, (path, kind) in jobs.items()}
-            for job, future in futures.items():
-                results[job] = future.result()
-                bar.update(1)
+        futures = {job: pool.submit(_check_file, path, kind, cache) for job, (path, kind) in jobs.items()}
+        for job, future in futures.items():
+            results[job] = future.result()
+            bar.update(1)
     finally:
+        # After an error or a stop signal (KeyboardInterrupt) the files not yet started are dropped: only the
+        # threads' current files are finished, not every file of the dataset.
+        pool.shutdown(wait=True, cancel_futures=True)
         bar.close()
 
     report = ValidationReport(files=len(results))

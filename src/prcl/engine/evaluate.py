@@ -18,7 +18,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from prcl.distributed import is_distributed, rank, world_size
-from prcl.engine.sampling import ignore_stop_signals, loader_workers
+from prcl.engine.sampling import LoaderBatches, ignore_stop_signals, loader_workers
 from prcl.infer.protocols import (
     INFERENCE_PROTOCOLS,
     PROTOCOLS,
@@ -32,6 +32,10 @@ from prcl.metrics import ConfusionMatrix, UncertaintyMeter
 
 if TYPE_CHECKING:
     from prcl.config import Config
+
+
+class EvaluationStopped(Exception):
+    """``evaluate``'s ``stop`` said so between two batches: the evaluation was abandoned."""
 
 
 def _finite_or_none(value: float) -> float | None:
@@ -53,6 +57,7 @@ def evaluate(
     seed: int = 0,
     ids: Sequence[int] | None = None,
     variance: Callable[[Any], torch.Tensor] | None = None,
+    stop: Callable[[], bool] | None = None,
 ) -> dict[str, Any]:
     """Score ``model`` over this rank's ``loader`` with a confusion matrix summed over ranks.
 
@@ -71,6 +76,10 @@ def evaluate(
     (the release's mean over all classes; None when a class is absent), per_class_iou (list,
     None for absent classes), pixel_accuracy, protocol, flip, scales, images (over all ranks), and
     uncertainty with ``variance``.
+
+    ``stop`` (optional, one process only: ranks could not agree where to stop without a collective per batch)
+    is asked before each batch; when it returns True the evaluation is abandoned with :class:`EvaluationStopped`
+    (the trainer passes "a stop signal arrived").
     """
     if protocol not in PROTOCOLS:
         raise ValueError(f"protocol must be one of {', '.join(PROTOCOLS)}, got {protocol!r}")
@@ -86,6 +95,8 @@ def evaluate(
 
         batches = tqdm(loader, desc=f"eval ({protocol})", leave=False, dynamic_ncols=True)
     for k, batch in enumerate(batches):
+        if stop is not None and stop():
+            raise EvaluationStopped
         image = batch["image"].to(device, non_blocking=True).float()
         label = batch["mask"].to(device, non_blocking=True).long()
         generator = None
@@ -122,7 +133,7 @@ def evaluate(
 
 def evaluate_model(
     model: nn.Module, dataset: Dataset, cfg: Config, device: torch.device | str, progress: bool = False,
-    probability_head: nn.Module | None = None,
+    probability_head: nn.Module | None = None, stop: Callable[[], bool] | None = None,
 ) -> dict[str, Any]:
     """mIoU of ``model`` on ``dataset`` under ``cfg.eval``'s protocol (the model is left in eval mode).
 
@@ -132,7 +143,8 @@ def evaluate_model(
     ``range(rank, len(dataset), world_size)``, once each, and the counts are summed over ranks,
     so every rank returns the same result, with ``images == len(dataset)``. With a
     ``probability_head`` (PRCL's, applied to the model's feature F) the result has the
-    uncertainty measures. See :func:`evaluate`.
+    uncertainty measures. ``stop``: see :func:`evaluate`. The loader's workers are stopped before this returns
+    or raises.
     """
     model.eval()
     variance = None
@@ -141,7 +153,8 @@ def evaluate_model(
         variance = mean_variance(probability_head)
     ids = range(rank(), len(dataset), world_size())
     loader = DataLoader(Subset(dataset, ids), batch_size=1, num_workers=loader_workers(cfg.data.num_workers),
-                        worker_init_fn=ignore_stop_signals)  # a stop signal is the trainer's to handle
+                        worker_init_fn=ignore_stop_signals)  # a stop signal is this process's to handle
     e = cfg.eval
-    return evaluate(model, loader, cfg.data.num_classes, device, e.protocol, e.window, e.stride, e.flip,
-                    tuple(e.scales), progress=progress, ids=ids, variance=variance)
+    with LoaderBatches(loader) as batches:
+        return evaluate(model, batches, cfg.data.num_classes, device, e.protocol, e.window, e.stride, e.flip,
+                        tuple(e.scales), progress=progress, ids=ids, variance=variance, stop=stop)

@@ -8,9 +8,12 @@ the endless stream is image ``perm_{g // n}[g % n]``, augmented under the torch 
 
 from __future__ import annotations
 
+import atexit
+import multiprocessing
 import os
 import signal
 import sys
+import weakref
 from collections.abc import Iterator
 from typing import Any
 
@@ -76,9 +79,105 @@ class SeededDataset(Dataset):
 
 
 def ignore_stop_signals(worker_id: int) -> None:
-    """Loader workers leave SIGINT and SIGTERM to the training process, which stops after a checkpoint."""
+    """Loader workers leave SIGINT and SIGTERM to the process that owns them.
+
+    Both are ignored, not only SIGINT: a terminal's Ctrl-C reaches the whole process group, and schedulers send
+    SIGTERM to every process of a job (SLURM's ``--signal``, systemd's stop), so a worker that died of either
+    would take the batch the trainer still needs to finish its step (torch then raises "DataLoader worker
+    exited unexpectedly" in the middle of it) instead of letting it save. The cost is that multiprocessing's
+    own way to end a worker at exit (SIGTERM, then waiting for it) cannot end these: their owner stops them
+    instead (:class:`LoaderBatches`: ``close``, ending with SIGKILL, and at the latest at exit)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
+WORKER_EXIT_SECONDS = 5.0
+"""How long :meth:`LoaderBatches.close` waits for a killed worker to be gone."""
+
+_OPEN_LOADERS: weakref.WeakSet[LoaderBatches] = weakref.WeakSet()
+
+
+class LoaderBatches:
+    """The batches of a DataLoader, owning its worker processes: ``close()`` (or the end of a ``with`` block, or
+    the exit of the process) stops every worker it started, whatever state the loader is in.
+
+    Iterate it like the loader's own iterator (``next(batches)``); ``len`` is the loader's (a TypeError for the
+    endless step loaders).
+    """
+
+    def __init__(self, loader: DataLoader) -> None:
+        self.loader = loader
+        self._iterator: Iterator[Any] | None = None
+        before = set(multiprocessing.active_children())
+        try:
+            self._iterator = iter(loader)  # starts the workers (none with num_workers=0)
+        finally:
+            # The workers are the children this process started just now (the public way to know them); when a
+            # stop signal came while they started, those already running are stopped at once.
+            self._workers = [child for child in multiprocessing.active_children() if child not in before]
+            _OPEN_LOADERS.add(self)
+            if self._iterator is None:
+                self.close()
+
+    def __iter__(self) -> LoaderBatches:
+        return self
+
+    def __next__(self) -> Any:
+        if self._iterator is None:
+            raise StopIteration
+        return next(self._iterator)
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __enter__(self) -> LoaderBatches:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Stop the workers: first the loader's own shutdown (it tells them to finish and waits for them), then
+        SIGKILL for any still alive (they ignore SIGTERM, see :func:`ignore_stop_signals`). Idempotent."""
+        iterator, self._iterator = self._iterator, None
+        _OPEN_LOADERS.discard(self)
+        # Dropping our reference is not enough: when a stop signal interrupted ``next``, the exception's
+        # traceback still holds the iterator, so its ``__del__`` (which shuts the workers down) would run later,
+        # and killing the workers before that shutdown makes torch's SIGCHLD handler raise "DataLoader worker
+        # exited unexpectedly". So this calls the shutdown ``__del__`` would: torch's ``_shutdown_workers``,
+        # private but the only way to shut a loader's workers down; a second call does nothing.
+        shutdown = getattr(iterator, "_shutdown_workers", None)
+        if shutdown is not None:
+            shutdown()
+        del iterator
+        for worker in self._workers:
+            if worker.is_alive():
+                worker.kill()
+            worker.join(timeout=WORKER_EXIT_SECONDS)
+        self._workers = []
+
+    def __del__(self) -> None:
+        if getattr(self, "_iterator", None) is not None:  # dropped without close(): stop the workers now
+            self.close()
+
+
+def _close_open_loaders() -> None:
+    """At exit, before multiprocessing's exit handler (which would SIGTERM these workers and then wait for them
+    forever: they ignore SIGTERM), stop the workers of every loader nobody closed."""
+    for batches in list(_OPEN_LOADERS):
+        batches.close()
+
+
+# atexit runs the last registered first: this runs before multiprocessing's handler and before torch marks the
+# interpreter as exiting (after which a loader's shutdown does nothing), both registered when torch was imported.
+atexit.register(_close_open_loaders)
+
+
+def close_loaders(*loaders: LoaderBatches | None) -> None:
+    """Close each loader given (None: skipped)."""
+    for batches in loaders:
+        if batches is not None:
+            batches.close()
 
 
 _NOTICED: set[int] = set()
@@ -113,10 +212,11 @@ def loader_workers(requested: int) -> int:
 
 
 def step_loader(dataset: Dataset, batch_size: int, seed: int, start_step: int = 0, num_workers: int = 0,
-                rank: int = 0, world_size: int = 1, pin_memory: bool = False) -> Iterator[Any]:
-    """An endless iterator over the batches of steps ``start_step, start_step + 1, ...``."""
+                rank: int = 0, world_size: int = 1, pin_memory: bool = False) -> LoaderBatches:
+    """An endless iterator over the batches of steps ``start_step, start_step + 1, ...``; ``close()`` it when
+    done (its workers are stopped at exit otherwise)."""
     sampler = StepBatchSampler(len(dataset), batch_size, seed, start_step, rank, world_size)  # type: ignore[arg-type]
     loader = DataLoader(SeededDataset(dataset), batch_sampler=sampler, num_workers=loader_workers(num_workers),
                         pin_memory=pin_memory, persistent_workers=False,
                         worker_init_fn=ignore_stop_signals)
-    return iter(loader)
+    return LoaderBatches(loader)

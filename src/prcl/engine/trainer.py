@@ -15,9 +15,8 @@ import os
 import resource
 import signal
 import sys
-import threading
 import time
-from contextlib import ExitStack, contextmanager, nullcontext
+from contextlib import ExitStack, nullcontext
 from dataclasses import dataclass
 
 import torch
@@ -35,11 +34,12 @@ from prcl.errors import UserError
 from prcl.methods import Networks, StepInput, build_method
 from prcl.models import build_segmenter, fetch_weights, unwrap_model
 from prcl.schedules import describe_schedule, due, poly_lr, schedule_progress
+from prcl.stopping import Stopped, stop_after_step
 
 from .data_setup import build_run_data
-from .evaluate import evaluate_model
+from .evaluate import EvaluationStopped, evaluate_model
 from .run_dir import CHECKPOINT_FORMAT, RunDir, write_errors
-from .sampling import loader_workers, mixed_seed, step_loader
+from .sampling import close_loaders, loader_workers, mixed_seed, step_loader
 from .tensorboard_log import (PSEUDO_LABEL_TAG, TensorBoardLog, prediction_rows, pseudo_label_examples,
                               pseudo_label_generator, pseudo_label_grid)
 
@@ -49,38 +49,16 @@ class TrainingDiverged(UserError):
 
 
 class TrainingInterrupted(Exception):
-    """SIGINT or SIGTERM stopped the run after a checkpoint; ``exit_code`` is 128 + the signal number."""
+    """SIGINT or SIGTERM stopped the run; ``exit_code`` is 128 + the signal number. ``what`` says where it stopped
+    and which checkpoint holds it, ``resume`` is the command that continues it; the message is both."""
 
-    def __init__(self, message: str, exit_code: int) -> None:
-        super().__init__(message)
-        self.exit_code = exit_code
-
-
-@contextmanager
-def _stop_signals():
-    """While training, SIGINT and SIGTERM only note their number: the loop finishes its step, saves a
-    checkpoint and stops. A second signal during the save is noted too, and changes nothing."""
-    received: list[int] = []
-    if threading.current_thread() is not threading.main_thread():
-        yield received  # signal handlers can only be set in the main thread
-        return
-    previous = {sig: signal.signal(sig, lambda number, frame: received.append(number))
-                for sig in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield received
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+    def __init__(self, what: str, exit_code: int, resume: str) -> None:
+        super().__init__(f"{what}; continue with: {resume}")
+        self.what, self.exit_code, self.resume = what, exit_code, resume
 
 
-def _stop_loader_workers(*loaders) -> None:
-    """End the worker processes of these batch iterators now. An error re-raised from a worker is held in a
-    reference cycle with the iterator, which would outlive the run; at exit Python would then wait forever
-    for its workers (they ignore SIGTERM, the stop signal of the run)."""
-    for loader in loaders:
-        shutdown = getattr(loader, "_shutdown_workers", None)  # torch's multi-process iterator only
-        if shutdown is not None:
-            shutdown()
+STOPPING = "stopping after this step, which is saved first"
+"""What the trainer says on stderr when the first stop signal arrives (see prcl.stopping.stop_after_step)."""
 
 
 def use_deterministic_kernels() -> None:
@@ -192,6 +170,7 @@ class Trainer:
         self.skipped_steps = 0
         self.train_seconds = 0.0  # time in training steps, summed over resumed sessions
         self.trained_steps = 0
+        self.saved_step: int | None = None  # the step last.pt holds, once this session saved it
         self.counters = _LoopCounters()
         if resumed is not None:
             self.load_state(resumed)
@@ -298,7 +277,7 @@ class Trainer:
 
     # -------------------------------------------------------------------------------------- training
     def _loaders(self):
-        """The labeled and unlabeled (None: the method reads none) batch streams from the current step. A loader
+        """The labeled and (methods that use them) unlabeled step loaders from the current step; close both. A loader
         step is one micro-batch, so the stream of optimiser step s starts at loader step s x ``train.accumulate``."""
         cfg, rank, world = self.cfg, distributed.rank(), distributed.world_size()
         pin, start = self.device.type == "cuda", self.step * cfg.train.accumulate
@@ -306,8 +285,12 @@ class Trainer:
                               cfg.data.num_workers, rank, world, pin)
         unlabeled = None
         if self.method.uses_unlabeled:
-            unlabeled = step_loader(self.data.unlabeled, cfg.data.unlabeled_batch_size, cfg.train.seed + 1,
-                                    start, cfg.data.num_workers, rank, world, pin)
+            try:
+                unlabeled = step_loader(self.data.unlabeled, cfg.data.unlabeled_batch_size, cfg.train.seed + 1,
+                                        start, cfg.data.num_workers, rank, world, pin)
+            except BaseException:  # a stop signal while its workers start: none of the first loader's left
+                labeled.close()
+                raise
         return labeled, unlabeled
 
     def _next_batches(self, labeled, unlabeled) -> list[tuple[dict, dict | None]]:
@@ -410,14 +393,18 @@ class Trainer:
         head = self.nets.get("probability_head")
         return unwrap_model(head) if head is not None else None
 
-    def evaluate(self, dataset: Dataset) -> dict:
-        """mIoU of the evaluated network; with a probability head, its uncertainty measures too."""
+    def evaluate(self, dataset: Dataset, signals: list[int] | None = None) -> dict:
+        """mIoU of the evaluated network; with a probability head, its uncertainty measures too. With the
+        ``signals`` list of ``fit`` (one process only) a stop signal abandons it between two images:
+        EvaluationStopped."""
+        stop = (lambda: bool(signals)) if signals is not None and not distributed.is_distributed() else None
         return evaluate_model(self.eval_network(), dataset, self.cfg, self.device,
-                              probability_head=self.probability_head_network())
+                              probability_head=self.probability_head_network(), stop=stop)
 
     def _train_loop(self, labeled, unlabeled, bar, signals: list[int]) -> dict | None:
         """Steps until ``train.iterations``. After each step its log line, then on schedule (``due``) a checkpoint
-        and an evaluation; a stop signal ends the run after a checkpoint. Returns the last validation result."""
+        and an evaluation; a stop signal ends the run after a checkpoint (one during an evaluation abandons it:
+        EvaluationStopped, or, under torchrun, stops after it). Returns the last validation result."""
         t, total = self.cfg.train, self.cfg.train.iterations
         self.counters = _LoopCounters()
         last_result: dict | None = None
@@ -435,13 +422,12 @@ class Trainer:
             evaluate_now = due(self.step, t.eval_every, total)
             stop = self._stop_requested(signals)
             if evaluate_now or stop or due(self.step, t.checkpoint_every, total):
-                self.save("last.pt")  # before an evaluation, which could fail
+                self.save("last.pt")  # before an evaluation, which could fail or be stopped
+            if evaluate_now and not stop:
+                last_result = self._evaluate_and_keep_best(signals)
+                stop = self._stop_requested(signals)  # one that came as it ended: no further step
             if stop:
-                bar.close()
                 raise self._interrupted(stop)
-            if evaluate_now:
-                last_result = self._evaluate_and_keep_best()
-        bar.close()
         return last_result
 
     def _count_step(self, seconds: float, data_seconds: float) -> None:
@@ -494,17 +480,13 @@ class Trainer:
             received = int(value.item())
         return received
 
-    def _interrupted(self, signal_number: int) -> TrainingInterrupted:
-        """The error that ends a run stopped by a signal: where its checkpoint is and how to continue."""
-        return TrainingInterrupted(
-            f"stopped by {signal.Signals(signal_number).name} at step {self.step}; checkpoint "
-            f"{self.run_dir.last_checkpoint}; continue with: prcl train -c {self.run_dir.config_file} --resume auto",
-            128 + signal_number)
+    def _resume_command(self) -> str:
+        return f"prcl train -c {self.run_dir.config_file} --resume auto"
 
     def _stopped_by_data(self, error: DataFileError, first_step: int) -> DataFileError:
         """A data file failed mid-run: the steps trained since the last checkpoint are saved in last.pt (as on a
         signal), and the error's one line says where the run stopped and how to continue once the file is fixed."""
-        if self.step > self.saved_step:
+        if self.step > (self.saved_step if self.saved_step is not None else first_step):
             self.save("last.pt")
         if self.step == first_step:
             return DataFileError(f"{error}; no step was trained in this run yet, so nothing is lost",
@@ -513,10 +495,33 @@ class Trainer:
             f"{error}; stopped at step {self.step}, saved in {self.run_dir.last_checkpoint}; once the file is fixed, "
             f"continue with: prcl train -c {self.run_dir.config_file} --resume auto", reason=error.reason)
 
-    def _evaluate_and_keep_best(self) -> dict:
+    def _interrupted(self, signal_number: int, during: str = "") -> TrainingInterrupted:
+        """The error that ends a run stopped by a signal after saving its step: where its checkpoint is and how to
+        continue. ``during``: what the signal abandoned, e.g. "the evaluation"."""
+        name, last = signal.Signals(signal_number).name, self.run_dir.last_checkpoint
+        during = f" during {during}" if during else ""
+        if self.step >= self.cfg.train.iterations:
+            what = (f"stopped by {name} after the last step ({self.step}){during}; checkpoint {last}; the "
+                    f"final evaluation and summary.json are left (resuming trains no more steps)")
+        else:
+            what = f"stopped by {name} at step {self.step}{during}; checkpoint {last}"
+        return TrainingInterrupted(what, 128 + signal_number, self._resume_command())
+
+    def _stopped_at_once(self, signal_number: int) -> TrainingInterrupted:
+        """The error that ends a run stopped by a second signal, wherever it was: what the checkpoint holds."""
+        last, saved = self.run_dir.last_checkpoint, self.saved_step
+        if saved is not None:
+            kept = f"checkpoint {last} holds step {saved}" + ("; the steps after it are lost" if saved < self.step
+                                                               else "")
+        else:
+            kept = f"checkpoint {last} is as before this session" if last.is_file() else "no checkpoint was saved"
+        return TrainingInterrupted(f"stopped at once by a second {signal.Signals(signal_number).name} after step "
+                                   f"{self.step}; {kept}", 128 + signal_number, self._resume_command())
+
+    def _evaluate_and_keep_best(self, signals: list[int] | None = None) -> dict:
         """Evaluate on the validation split and log it (with TensorBoard's pictures); a new best mIoU saves
-        best.pt and best.json. Returns the result."""
-        result = self.evaluate(self.data.valid)
+        best.pt and best.json. Returns the result. A stop signal abandons it: EvaluationStopped."""
+        result = self.evaluate(self.data.valid, signals)
         self.log({"type": "eval", "split": "valid", "step": self.step, **result})
         if self.tensorboard.enabled():  # the main process only
             self.tensorboard.record_images("valid/predictions", self.step, prediction_rows(
@@ -547,35 +552,57 @@ class Trainer:
                                                             colors=self.data.class_colors))
 
     def fit(self) -> dict:
-        """Train to ``train.iterations`` (from the resumed step), then evaluate and write the summary."""
+        """Train to ``train.iterations`` (from the resumed step), then evaluate and write the summary.
+
+        SIGINT and SIGTERM (when ``fit`` runs in the main thread, as in ``prcl train`` or a notebook): the first
+        one lets the current step finish and saves it, or abandons an evaluation (last.pt was saved before it),
+        and ends with TrainingInterrupted, which says how to continue; a second one stops at once (the steps
+        since the last checkpoint are lost) with TrainingInterrupted too. The loaders' worker processes are
+        stopped before ``fit`` returns or raises."""
+        signals: list[int] = []
         try:
-            return self._fit()
+            with stop_after_step(STOPPING if self.main else None) as signals:
+                try:
+                    return self._fit(signals)
+                except EvaluationStopped:  # passed a stop only in one process, where signals then holds one
+                    raise self._interrupted(signals[0], during="the evaluation") from None
+        except Stopped as stop:
+            raise self._stopped_at_once(stop.signal_number) from None
+        except Exception:
+            if len(signals) > 1:  # a second signal's Stopped, replaced by an error of what it interrupted
+                raise self._stopped_at_once(signals[1]) from None
+            raise
         finally:
             self.tensorboard.close()  # flushed, after an interruption or an error too
             self.run_dir.unlock()  # the folder is free for the next training
 
-    def _fit(self) -> dict:
+    def _fit(self, signals: list[int]) -> dict:
+        last_result = self._train(signals)
+        if last_result is None:  # resumed a finished run
+            last_result = self.evaluate(self.data.valid, signals)
+        summary = self._summary(last_result)
+        if self.data.test is not None:
+            summary.update(self._test(signals))
+        self.run_dir.finish(summary)
+        return summary
+
+    def _train(self, signals: list[int]) -> dict | None:
+        """The training steps, from opening the loaders to stopping their workers (also on an error or a stop)."""
         cfg = self.cfg
-        labeled, unlabeled = self._loaders()
         bar = tqdm(total=cfg.train.iterations, initial=self.step, disable=not (self.main and cfg.train.progress),
                    desc=cfg.method.name, dynamic_ncols=True)
         if self.main and cfg.train.progress:
             bar.write(describe_schedule(cfg, distributed.world_size()))
-        first_step = self.saved_step = self.step  # the state at the start is on disk (or is step 0)
-        with _stop_signals() as signals:
-            try:
-                last_result = self._train_loop(labeled, unlabeled, bar, signals)
-            except DataFileError as error:  # a corrupt image met mid-run (the unlabeled split is not pre-checked)
-                bar.close()
-                _stop_loader_workers(labeled, unlabeled)
-                raise self._stopped_by_data(error, first_step) from None
-        if last_result is None:  # resumed a finished run
-            last_result = self.evaluate(self.data.valid)
-        summary = self._summary(last_result)
-        if self.data.test is not None:
-            summary.update(self._test())
-        self.run_dir.finish(summary)
-        return summary
+        first_step = self.step
+        labeled = unlabeled = None
+        try:
+            labeled, unlabeled = self._loaders()
+            return self._train_loop(labeled, unlabeled, bar, signals)
+        except DataFileError as error:  # a corrupt image met mid-run (the unlabeled split is not pre-checked)
+            raise self._stopped_by_data(error, first_step) from None
+        finally:
+            bar.close()
+            close_loaders(labeled, unlabeled)  # also the workers an error's traceback still holds
 
     def _summary(self, last_result: dict) -> dict:
         """summary.json's validation figures and the run's counts."""
@@ -596,9 +623,9 @@ class Trainer:
             summary["uncertainty"] = last_result["uncertainty"]
         return summary
 
-    def _test(self) -> dict:
+    def _test(self, signals: list[int] | None = None) -> dict:
         """Evaluate on the test split and log it; returns summary.json's test figures."""
-        test = self.evaluate(self.data.test)
+        test = self.evaluate(self.data.test, signals)
         figures = {"test_miou": test["miou"], "test_per_class_iou": test["per_class_iou"]}
         if "uncertainty" in test:
             figures["test_uncertainty"] = test["uncertainty"]
