@@ -399,8 +399,7 @@ def _release_cached_memory(predictor) -> None:
     """Give the GPU memory torch keeps cached back, so the next picture starts from what is really free."""
     import torch
 
-    device = getattr(predictor, "device", None)
-    if device is not None and torch.device(device).type == "cuda":
+    if predictor.device.type == "cuda":  # a torch.device (Predictor resolves it)
         torch.cuda.empty_cache()
 
 
