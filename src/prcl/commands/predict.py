@@ -320,8 +320,9 @@ def predict_files(checkpoint: str | Path, inputs: list[str], out_dir: str | Path
         tqdm.write(f"prcl: skipped {path}: {reason}", file=sys.stderr)
         bar.update(1)
 
+    colors = predictor.palette  # (C, 3), once: the property builds the table at each access
     mask_palette = palette(256)  # values past the classes keep the default colours
-    mask_palette[: predictor.num_classes] = predictor.palette[:256]
+    mask_palette[: predictor.num_classes] = colors[:256]
     flat_palette = mask_palette.reshape(-1).tolist()
     writes: deque[tuple[Path, Future]] = deque()
 
@@ -342,7 +343,7 @@ def predict_files(checkpoint: str | Path, inputs: list[str], out_dir: str | Path
             for batch in _size_batches(_decode_ahead(files, 2 * batch_size), batch_size, failed):
                 for (path, picture), prediction in _predict_or_skip(predictor, batch, failed):
                     writes.append((path, writer.submit(_write_outputs, out, names[path], picture, prediction,
-                                                       predictor.palette, flat_palette, save_probs, uncertainty)))
+                                                       colors, flat_palette, save_probs, uncertainty)))
                 while len(writes) > 2 * batch_size:  # a bounded queue; a write error surfaces here
                     finish(*writes.popleft())
             while writes:
@@ -398,8 +399,7 @@ def _release_cached_memory(predictor) -> None:
     """Give the GPU memory torch keeps cached back, so the next picture starts from what is really free."""
     import torch
 
-    device = getattr(predictor, "device", None)
-    if device is not None and torch.device(device).type == "cuda":
+    if predictor.device.type == "cuda":  # a torch.device (Predictor resolves it)
         torch.cuda.empty_cache()
 
 
