@@ -273,14 +273,8 @@ def test_under_torchrun_the_first_process_downloads_and_the_other_waits(tmp_path
     args = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", str(script),
             str(tmp_path / "missing-00000000.pth"), str(published), str(tmp_path)]
     env = {**os.environ, "TORCH_HOME": str(tmp_path / "torch"), "OMP_NUM_THREADS": "1"}
-    process = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-    try:
-        _, stderr = process.communicate(timeout=120)
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.communicate()
-    assert process.returncode == 0, stderr[-3000:]
+    process = subprocess.run(args, capture_output=True, text=True, env=env, timeout=120)  # killed on a timeout
+    assert process.returncode == 0, process.stderr[-3000:]
     first, second = (json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1))
     assert first["downloads"] == 1 and second["downloads"] == 0  # one download, the other read the cache
     assert first["path"] == second["path"] == str(_cache(tmp_path) / published.name)

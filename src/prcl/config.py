@@ -62,7 +62,6 @@ Scales = Annotated[list[float], _must(f"be [low, high] with 0 < low <= high <= {
                                       lambda v: len(v) == 2 and 0 < v[0] <= v[1] <= MAX_SCALE)]
 Scale = Annotated[Positive, _must(f"be <= {MAX_SCALE:g}", lambda v: v <= MAX_SCALE)]
 AT_MOST_MAX_LR = _must(f"be <= {MAX_LR:g} (an SGD learning rate)", lambda v: v <= MAX_LR)
-Seed = Annotated[Int, _must("be >= 0", lambda v: v >= 0), _must(f"be <= {MAX_SEED}", lambda v: v <= MAX_SEED)]
 
 
 def AtLeast(low: int) -> Any:
@@ -71,6 +70,9 @@ def AtLeast(low: int) -> Any:
 
 def Between(low: int, high: int) -> Any:
     return Annotated[AtLeast(low), _must(f"be <= {high}", lambda v: v <= high)]
+
+
+Seed = Between(0, MAX_SEED)
 
 
 def is_rgb(value: Any) -> bool:
