@@ -26,3 +26,17 @@ def start_process(tmp_path):
     yield start
     for run in started:
         run.kill()
+
+
+@pytest.fixture
+def error_line(capsys):
+    """``error_line(prefix="prcl")``: the one line a failed command wrote on stderr (asserted: one line, no
+    traceback, starting with ``prefix``)."""
+
+    def read(prefix: str = "prcl") -> str:
+        err = capsys.readouterr().err
+        lines = err.splitlines()
+        assert len(lines) == 1 and lines[0].startswith(prefix) and "Traceback" not in err, err
+        return lines[0]
+
+    return read

@@ -21,12 +21,6 @@ from prcl.infer.predictor import Prediction
 DEMO_CONFIG = str(Path(__file__).resolve().parents[1] / "src" / "prcl" / "configs" / "demo.yaml")
 
 
-def _one_error_line(capsys: pytest.CaptureFixture[str]) -> str:
-    err = capsys.readouterr().err
-    lines = err.splitlines()
-    assert len(lines) == 1, err
-    assert lines[0].startswith("prcl") and "Traceback" not in err
-    return lines[0]
 
 
 def _snapshot(folder: Path) -> dict[str, bytes]:
@@ -42,8 +36,7 @@ def _ids(path: Path, ids: list[str]) -> str:
 
 
 def test_splits_make_refuses_to_replace_existing_splits_without_force(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], error_line) -> None:
     out = tmp_path / "splits"
     train = _ids(tmp_path / "train.txt", [f"t{k}" for k in range(10)])
     args = ["splits", "make", "--out", str(out), "--num-labels", "3", "--train-list", train]
@@ -53,7 +46,7 @@ def test_splits_make_refuses_to_replace_existing_splits_without_force(
 
     other = _ids(tmp_path / "other.txt", [f"o{k}" for k in range(8)])
     assert main(["splits", "make", "--out", str(out), "--num-labels", "3", "--train-list", other]) == 2
-    line = _one_error_line(capsys)
+    line = error_line()
     assert str(out / "3" / "0") in line and "labeled_filename.txt" in line and "--force" in line
     assert _snapshot(out) == before  # nothing replaced
 
@@ -65,13 +58,13 @@ def test_splits_make_refuses_to_replace_existing_splits_without_force(
         "labeled_filename.txt", "unlabeled_filename.txt", "valid_filename.txt"]  # no temporary files
 
 
-def test_splits_make_refuses_valid_ids_among_train_ids(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_splits_make_refuses_valid_ids_among_train_ids(tmp_path: Path, capsys: pytest.CaptureFixture[str], error_line) -> None:
     out = tmp_path / "splits"
     train = _ids(tmp_path / "train.txt", [f"t{k}" for k in range(10)])
     valid = _ids(tmp_path / "valid.txt", ["v0", "t3", "t5", "t7", "t9"])
     assert main(["splits", "make", "--out", str(out), "--num-labels", "2", "--train-list", train,
                  "--valid-list", valid]) == 2
-    line = _one_error_line(capsys)
+    line = error_line()
     assert "4 valid ids are also train ids" in line and "'t3', 't5', 't7'" in line
     assert not out.exists()
 
@@ -91,21 +84,21 @@ def test_splits_make_refuses_valid_ids_among_train_ids(tmp_path: Path, capsys: p
     assert main(["splits", "check", "--out", str(out), "--num-labels", "2", "--root", str(root)]) == 0
 
 
-def test_splits_missing_arguments_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_splits_missing_arguments_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str], error_line) -> None:
     assert main(["splits", "make", "--num-labels", "2"]) == 2
-    line = _one_error_line(capsys)
+    line = error_line()
     assert "--out FOLDER" in line and "--train-list FILE" in line
     assert main(["splits", "make", "--out", str(tmp_path / "s"), "--num-labels", "2"]) == 2
-    assert "--train-list FILE" in _one_error_line(capsys)
+    assert "--train-list FILE" in error_line()
     assert main(["splits"]) == 2
-    assert "make" in _one_error_line(capsys)
+    assert "make" in error_line()
     assert main(["splits", "make", "--out", str(tmp_path / "s"), "--num-labels", "2",
                  "--train-list", str(tmp_path / "nowhere.txt")]) == 2
-    assert "--train-list" in _one_error_line(capsys)
+    assert "--train-list" in error_line()
     with pytest.raises(SystemExit) as info:  # argparse's own errors: one line too, exit 2
         main(["splits", "make", "--num-labels", "two"])
     assert info.value.code == 2
-    assert "invalid int value" in _one_error_line(capsys)
+    assert "invalid int value" in error_line()
     assert not (tmp_path / "s").exists()
 
 
@@ -121,23 +114,22 @@ def no_evaluation(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_eval_out_that_cannot_be_written_fails_before_evaluating(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str], no_evaluation: None
-) -> None:
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], no_evaluation: None, error_line) -> None:
     blocker = tmp_path / "results"
     blocker.write_text("keep me")
     checkpoint = str(tmp_path / "model.pt")
     assert main(["eval", "-c", DEMO_CONFIG, "--checkpoint", checkpoint, "--out", str(blocker / "r.json")]) == 2
-    line = _one_error_line(capsys)
+    line = error_line()
     assert str(blocker / "r.json") in line and "is a file, not a folder" in line
     assert blocker.read_text() == "keep me"
 
     folder = tmp_path / "a-folder"
     folder.mkdir()
     assert main(["eval", "-c", DEMO_CONFIG, "--checkpoint", checkpoint, "--out", str(folder)]) == 2
-    assert "is a folder; give a file name" in _one_error_line(capsys)
+    assert "is a folder; give a file name" in error_line()
 
     assert main(["eval", "--checkpoint", checkpoint]) == 2  # a missing flag: one line, not a usage block
-    assert "--config FILE" in _one_error_line(capsys)
+    assert "--config FILE" in error_line()
 
 
 def test_eval_writes_its_json_atomically(
@@ -185,8 +177,7 @@ def fake_predictor(monkeypatch: pytest.MonkeyPatch) -> list[str]:
 
 
 def test_predict_inputs_sharing_a_stem_get_distinct_outputs(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str], fake_predictor: list[str]
-) -> None:
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], fake_predictor: list[str], error_line) -> None:
     photos = tmp_path / "photos"
     photos.mkdir()
     Image.fromarray(np.full((4, 4, 3), 1, np.uint8)).save(photos / "x.png")
@@ -208,24 +199,23 @@ def test_predict_inputs_sharing_a_stem_get_distinct_outputs(
     before = _snapshot(out)
     assert main(["predict", "--checkpoint", "m.pt", str(photos / "y.png"), str(other / "y.png"),
                  "--out", str(out)]) == 2
-    line = _one_error_line(capsys)
+    line = error_line()
     assert "same y.png_mask.png" in line and "separate --out folders" in line
     assert _snapshot(out) == before
 
 
 def test_predict_out_that_cannot_be_written_fails_before_any_work(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str], fake_predictor: list[str]
-) -> None:
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], fake_predictor: list[str], error_line) -> None:
     Image.fromarray(np.zeros((4, 4, 3), np.uint8)).save(tmp_path / "a.png")
     blocker = tmp_path / "file"
     blocker.write_text("keep me")
     assert main(["predict", "--checkpoint", "m.pt", str(tmp_path / "a.png"), "--out", str(blocker)]) == 2
-    assert "is a file, not a folder" in _one_error_line(capsys)
+    assert "is a file, not a folder" in error_line()
     assert main(["predict", "--checkpoint", "m.pt", str(tmp_path / "a.png"), "--out", str(blocker / "sub")]) == 2
-    assert f"{blocker} is a file" in _one_error_line(capsys)
+    assert f"{blocker} is a file" in error_line()
     assert fake_predictor == [] and blocker.read_text() == "keep me"
     assert main(["predict", str(tmp_path / "a.png")]) == 2
-    line = _one_error_line(capsys)
+    line = error_line()
     assert "--checkpoint FILE" in line and "--out FOLDER" in line
 
 
@@ -234,17 +224,16 @@ def test_predict_out_that_cannot_be_written_fails_before_any_work(
 
 def test_cuda_without_a_gpu_is_one_line_before_any_work(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
-    fake_predictor: list[str], no_evaluation: None,
-) -> None:
+    fake_predictor: list[str], no_evaluation: None, error_line) -> None:
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     Image.fromarray(np.zeros((4, 4, 3), np.uint8)).save(tmp_path / "a.png")
     assert main(["predict", "--checkpoint", "m.pt", str(tmp_path / "a.png"), "--out", str(tmp_path / "o"),
                  "--device", "cuda"]) == 2
-    line = _one_error_line(capsys)
+    line = error_line()
     assert "--device cuda but no CUDA GPU is visible to torch" in line and "use cpu or auto" in line
     assert fake_predictor == [] and not (tmp_path / "o").exists()
     assert main(["eval", "-c", DEMO_CONFIG, "--checkpoint", "m.pt", "--device", "cuda:1"]) == 2
-    assert "--device cuda:1 but no CUDA GPU" in _one_error_line(capsys)
+    assert "--device cuda:1 but no CUDA GPU" in error_line()
 
 
 def test_resolve_device_names_the_setting(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -276,19 +265,17 @@ def test_resolve_device_names_the_setting(monkeypatch: pytest.MonkeyPatch) -> No
      "--scales: each scale must be in (0, 8], got nan"),
 ])
 def test_seeds_and_scales_out_of_range_are_one_line_before_any_work(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str], no_evaluation: None, args: list[str], flag: str
-) -> None:
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], no_evaluation: None, args: list[str], flag: str, error_line) -> None:
     _ids(tmp_path / "t.txt", ["a", "b", "c"])
     with pytest.raises(SystemExit) as info:
         main([a.replace("{tmp}", str(tmp_path)) for a in args])
     assert info.value.code == 2
-    assert flag in _one_error_line(capsys)
+    assert flag in error_line()
     assert not (tmp_path / "s").exists()
 
 
 def test_eval_refuses_a_config_that_contradicts_the_checkpoints_network(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
-) -> None:
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, error_line) -> None:
     from prcl.config import load_config
     from prcl.engine import data_setup
     from prcl.engine import evaluate as engine_evaluate
@@ -313,31 +300,31 @@ def test_eval_refuses_a_config_that_contradicts_the_checkpoints_network(
     base = ["eval", "-c", str(config), "--checkpoint", str(checkpoint), "--out", str(out)]
 
     assert main([*base, "model.encoder=resnet34"]) == 2
-    line = _one_error_line(capsys)
+    line = error_line()
     assert "model.encoder is resnet34 (override 'model.encoder=resnet34')" in line
     assert f"checkpoint {checkpoint} holds a network with model.encoder=resnet18" in line and "drop the override" in line
     assert main([*base, "data.demo.num_classes=9"]) == 2  # the class count derived from an override
-    assert "data.num_classes is 9" in _one_error_line(capsys)
+    assert "data.num_classes is 9" in error_line()
     config.write_text("model:\n  encoder: resnet18\n  output_stride: 8\n")
     assert main(base) == 2
-    line = _one_error_line(capsys)
+    line = error_line()
     assert f"model.output_stride is 8 (in {config})" in line and "set model.output_stride=16" in line
     assert not out.parent.exists()
 
     config.write_text("model:\n  encoder: resnet18\n  weights: imagenet\n")  # the start of training does not matter
     assert main([*base, "eval.flip=true"]) == 2
-    assert "reached the evaluation" in _one_error_line(capsys)
+    assert "reached the evaluation" in error_line()
     assert loaded == [str(checkpoint)] * 4
 
 
-def test_convert_release_of_a_folder_says_it_is_a_folder(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_convert_release_of_a_folder_says_it_is_a_folder(tmp_path: Path, capsys: pytest.CaptureFixture[str], error_line) -> None:
     folder = tmp_path / "release"
     folder.mkdir()
     out = tmp_path / "out" / "converted.pt"
     assert main(["convert-release", str(folder), "--out", str(out)]) == 2
-    line = _one_error_line(capsys)
+    line = error_line()
     assert f"release checkpoint {folder} is a folder;" in line and ".pth file" in line and "does not exist" not in line
     (folder / "prcl_voc_662.pth").write_bytes(b"")
     assert main(["convert-release", str(folder), "--out", str(out)]) == 2
-    assert "is a folder (it holds prcl_voc_662.pth)" in _one_error_line(capsys)
+    assert "is a folder (it holds prcl_voc_662.pth)" in error_line()
     assert not out.parent.exists()

@@ -55,11 +55,6 @@ def _config(root: Path, **extra):
     return load_config(None, _folder_overrides(root, root / "run", **extra))
 
 
-def _one_error_line(capsys: pytest.CaptureFixture[str]) -> str:
-    err = capsys.readouterr().err
-    lines = err.splitlines()
-    assert len(lines) == 1 and lines[0].startswith("prcl") and "Traceback" not in err, err
-    return lines[0]
 
 
 # ----------------------------------------------------------------------------- reading the files
@@ -150,13 +145,12 @@ def test_both_classes_files_are_refused(tmp_path: Path) -> None:
      ["data.class_colors[3]", "three integers 0..255", "[0, 256, 0]"]),
 ])
 def test_train_and_eval_refuse_bad_classes_in_one_line_creating_nothing(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str], classes_file, extra: dict, words: list[str]
-) -> None:
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], classes_file, extra: dict, words: list[str], error_line) -> None:
     root = _folder_data(tmp_path / "data", classes_file)
     before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
     out = tmp_path / "run"
     assert main(["train", "-c", os.devnull, *_folder_overrides(root, out, **extra)]) == 2
-    line = _one_error_line(capsys)
+    line = error_line()
     for word in words:
         assert word in line, line
     assert not out.exists()
@@ -166,7 +160,7 @@ def test_train_and_eval_refuse_bad_classes_in_one_line_creating_nothing(
     results = tmp_path / "eval.json"
     assert main(["eval", "-c", str(config), "--checkpoint", str(tmp_path / "any.pt"), "--out", str(results),
                  *_folder_overrides(root, out, **extra)]) == 2
-    assert words[0] in _one_error_line(capsys)
+    assert words[0] in error_line()
     assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == sorted([*before, Path("config.yaml")])
 
 

@@ -28,12 +28,6 @@ NO_SPACE = "no space left on device"
 NUM_CLASSES = 3
 
 
-def _one_error_line(capsys: pytest.CaptureFixture[str]) -> str:
-    err = capsys.readouterr().err
-    lines = err.splitlines()
-    assert len(lines) == 1, err
-    assert lines[0].startswith("prcl: error: ") and "Traceback" not in err
-    return lines[0]
 
 
 def _snapshot(folder: Path) -> dict[str, bytes]:
@@ -149,7 +143,7 @@ def test_a_checkpoint_on_a_full_disk_names_it_instead_of_torchs_internals(tmp_pa
 # ----------------------------------------------------------------------------- commands on a full disk
 
 
-def test_splits_make_on_a_full_disk_is_exit_2_and_replaces_none_of_the_lists(tmp_path, monkeypatch, capsys):
+def test_splits_make_on_a_full_disk_is_exit_2_and_replaces_none_of_the_lists(tmp_path, monkeypatch, capsys, error_line):
     out = tmp_path / "splits"
     (tmp_path / "train.txt").write_text("".join(f"t{k}\n" for k in range(10)))
     args = ["splits", "make", "--out", str(out), "--num-labels", "3", "--train-list", str(tmp_path / "train.txt")]
@@ -158,12 +152,12 @@ def test_splits_make_on_a_full_disk_is_exit_2_and_replaces_none_of_the_lists(tmp
     capsys.readouterr()
     fill_disk(monkeypatch, "unlabeled_filename.txt")
     assert main([*args, "--seed", "0", "--force"]) == 2
-    line = _one_error_line(capsys)
+    line = error_line("prcl: error: ")
     assert "unlabeled_filename.txt" in line and NO_SPACE in line
     assert _snapshot(out) == before  # the labeled list, written first, was not put in place either
 
 
-def test_plot_on_a_full_disk_is_exit_2_and_keeps_the_old_picture(tmp_path, monkeypatch, capsys):
+def test_plot_on_a_full_disk_is_exit_2_and_keeps_the_old_picture(tmp_path, monkeypatch, capsys, error_line):
     run = tmp_path / "run"
     run.mkdir()
     (run / "metrics.jsonl").write_text("".join(json.dumps({"type": "train", "step": s, "loss": 1 / s, "lr": 0.01})
@@ -173,16 +167,16 @@ def test_plot_on_a_full_disk_is_exit_2_and_keeps_the_old_picture(tmp_path, monke
     capsys.readouterr()
     fill_disk(monkeypatch, "curves.png", room=100)
     assert main(["plot", str(run)]) == 2
-    line = _one_error_line(capsys)
+    line = error_line("prcl: error: ")
     assert str(run / "curves.png") in line and NO_SPACE in line
     assert (run / "curves.png").read_bytes() == before and _temporaries(run) == []
 
 
-def test_predict_on_a_full_disk_is_exit_2_naming_the_file(checkpoint, photo, tmp_path, monkeypatch, capsys):
+def test_predict_on_a_full_disk_is_exit_2_naming_the_file(checkpoint, photo, tmp_path, monkeypatch, capsys, error_line):
     out = tmp_path / "pred"
     fill_disk(monkeypatch, "a_overlay.png", room=10)
     assert main(["predict", "--checkpoint", str(checkpoint), str(photo), "--out", str(out)]) == 2
-    line = _one_error_line(capsys)
+    line = error_line("prcl: error: ")
     assert str(out / "a_overlay.png") in line and NO_SPACE in line
     assert not (out / "a_overlay.png").exists() and _temporaries(out) == []
 
@@ -204,7 +198,7 @@ def test_a_full_disk_while_generating_the_demo_data_is_one_line(tmp_path, monkey
 # ----------------------------------------------------------------------------- read-only folders
 
 
-def test_plot_into_a_read_only_folder_is_checked_before_drawing(tmp_path, monkeypatch, capsys):
+def test_plot_into_a_read_only_folder_is_checked_before_drawing(tmp_path, monkeypatch, capsys, error_line):
     import tempfile
 
     from prcl.infer import plots
@@ -225,12 +219,12 @@ def test_plot_into_a_read_only_folder_is_checked_before_drawing(tmp_path, monkey
     monkeypatch.setattr(tempfile, "mkstemp", read_only)
     monkeypatch.setattr(plots, "_figure_class", never)
     assert main(["plot", str(run)]) == 2
-    line = _one_error_line(capsys)
+    line = error_line("prcl: error: ")
     assert str(run / "curves.png") in line and "Read-only file system" in line and "--out" in line
 
 
 @pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() == 0, reason="root writes into read-only folders")
-def test_plot_into_a_folder_without_write_permission_is_one_line(tmp_path, capsys):
+def test_plot_into_a_folder_without_write_permission_is_one_line(tmp_path, capsys, error_line):
     run = tmp_path / "run"
     run.mkdir()
     (run / "metrics.jsonl").write_text(json.dumps({"type": "train", "step": 1, "loss": 1.0}) + "\n")
@@ -239,7 +233,7 @@ def test_plot_into_a_folder_without_write_permission_is_one_line(tmp_path, capsy
         assert main(["plot", str(run)]) == 2
     finally:
         run.chmod(0o755)
-    line = _one_error_line(capsys)
+    line = error_line("prcl: error: ")
     assert str(run / "curves.png") in line and "ermission denied" in line
     assert sorted(p.name for p in run.iterdir()) == ["metrics.jsonl"]
 
