@@ -34,7 +34,7 @@ from prcl.models.release_checkpoint import (
 )
 from prcl.models.weights import map_by_order, read_state_dict
 
-from tolerances import assert_within, network_bound, summation_bound
+from tolerances import EPS32, assert_within, network_bound, summation_bound
 
 
 def _randomise(module: nn.Module, seed: int = 0, norm_only: bool = False) -> nn.Module:
@@ -226,7 +226,7 @@ def test_eval_forward_folds_the_batch_norms_without_losing_precision():
     with torch.no_grad():
         truth = _reference_probability_head(copy.deepcopy(head).double(), x.detach().double())
     float32_error = float((layer_by_layer.detach().double() - truth).abs().max())
-    assert float((folded.detach().double() - truth).abs().max()) <= 4 * float32_error + torch.finfo(torch.float32).eps
+    assert float((folded.detach().double() - truth).abs().max()) <= 4 * float32_error + EPS32
     folded.sum().backward()
     assert x.grad is not None and torch.isfinite(x.grad).all() and x.grad.abs().sum() > 0
     assert head.fc1.grad is not None and head.bn1.weight.grad is not None

@@ -59,15 +59,24 @@ def error_histograms(scores: torch.Tensor, wrong: torch.Tensor, bins: int,
     """
     single = scores.shape == wrong.shape
     stacked = scores.reshape(1 if single else scores.shape[0], wrong.numel())
+    index, slots = _histogram_slots(stacked, wrong, bins, scored)
+    counts = torch.bincount(index, minlength=slots + 1)[:slots].view(2, stacked.shape[0], bins)
+    counts = counts.transpose(0, 1)
+    return counts[0] if single else counts
+
+
+def _histogram_slots(stacked: torch.Tensor, wrong: torch.Tensor, bins: int,
+                     scored: torch.Tensor | None) -> tuple[torch.Tensor, int]:
+    """The bincount slot of each (score, pixel) of ``stacked`` (S, P) for histograms (2, S, bins), flat, and
+    the number of slots: score s's bin b is slot ``s * bins + b`` over the wrong pixels, ``(S + s) * bins + b``
+    over the right ones; pixels not ``scored`` go to one extra slot (the last), to be dropped."""
     num_scores = stacked.shape[0]
     slots = 2 * num_scores * bins
     offsets = bins * torch.arange(num_scores, device=stacked.device)[:, None]
     index = _bin(stacked, bins) + offsets + num_scores * bins * (~wrong.reshape(1, -1)).long()
-    if scored is not None:  # pixels not scored go to one extra slot, dropped
+    if scored is not None:
         index = torch.where(scored.reshape(1, -1), index, slots)
-    counts = torch.bincount(index.reshape(-1), minlength=slots + 1)[:slots].view(2, num_scores, bins)
-    counts = counts.transpose(0, 1)
-    return counts[0] if single else counts
+    return index.reshape(-1), slots
 
 
 def error_auroc(scores: torch.Tensor, wrong: torch.Tensor, bins: int = 4096) -> float | None:
@@ -109,23 +118,21 @@ class UncertaintyMeter:
         else:
             confidence = probabilities.gather(1, prediction[:, None]).squeeze(1)
         wrong = prediction != target
-        names = ["one_minus_max_prob", "entropy"] + (["variance"] if variance is not None else [])
-        scores = [1.0 - confidence, normalised_entropy(probabilities)]
+        scores = {"one_minus_max_prob": 1.0 - confidence, "entropy": normalised_entropy(probabilities)}
         if variance is not None:
-            scores.append(variance.float().reshape(confidence.shape))
-        counts = error_histograms(torch.stack(scores), wrong, self.bins, scored)  # (S, 2, bins)
-        for name, histogram in zip(names, counts):
+            scores["variance"] = variance.float().reshape(confidence.shape)
+        counts = error_histograms(torch.stack(list(scores.values())), wrong, self.bins, scored)  # (S, 2, bins)
+        for name, histogram in zip(scores, counts):
             self.histograms[name] += histogram
             self.seen[name] = True
-        # Calibration slots: confidence bin b of a wrong pixel is b, of a right one bins + b; not scored: 2 bins.
+        # The confidence's calibration bins over the wrong and the right pixels, counted and summed.
         bins = self.calibration.shape[1]
-        index = _bin(confidence, bins).reshape(-1) + bins * (~wrong).reshape(-1)
-        index = torch.where(scored.reshape(-1), index, 2 * bins)
-        pixels = torch.bincount(index, minlength=2 * bins + 1)[:2 * bins].view(2, bins)
-        confidence_sums = torch.bincount(index, weights=confidence.reshape(-1).double(), minlength=2 * bins + 1)
+        index, slots = _histogram_slots(confidence.reshape(1, -1), wrong, bins, scored)
+        pixels = torch.bincount(index, minlength=slots + 1)[:slots].view(2, bins)
+        confidence_sums = torch.bincount(index, weights=confidence.reshape(-1).double(), minlength=slots + 1)
         self.calibration[0] += pixels.sum(dim=0)
         self.calibration[1] += pixels[1]
-        self.calibration[2] += confidence_sums[:2 * bins].view(2, bins).sum(dim=0)
+        self.calibration[2] += confidence_sums[:slots].view(2, bins).sum(dim=0)
 
     def all_reduce(self) -> None:
         """Sum the counts over processes (call once, after the last update, on every process)."""
