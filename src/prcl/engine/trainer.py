@@ -493,7 +493,7 @@ class Trainer:
                                  reason=error.reason)
         return DataFileError(
             f"{error}; stopped at step {self.step}, saved in {self.run_dir.last_checkpoint}; once the file is fixed, "
-            f"continue with: prcl train -c {self.run_dir.config_file} --resume auto", reason=error.reason)
+            f"continue with: {self._resume_command()}", reason=error.reason)
 
     def _interrupted(self, signal_number: int, during: str = "") -> TrainingInterrupted:
         """The error that ends a run stopped by a signal after saving its step: where its checkpoint is and how to
