@@ -14,11 +14,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import prcl.engine.trainer as trainer_module
-from prcl.checkpoint import load_checkpoint
 from prcl.engine.trainer import Trainer, TrainingDiverged, _mean_record
 from prcl.methods import Method
 
-from tiny_run import tiny_config
+from tiny_run import assert_same_weights, tiny_config
 
 NUM_CLASSES = 4  # the tiny runs' demo classes
 
@@ -180,11 +179,6 @@ def test_micro_batches_on_fewer_gpus_are_the_eight_gpu_processes_batches(gpus):
             assert batch == eight[gpus * micro + rank]
 
 
-def _weights(path):
-    state = load_checkpoint(path)
-    return {part: state[part] for part in ("student", "teacher", "probability_head")}
-
-
 @pytest.mark.slow
 def test_a_run_with_accumulation_resumes_exactly(demo_root, tmp_path, monkeypatch):
     """Bit for bit (train.deterministic): 4 steps of 2 micro-batches in one go equal 2 steps, a crash in the second
@@ -211,10 +205,7 @@ def test_a_run_with_accumulation_resumes_exactly(demo_root, tmp_path, monkeypatc
         resumed.fit()
     finally:
         torch.use_deterministic_algorithms(False)  # process-wide: leave the other tests as they were
-    a, b = _weights(tmp_path / "straight/checkpoints/last.pt"), _weights(tmp_path / "resumed/checkpoints/last.pt")
-    for part in a:
-        for key, value in a[part].items():
-            assert torch.equal(b[part][key], value), f"{part}.{key}"
+    assert_same_weights(tmp_path / "straight", tmp_path / "resumed")
     records = [json.loads(line) for line in (tmp_path / "resumed/metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records if r["type"] == "train"] == [1, 2, 3, 4]  # one line per optimiser step
 

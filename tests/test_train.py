@@ -15,7 +15,7 @@ from prcl.cli import main
 from prcl.engine.trainer import Trainer, TrainingDiverged
 from prcl.methods import METHODS, MeanTeacher
 
-from tiny_run import tiny_config
+from tiny_run import assert_same_weights, tiny_config
 
 pytestmark = pytest.mark.slow  # every test here trains or runs the demo
 
@@ -103,10 +103,7 @@ def test_resume_gives_the_same_weights_as_one_run(demo_root, tmp_path, monkeypat
         trainer.fit()
     finally:
         torch.use_deterministic_algorithms(False)  # process-wide: leave the other tests as they were
-    a, b = _weights(tmp_path / "straight/checkpoints/last.pt"), _weights(tmp_path / "resumed/checkpoints/last.pt")
-    for part in a:
-        for key, value in a[part].items():
-            assert torch.equal(b[part][key], value), f"{part}.{key}"
+    assert_same_weights(tmp_path / "straight", tmp_path / "resumed")
     steps = [r["step"] for r in read_metrics(tmp_path / "resumed") if r["type"] == "train"]
     assert steps == [1, 2, 3, 4]
     # resuming a finished run trains nothing and keeps the run's own figures in the summary

@@ -49,3 +49,16 @@ def tiny_networks(num_classes: int):
         for parameter in teacher.parameters():
             parameter.add_(0.05 * torch.randn_like(parameter))
     return cfg, student, teacher, head
+
+
+def assert_same_weights(run_a, run_b):
+    """The networks (student, teacher, probability head) in the ``checkpoints/last.pt`` of two run folders are
+    equal bit for bit."""
+    import torch
+
+    from prcl.checkpoint import load_checkpoint
+
+    a, b = (load_checkpoint(f"{run}/checkpoints/last.pt") for run in (run_a, run_b))
+    for part in ("student", "teacher", "probability_head"):
+        for key, value in a[part].items():
+            assert torch.equal(b[part][key], value), f"{part}.{key}"

@@ -416,7 +416,7 @@ class Trainer:
             self._count_step(time.perf_counter() - started, loaded - started)
             bar.update(1)
             if record is None:
-                self._skip_step(bar, labeled_pixels=all(bool((lab["mask"] >= 0).any()) for lab, _ in batches))
+                self._skip_step(labeled_pixels=all(bool((lab["mask"] >= 0).any()) for lab, _ in batches))
             else:
                 self._log_step(record, bar)
             evaluate_now = due(self.step, t.eval_every, total)
@@ -438,7 +438,7 @@ class Trainer:
         self.step += 1
         self.trained_steps += 1
 
-    def _skip_step(self, bar, labeled_pixels: bool = True) -> None:
+    def _skip_step(self, labeled_pixels: bool = True) -> None:
         """A step whose loss or gradient was not finite: logged as skipped; too many in a row stop the run.
         ``labeled_pixels`` False: its labeled batch held no labeled pixel (the supervised loss is then 0 / 0)."""
         self.skipped_steps += 1
@@ -447,7 +447,6 @@ class Trainer:
                   "reason": "non-finite loss" if labeled_pixels else "no labeled pixel"})
         in_a_row = self.counters.nonfinite_in_a_row
         if in_a_row >= self.cfg.train.max_nonfinite_steps:
-            bar.close()
             kept = self.run_dir.last_checkpoint
             if not labeled_pixels:
                 raise TrainingDiverged(
@@ -493,7 +492,7 @@ class Trainer:
                                  reason=error.reason)
         return DataFileError(
             f"{error}; stopped at step {self.step}, saved in {self.run_dir.last_checkpoint}; once the file is fixed, "
-            f"continue with: prcl train -c {self.run_dir.config_file} --resume auto", reason=error.reason)
+            f"continue with: {self._resume_command()}", reason=error.reason)
 
     def _interrupted(self, signal_number: int, during: str = "") -> TrainingInterrupted:
         """The error that ends a run stopped by a signal after saving its step: where its checkpoint is and how to
