@@ -403,7 +403,7 @@ def _run_with_unlabeled(tmp_path, bad_position):
     return overrides, bad, stream.index(bad_index) // 2
 
 
-def test_a_corrupt_unlabeled_image_mid_run_saves_the_steps_before_it(tmp_path, capsys):
+def test_a_corrupt_unlabeled_image_mid_run_saves_the_steps_before_it(tmp_path, capsys, start_process):
     """The run meets the file in a loader worker at step 3: one line, exit 2, the process ends (its workers
     too), last.pt holds the 3 steps before it, and the run resumes once the file is replaced."""
     from PIL import Image
@@ -412,16 +412,10 @@ def test_a_corrupt_unlabeled_image_mid_run_saves_the_steps_before_it(tmp_path, c
     overrides, bad, step = _run_with_unlabeled(tmp_path, bad_position=7)  # the last image of the first pass
     assert step == 3
     out = tmp_path / "run"
-    process = subprocess.Popen([sys.executable, "-m", "prcl", "train", "-c", os.devnull, *overrides],
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                               env={**os.environ, "OMP_NUM_THREADS": "1"})
-    try:
-        _, stderr = process.communicate(timeout=240)
-    finally:
-        if process.poll() is None:  # it did not end: stop it (its workers end when they see it gone)
-            process.kill()
-            process.communicate()
-    assert process.returncode == 2, stderr[-2000:]
+    run = start_process(["train", "-c", os.devnull, *overrides])  # whatever of it is left is killed afterwards
+    returncode = run.process.wait(timeout=240)
+    stderr = run.err()
+    assert returncode == 2, stderr[-2000:]
     err = stderr.strip().splitlines()
     assert len(err) == 1, err
     assert str(bad) in err[0] and f"stopped at step {step}" in err[0] and "--resume auto" in err[0], err[0]
