@@ -34,29 +34,31 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-NUM_CLASSES = 21
 
-
-def blocky_masks(size: int, crop: int, generator: torch.Generator) -> torch.Tensor:
-    """(size, crop, crop) int64 masks: 3 classes per image in 4x4 blocks."""
-    classes = torch.stack([torch.randperm(NUM_CLASSES, generator=generator)[:3] for _ in range(size)])
+def blocky_masks(size: int, crop: int, generator: torch.Generator, num_classes: int = 21) -> torch.Tensor:
+    """(size, crop, crop) int64 masks: 3 of ``num_classes`` classes per image in 4x4 blocks."""
+    classes = torch.stack([torch.randperm(num_classes, generator=generator)[:3] for _ in range(size)])
     blocks = torch.randint(0, 3, (size, 4, 4), generator=generator)
     coarse = torch.gather(classes, 1, blocks.reshape(size, -1)).reshape(size, 1, 4, 4).float()
     return F.interpolate(coarse, size=(crop, crop), mode="nearest")[:, 0].long()
 
 
-def batch(size: int, crop: int, generator: torch.Generator) -> tuple[dict, dict]:
+def batch(size: int, crop: int, generator: torch.Generator, num_classes: int = 21) -> tuple[dict, dict]:
     """Labeled (image, mask) and unlabeled (image, mask: read by the pseudo-label probe only) batches."""
     images = torch.randn(size, 3, crop, crop, generator=generator)
-    masks = blocky_masks(size, crop, generator)
+    masks = blocky_masks(size, crop, generator, num_classes)
     unlabeled = {"image": torch.randn(size, 3, crop, crop, generator=generator),
-                 "mask": blocky_masks(size, crop, generator)}
+                 "mask": blocky_masks(size, crop, generator, num_classes)}
     return {"image": images, "mask": masks}, unlabeled
 
 
 def device_name(device: torch.device) -> str:
-    """The GPU's name, or "cpu"."""
-    return torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+    """The GPU's name, or the CPU's model, core count and the flags its kernels depend on."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    from prcl.devices import cpu_description
+
+    return cpu_description()
 
 
 def emit(result: dict, path: str | None) -> None:
@@ -89,9 +91,10 @@ class Setting:
         self.probe = "probe" in rest
         logged = self.probe or "logged" in rest
         out_dir = root / setting.replace(":", "_")
-        self.cfg = load_config(None, [
-            "data.dataset=demo", f"data.root={root / 'data'}", "data.demo.num_train=16", "data.demo.num_valid=2",
-            "data.demo.num_test=0", "data.num_labels=4", "data.split_seed=0", f"data.num_classes={NUM_CLASSES}",
+        self.cfg = load_config(args.config, [
+            "data.dataset=demo", f"data.root={root / 'data'}", f"data.demo.num_train={4 * args.batch}",
+            "data.demo.num_valid=2", "data.demo.num_test=0", f"data.num_labels={args.batch}", "data.split_seed=0",
+            f"data.num_classes={args.classes}",
             f"data.crop_size={args.crop}", f"data.batch_size={args.batch}", "data.num_workers=0",
             f"model.encoder={args.encoder}", "model.weights=null", f"method.name={method}",
             f"method.student_passes={passes}", f"prcl.kernel={args.kernel}", f"train.amp={str(amp).lower()}",
@@ -106,7 +109,7 @@ class Setting:
         self.trainer = Trainer(self.cfg)
         self.device = self.trainer.device
         generator = torch.Generator().manual_seed(0)
-        self.batches = [batch(args.batch, args.crop, generator) for _ in range(2)]
+        self.batches = [batch(args.batch, args.crop, generator, args.classes) for _ in range(2)]
         self.times: list[float] = []
 
     def step(self) -> float:
@@ -138,6 +141,35 @@ class Setting:
             "step_s": round(seconds, 4), "images_per_s": round(images / seconds, 2),
             "peak_gpu_gib": round(torch.cuda.max_memory_allocated(device) / 2**30, 2) if device.type == "cuda" else None,
         }
+
+
+def add_size_options(parser: argparse.ArgumentParser) -> None:
+    """--config, --batch, --crop, --encoder, --classes (see :func:`fill_sizes`)."""
+    parser.add_argument("--config", help="a config file whose settings the steps take (method and sizes aside), "
+                                         "e.g. configs/demo.yaml; its encoder, crop, batch and classes are the "
+                                         "defaults of the options below")
+    parser.add_argument("--batch", type=int, help="labeled images per step (and as many unlabeled); default 2")
+    parser.add_argument("--crop", type=int, help="default 321")
+    parser.add_argument("--encoder", help="default resnet101")
+    parser.add_argument("--classes", type=int, help="default 21")
+
+
+def fill_sizes(args: argparse.Namespace) -> None:
+    """The sizes left out: from ``--config`` when given, else ResNet-101, crop 321, 2 + 2 images, 21 classes."""
+    base = None
+    if args.config:
+        from prcl.config import load_config
+
+        base = load_config(args.config, [])
+    defaults = {"batch": (2, "data.batch_size"), "crop": (321, "data.crop_size"),
+                "encoder": ("resnet101", "model.encoder"), "classes": (21, "data.num_classes")}
+    for name, (default, key) in defaults.items():
+        if getattr(args, name) is None:
+            section, field = key.split(".")
+            value = getattr(getattr(base, section), field) if base is not None else None
+            if name == "classes" and base is not None and value is None:
+                value = base.data.demo.num_classes if base.data.dataset == "demo" else None
+            setattr(args, name, default if value is None else value)
 
 
 def run_setting(setting: str, args: argparse.Namespace, root: Path) -> dict:
@@ -175,9 +207,7 @@ def run_interleaved(settings: list[str], args: argparse.Namespace, root: Path) -
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--batch", type=int, default=2, help="labeled images per step (and as many unlabeled)")
-    parser.add_argument("--crop", type=int, default=321)
-    parser.add_argument("--encoder", default="resnet101")
+    add_size_options(parser)
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--kernel", default="auto", choices=["auto", "compiled", "chunked"])
@@ -193,6 +223,7 @@ def main() -> None:
                         help="config overrides for every setting, e.g. train.channels_last=false")
     parser.add_argument("--json", help="append one JSON line per measurement to this file")
     args = parser.parse_args()
+    fill_sizes(args)
     settings = []
     for setting in args.settings:
         if args.amp in ("off", "both"):

@@ -12,6 +12,7 @@ mean teacher never does) and the probability head's. The profiler slows every st
 machine's speed drifts by more than PRCL's whole extra: compare the PRCL-only rows, not the totals.
 
     python benchmarks/profile_train_step.py --device cpu --steps 3
+    python benchmarks/profile_train_step.py --device cpu --steps 5 --config configs/demo.yaml
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from torch.profiler import ProfilerActivity, profile, record_function
 from prcl.models.teacher import unwrap_model
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_train_step import Setting  # noqa: E402
+from bench_train_step import Setting, add_size_options, device_name, fill_sizes  # noqa: E402
 
 PARTS = ("STUDENT_PASS", "LABEL_LOSSES", "PROBABILITY_HEAD", "CONTRAST", "BACKWARD", "OPTIMIZER_STEP",
          "AFTER_STEP", "aten::convolution_backward", "autograd::engine::evaluate_function: _GatheredMLSBackward")
@@ -68,8 +69,11 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--steps", type=int, default=3, help="profiled steps per method")
     parser.add_argument("--warmup", type=int, default=3)
+    add_size_options(parser)
     args = parser.parse_args()
-    settings_args = argparse.Namespace(crop=321, batch=2, encoder="resnet101", kernel="auto", device=args.device,
+    fill_sizes(args)
+    settings_args = argparse.Namespace(crop=args.crop, batch=args.batch, encoder=args.encoder, classes=args.classes,
+                                       config=args.config, kernel="auto", device=args.device,
                                        set=[], warmup=args.warmup, steps=args.steps)
     backward = torch.autograd.backward
 
@@ -111,7 +115,8 @@ def main() -> None:
                 for event in profiler.key_averages():
                     if event.key in PARTS:
                         parts[name].setdefault(event.key, []).append(event.cpu_time_total / 1e6)
-    print(f"{args.device}, ResNet-101, crop 321, 2 + 2 images; median of {args.steps} profiled steps, seconds")
+    print(f"{device_name(torch.device(args.device))}, {args.encoder}, crop {args.crop}, {args.batch} + {args.batch} "
+          f"images{', ' + args.config if args.config else ''}; median of {args.steps} profiled steps, seconds")
     print("| part | mean teacher | PRCL | PRCL - mean teacher |")
     print("|---|---:|---:|---:|")
     mean_teacher, prcl = parts["mean_teacher:separate"], parts["prcl:separate"]

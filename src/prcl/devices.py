@@ -1,8 +1,12 @@
-"""Which torch device a setting names: cpu, cuda, cuda:N or auto, checked before any work."""
+"""Which torch device a setting names (cpu, cuda, cuda:N or auto, checked before any work), and what the CPU computes
+natively."""
 
 from __future__ import annotations
 
+import os
+import platform
 import re
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from prcl.errors import UserError
@@ -11,6 +15,49 @@ if TYPE_CHECKING:
     import torch
 
 DEVICE_PATTERN = re.compile(r"auto|cpu|cuda(:[0-9]+)?")  # what train.device and --device accept
+
+# CPU flags (Linux /proc/cpuinfo names) of instructions that compute bfloat16 products natively: AVX512_BF16
+# (Intel Cooper Lake and newer, AMD Zen 4 and newer), AMX (Intel Sapphire Rapids and newer), Arm's BF16 extension.
+NATIVE_BF16_FLAGS = ("avx512_bf16", "amx_bf16", "bf16")
+# The flags a CPU figure is reported with: what decides the kernels torch and oneDNN pick.
+REPORTED_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile", "bf16", "sve")
+
+
+def cpu_info(cpuinfo: str | Path = "/proc/cpuinfo") -> tuple[str, frozenset[str]]:
+    """(the CPU's model name, its flags) from Linux's ``cpuinfo``; elsewhere (no such file) the platform's
+    processor name and no flags."""
+    try:
+        text = Path(cpuinfo).read_text(errors="replace")
+    except OSError:
+        return platform.processor() or platform.machine() or "unknown CPU", frozenset()
+    model, flags = "", frozenset()
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        key = key.strip().lower()
+        if key in ("model name", "cpu model") and not model:
+            model = value.strip()
+        elif key in ("flags", "features") and not flags:  # x86 says flags, Arm features
+            flags = frozenset(value.split())
+    return model or platform.machine() or "unknown CPU", flags
+
+
+def cpu_has_native_bf16(flags: frozenset[str] | None = None) -> bool:
+    """Whether the CPU (its ``flags``, default this machine's) multiplies bfloat16 natively; without such
+    instructions bfloat16 is emulated and slower than float32."""
+    if flags is None:
+        flags = cpu_info()[1]
+    return any(flag in flags for flag in NATIVE_BF16_FLAGS)
+
+
+def cpu_description() -> str:
+    """One line for benchmark reports: model, cores this process may use, the flags that pick kernels, and a
+    ONEDNN_MAX_CPU_ISA limit when one is set."""
+    model, flags = cpu_info()
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    present = [flag for flag in REPORTED_FLAGS if flag in flags]
+    limit = os.environ.get("ONEDNN_MAX_CPU_ISA")
+    return (f"CPU {model}, {cores} cores, flags {' '.join(present) or 'none of ' + ' '.join(REPORTED_FLAGS)}"
+            + (f", ONEDNN_MAX_CPU_ISA={limit}" if limit else ""))
 
 
 def resolve_device(name: str | torch.device, setting: str = "train.device") -> torch.device:
