@@ -62,11 +62,15 @@ def test_separate_passes_update_batchnorm_like_two_manual_passes(method):
                                       generator=torch.Generator().manual_seed(7))
     student = before["student"]
     with torch.no_grad():
-        out_labeled = student(batch.labeled_images)
-        out_strong = student(strong)
+        student(batch.labeled_images, representation=chosen.uses_representation)
+        student(strong, representation=chosen.uses_representation)
     for name, value in _running_stats(student).items():  # the same passes on the same machine: bit for bit
         assert torch.equal(_running_stats(after["student"])[name], value), name
     assert int(after["student"].classifier[1].num_batches_tracked) == 2  # running statistics updated twice
+    # the representation head runs only where a loss reads mu (PRCL's student), never in the teacher
+    assert int(after["student"].representation[1].num_batches_tracked) == (2 if chosen.uses_representation else 0)
+    assert int(after["teacher"].representation[1].num_batches_tracked) == 0
+    assert int(after["teacher"].classifier[1].num_batches_tracked) == 1
 
 
 @pytest.mark.parametrize("passes", ["separate", "joint"])

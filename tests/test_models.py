@@ -532,3 +532,29 @@ def test_encoder_maps_imagenet_normalised_input_to_its_own_normalisation():
     # the network like one more layer's rounding: a forward pass's rounding
     assert_within(ours[1], expected[encoder.deep_index], network_bound(expected[encoder.deep_index]))
     assert "input_scale" not in encoder.state_dict()
+
+
+def test_representation_head_runs_only_when_asked_for():
+    """``representation=False``: mu is None, the head never runs (no forward, no BN update), and the logits and
+    features are bit for bit those of a full forward; inference (dense maps, export) asks for no mu."""
+    from prcl.infer.export import ExportModule
+    from prcl.infer.protocols import dense_maps
+
+    net = _randomise(build_segmenter("resnet18", num_classes=3, output_stride=16), seed=8, norm_only=True).eval()
+    calls = []
+    net.representation.register_forward_hook(lambda module, args, output: calls.append(output.shape))
+    image = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        full = net(image)
+        assert len(calls) == 1 and full.mu is not None and torch.isfinite(full.logits).all()
+        part = net(image, representation=False)
+        assert len(calls) == 1 and part.mu is None
+        assert torch.equal(part.logits, full.logits) and torch.equal(part.features, full.features)
+        maps = dense_maps(net, 3)(image)
+        ExportModule(net, ProbabilityHead().eval())(image)
+    assert len(calls) == 1
+    assert torch.equal(maps, F.interpolate(full.logits, size=(64, 64), mode="bilinear", align_corners=True).softmax(1))
+    net.train()
+    tracked = int(net.representation[1].num_batches_tracked)
+    net(image, representation=False)
+    assert int(net.representation[1].num_batches_tracked) == tracked

@@ -27,6 +27,7 @@ from torch import nn
 
 from prcl.errors import UserError
 from prcl.infer.predictor import Predictor
+from prcl.models.deeplab import without_representation
 from prcl.io import atomic_write
 
 MISSING_PACKAGES = "prcl export needs onnx and onnxruntime: pip install 'prcl[export]'"
@@ -55,7 +56,7 @@ class ExportModule(nn.Module):
 
     def forward(self, image: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         size = image.shape[-2:]
-        output = self.model(image)
+        output = without_representation(self.model)(image)
         logits = F.interpolate(output.logits.float(), size=size, mode="bilinear", align_corners=True)
         if self.probability_head is None:
             return logits

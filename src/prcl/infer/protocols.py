@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from prcl.data.transforms import as_pair
+from prcl.models.deeplab import without_representation
 
 PROTOCOLS = ("whole", "sliding", "center", "random-crop")
 INFERENCE_PROTOCOLS = ("whole", "sliding")  # the ones that run the model; the others crop first
@@ -70,8 +71,10 @@ def dense_maps(
     probabilities. This is what :func:`average_views` averages, in evaluation and in the Predictor.
     """
 
+    forward = without_representation(model)
+
     def map_fn(x: torch.Tensor) -> torch.Tensor:
-        output = model(x)
+        output = forward(x)
         logits = as_logits(output).float()
         if logits.shape[1] != num_classes:
             raise ValueError(f"the model gives {logits.shape[1]} class scores, expected {num_classes}")

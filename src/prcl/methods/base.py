@@ -148,7 +148,8 @@ def teacher_pseudo_labels(teacher: nn.Module, images: torch.Tensor) -> tuple[tor
     images: (N, 3, H, W); the teacher's logits are upsampled to (H, W) before the softmax. The
     teacher runs in whatever mode the caller set.
     """
-    probabilities = torch.softmax(upsample(teacher(images).logits, images.shape[-2:]).float(), dim=1)
+    logits = teacher(images, representation=False).logits  # no loss reads the teacher's mu
+    probabilities = torch.softmax(upsample(logits, images.shape[-2:]).float(), dim=1)
     confidence, pseudo_labels = probabilities.max(dim=1)
     return pseudo_labels, confidence
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from typing import TYPE_CHECKING, NamedTuple
 
 import torch
@@ -96,7 +97,7 @@ class MeanTeacher(Method):
         truth = batch.unlabeled_masks  # given at probe steps only
         strong_images, strong_labels, strong_confidence, *strong_truth = self.strong_view(
             batch.unlabeled_images, pseudo_labels, confidence, generator=batch.generator, true_labels=truth)
-        student = nets["student"]
+        student = functools.partial(nets["student"], representation=self.uses_representation)
         if self.student_passes == "separate":
             outputs = [student(batch.labeled_images), student(strong_images)]
         else:

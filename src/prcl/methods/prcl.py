@@ -106,7 +106,7 @@ class PRCL(MeanTeacher):
         The networks run in the caller's mode."""
         if "probability_head" not in nets:
             return None
-        features = unwrap_model(nets["student"])(strong_images).features
+        features = unwrap_model(nets["student"])(strong_images, representation=False).features
         variance = unwrap_model(nets["probability_head"])(features).float().mean(dim=1)
         return nearest_resize(variance, strong_images.shape[-2:])
 

@@ -11,6 +11,6 @@ class Supervised(Method):
     name = "supervised"
 
     def train_step(self, nets: Networks, batch: StepInput) -> dict[str, torch.Tensor]:
-        out = nets["student"](batch.labeled_images)
+        out = nets["student"](batch.labeled_images, representation=False)
         loss = supervised_loss(out.logits, batch.labels)
         return {"loss": loss, "sup": loss.detach()}

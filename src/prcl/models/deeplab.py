@@ -6,8 +6,10 @@ classifier, representation) so their weights map onto ours by renaming the encod
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -28,7 +30,7 @@ class SegmenterOutput(NamedTuple):
     """Student outputs at stride 4 (h = ceil-ish H/4, e.g. 81 for H = 321)."""
 
     logits: torch.Tensor  # (N, C, h, w) class scores before softmax
-    mu: torch.Tensor  # (N, 256, h, w) representation means (not normalised)
+    mu: torch.Tensor | None  # (N, 256, h, w) representation means (not normalised); None when not asked for
     features: torch.Tensor  # (N, 304, h, w) the feature F fed to the heads and the probability head
 
 
@@ -77,7 +79,10 @@ class Segmenter(nn.Module):
     """Encoder + DeepLabV3+ decoder + classifier head + representation head (the PRCL student).
 
     forward(x (N, 3, H, W)) -> SegmenterOutput(logits (N, C, h, w), mu (N, 256, h, w),
-    features (N, 304, h, w)) at the encoder's stride-4 resolution.
+    features (N, 304, h, w)) at the encoder's stride-4 resolution. ``representation=False`` skips the
+    representation head (mu is None): only PRCL's student reads mu, and the head is a 3 x 3 convolution
+    304 -> 256 at stride 4, as costly as the classifier head (11 % of a ResNet-101 forward at 321 x 321,
+    21 % of the demo's; docs/benchmarks.md).
     """
 
     def __init__(self, encoder: Encoder, num_classes: int, representation_dim: int = REPRESENTATION_DIM):
@@ -94,13 +99,14 @@ class Segmenter(nn.Module):
         self.classifier = _head(FEATURE_CHANNELS, num_classes)
         self.representation = _head(FEATURE_CHANNELS, representation_dim)
 
-    def forward(self, x: torch.Tensor) -> SegmenterOutput:
+    def forward(self, x: torch.Tensor, representation: bool = True) -> SegmenterOutput:
         low_level, deep = self.encoder(x)
         context = self.ASPP(deep)
         context = F.interpolate(context, size=low_level.shape[-2:], mode="bilinear", align_corners=True)
         # Order as in the release: low-level 48 channels first, then the 256 ASPP channels.
         features = torch.cat([self.project(low_level), context], dim=1)
-        return SegmenterOutput(self.classifier(features), self.representation(features), features)
+        mu = self.representation(features) if representation else None
+        return SegmenterOutput(self.classifier(features), mu, features)
 
 
 def build_segmenter(
@@ -113,3 +119,13 @@ def build_segmenter(
     if not isinstance(num_classes, int) or isinstance(num_classes, bool) or num_classes < 1:
         raise UserError(f"number of classes {num_classes!r} is invalid; give a positive integer")
     return Segmenter(build_encoder(encoder, output_stride, weights), num_classes)
+
+
+def without_representation(model: Callable[..., Any]) -> Callable[[torch.Tensor], Any]:
+    """``model`` called with ``representation=False`` when it is a :class:`Segmenter` (possibly wrapped), else as it
+    is: what inference calls, which never reads mu."""
+    from prcl.models.teacher import unwrap_model
+
+    if isinstance(model, nn.Module) and isinstance(unwrap_model(model), Segmenter):
+        return functools.partial(model, representation=False)
+    return model
