@@ -16,12 +16,18 @@ from tolerances import EPS64
 pytestmark = pytest.mark.slow  # every test here trains or runs the demo
 
 
-def test_demo_trains_every_registered_method_and_reports_them(tmp_path):
+def test_demo_trains_every_registered_method_and_reports_them(tmp_path, capsys):
     overrides = [f"data.root={tmp_path / 'data'}", "data.demo.image_size=64", "data.crop_size=64",
                  "data.demo.num_train=24", "data.demo.num_valid=4", "data.demo.num_test=4", "data.num_workers=0",
                  "prcl.num_queries=8", "prcl.num_negatives=16", "prcl.kernel=chunked",
                  "train.iterations=2", "train.eval_every=0", "train.progress=false"]
     report = run_demo(tmp_path / "demo", overrides=overrides, seed=3)
+    printed = capsys.readouterr().out
+    # where the demo is, before each run; from the second run on with an estimate of the time left
+    names = list(METHODS)
+    assert f"demo: run 1 of {len(names)} ({names[0]}, step 0), remaining time: known after the first steps" in printed
+    for index, method in enumerate(names[1:], start=2):
+        assert f"demo: run {index} of {len(names)} ({method}, step 0), about " in printed
     assert sorted(p.name for p in (tmp_path / "demo").iterdir() if p.is_dir()) == sorted(METHODS)
     written = json.loads((tmp_path / "demo/report.json").read_text())
     for method in METHODS:

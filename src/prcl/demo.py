@@ -11,11 +11,14 @@ the two baselines. Writes ``<out>/report.json`` and ``<out>/figure.png`` beside 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
 from prcl.config import Config, load_config
 from prcl.data import IMAGENET_MEAN, IMAGENET_STD
@@ -27,6 +30,55 @@ from prcl.metrics import format_uncertainty
 METHODS = tuple(REGISTRY)  # every registered method, in the registry's order
 TITLES = {"supervised": "supervised", "mean_teacher": "mean teacher", "prcl": "PRCL"}  # others: their name
 FIGURE_ROWS = 4
+# A step's cost relative to the mean teacher's at the demo's size (2-core Intel Xeon, docs/benchmarks.md): the
+# weights of the remaining-time estimate, which takes its speed from the steps done; other methods count 1.
+STEP_COST = {"supervised": 0.45, "mean_teacher": 1.0, "prcl": 1.45}
+ESTIMATE_EVERY = 40  # steps between two remaining-time lines, in each run
+
+
+class RemainingTime:
+    """The demo's remaining time: the steps left in every run, each weighted by its method's :data:`STEP_COST`, at
+    the seconds per weighted step this invocation has taken so far (its evaluations and set-up included).
+
+    ``runs``: (method, iterations) in training order. :meth:`start` a run with the step it resumes from, call the
+    object with its trainer after each step (a ``Trainer.step_hooks`` entry); :meth:`line` says where the demo is.
+    A run not started yet counts from step 0 (one that resumes is then shorter than estimated).
+    """
+
+    def __init__(self, runs: list[tuple[str, int]], clock: Callable[[], float] = time.perf_counter) -> None:
+        self.runs, self.clock = runs, clock
+        self.started = clock()
+        self.position = {method: 0 for method, _ in runs}  # the step each run is at
+        self.first = dict(self.position)  # the step each run started from in this invocation
+        self.current: str | None = None
+
+    def start(self, method: str, step: int) -> None:
+        self.current = method
+        self.first[method] = self.position[method] = step
+
+    def __call__(self, trainer: Any) -> None:
+        self.position[self.current] = trainer.step
+        if trainer.step % ESTIMATE_EVERY == 0 and trainer.step < dict(self.runs)[self.current]:
+            tqdm.write(self.line())
+
+    def _weighted(self, steps: dict[str, int]) -> float:
+        return sum(STEP_COST.get(method, 1.0) * steps[method] for method, _ in self.runs)
+
+    def seconds_left(self) -> float | None:
+        """None until a step was taken."""
+        done = self._weighted({m: self.position[m] - self.first[m] for m, _ in self.runs})
+        if done <= 0:
+            return None
+        left = self._weighted({m: total - self.position[m] for m, total in self.runs})
+        return left * (self.clock() - self.started) / done
+
+    def line(self) -> str:
+        index = [method for method, _ in self.runs].index(self.current) + 1 if self.current else 0
+        seconds = self.seconds_left()
+        where = f"demo: run {index} of {len(self.runs)} ({self.current}, step {self.position[self.current]})"
+        if seconds is None:
+            return f"{where}, remaining time: known after the first steps"
+        return f"{where}, about {seconds / 60:.1f} min left (from the speed so far)"
 
 
 def demo_config_path() -> Path:
@@ -75,10 +127,14 @@ def run_demo(out_dir: Path = Path("runs/demo"), overrides: list[str] | None = No
     cfgs = demo_configs(out_dir, list(overrides or []), seed)
     started = time.perf_counter()
     trainers, summaries = {}, {}
+    remaining = RemainingTime([(method, cfg.train.iterations) for method, cfg in cfgs.items()])
     for method, cfg in cfgs.items():
         print(f"== training {method} ({cfg.train.iterations} iterations, encoder {cfg.model.encoder})", flush=True)
         torch.manual_seed(cfg.train.seed)
         trainers[method] = Trainer(cfg, resume="auto")
+        remaining.start(method, trainers[method].step)
+        print(remaining.line(), flush=True)
+        trainers[method].step_hooks.append(remaining)
         summaries[method] = trainers[method].fit()
     data = trainers["prcl"].data
     split = "test" if data.test is not None else "valid"

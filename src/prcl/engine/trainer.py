@@ -16,6 +16,7 @@ import resource
 import signal
 import sys
 import time
+from collections.abc import Callable
 from contextlib import ExitStack, nullcontext
 from dataclasses import dataclass
 
@@ -170,6 +171,8 @@ class Trainer:
         self.skipped_steps = 0
         self.train_seconds = 0.0  # time in training steps, summed over resumed sessions
         self.trained_steps = 0
+        # called with the trainer after each step (the demo's remaining-time estimate reads self.step)
+        self.step_hooks: list[Callable[[Trainer], None]] = []
         self.saved_step: int | None = None  # the step last.pt holds, once this session saved it
         self.counters = _LoopCounters()
         if resumed is not None:
@@ -415,6 +418,8 @@ class Trainer:
             record = self.train_step(batches)
             self._count_step(time.perf_counter() - started, loaded - started)
             bar.update(1)
+            for hook in self.step_hooks:
+                hook(self)
             if record is None:
                 self._skip_step(labeled_pixels=all(bool((lab["mask"] >= 0).any()) for lab, _ in batches))
             else:
