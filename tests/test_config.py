@@ -420,3 +420,18 @@ def test_a_missing_base_names_the_file_that_names_it(tmp_path):
     message = str(error.value)
     assert message.startswith(f"config file not found: {tmp_path / 'gone.yaml'} (named as _base_ in ")
     assert "parent.yaml" in message and "child.yaml" not in message and "\n" not in message
+
+
+def test_cpu_info_reads_model_and_flags_of_x86_and_arm(tmp_path):
+    from prcl.devices import cpu_info
+
+    x86 = tmp_path / "x86"
+    x86.write_text("processor\t: 0\nmodel name\t: AMD EPYC 9R14\nflags\t\t: fpu avx2 avx512f avx512_bf16\n\n"
+                   "processor\t: 1\nmodel name\t: AMD EPYC 9R14\nflags\t\t: fpu avx2 avx512f avx512_bf16\n")
+    assert cpu_info(x86) == ("AMD EPYC 9R14", frozenset({"fpu", "avx2", "avx512f", "avx512_bf16"}))
+    arm = tmp_path / "arm"
+    arm.write_text("processor\t: 0\nBogoMIPS\t: 2100.00\nFeatures\t: fp asimd sve bf16\nCPU part\t: 0xd4f\n")
+    model, flags = cpu_info(arm)
+    assert flags == frozenset({"fp", "asimd", "sve", "bf16"}) and model  # no model name line: the machine's name
+    model, flags = cpu_info(tmp_path / "missing")  # not Linux: the platform's processor name, no flags
+    assert flags == frozenset() and model

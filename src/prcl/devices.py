@@ -1,5 +1,4 @@
-"""Which torch device a setting names (cpu, cuda, cuda:N or auto, checked before any work), and what the CPU computes
-natively."""
+"""Which torch device a setting names (cpu, cuda, cuda:N or auto, checked before any work), and which CPU this is."""
 
 from __future__ import annotations
 
@@ -16,9 +15,6 @@ if TYPE_CHECKING:
 
 DEVICE_PATTERN = re.compile(r"auto|cpu|cuda(:[0-9]+)?")  # what train.device and --device accept
 
-# CPU flags (Linux /proc/cpuinfo names) of instructions that compute bfloat16 products natively: AVX512_BF16
-# (Intel Cooper Lake and newer, AMD Zen 4 and newer), AMX (Intel Sapphire Rapids and newer), Arm's BF16 extension.
-NATIVE_BF16_FLAGS = ("avx512_bf16", "amx_bf16", "bf16")
 # The flags a CPU figure is reported with: what decides the kernels torch and oneDNN pick.
 REPORTED_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile", "bf16", "sve")
 
@@ -39,14 +35,6 @@ def cpu_info(cpuinfo: str | Path = "/proc/cpuinfo") -> tuple[str, frozenset[str]
         elif key in ("flags", "features") and not flags:  # x86 says flags, Arm features
             flags = frozenset(value.split())
     return model or platform.machine() or "unknown CPU", flags
-
-
-def cpu_has_native_bf16(flags: frozenset[str] | None = None) -> bool:
-    """Whether the CPU (its ``flags``, default this machine's) multiplies bfloat16 natively; without such
-    instructions bfloat16 is emulated and slower than float32."""
-    if flags is None:
-        flags = cpu_info()[1]
-    return any(flag in flags for flag in NATIVE_BF16_FLAGS)
 
 
 def cpu_description() -> str:
