@@ -263,6 +263,8 @@ def test_resolve_device_names_the_setting(monkeypatch: pytest.MonkeyPatch) -> No
      "--scales: each scale must be in (0, 8], got 1e6"),
     (["eval", "-c", DEMO_CONFIG, "--checkpoint", "m.pt", "--out", "{tmp}/s/r.json", "--scales", "nan"],
      "--scales: each scale must be in (0, 8], got nan"),
+    (["eval", "-c", DEMO_CONFIG, "--checkpoint", "m.pt", "--out", "{tmp}/s/r.json", "--scales", "1", "data.root=x"],
+     "--scales: 'data.root=x' is not a scale; put key=value overrides before --scales"),
 ])
 def test_seeds_and_scales_out_of_range_are_one_line_before_any_work(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], no_evaluation: None, args: list[str], flag: str, error_line) -> None:

@@ -339,6 +339,12 @@ def test_atomic_write_replaces_or_keeps_the_file_and_leaves_no_temporary(tmp_pat
         ("data.split_seed=-1", "data.split_seed must be >= 0"),  # numpy: expected non-negative integer
         ("data.demo.seed=-1", "data.demo.seed must be >= 0"),
         ("train.seed=4294967296", "train.seed must be <= 4294967295"),
+        ("prcl.variance_scale=1e-300", "prcl.variance_scale must be between 1e-06 and 1e+06"),  # variances 0
+        ("prcl.variance_scale=1e7", "prcl.variance_scale must be between 1e-06 and 1e+06"),
+        ("optim.weight_decay=2", "optim.weight_decay must be <= 1"),
+        ("prcl.num_negatives=1000000000", "prcl.num_negatives must be <= 4194304"),
+        ("data.demo.num_train=1000000000", "data.demo.num_train must be <= 100000"),  # renders every image
+        ("data.demo.num_test=100001", "data.demo.num_test must be <= 100000"),
     ],
 )
 def test_values_past_their_bounds_are_one_line_naming_the_key(override, fragment):
@@ -351,9 +357,21 @@ def test_values_past_their_bounds_are_one_line_naming_the_key(override, fragment
 def test_the_bounds_themselves_are_accepted():
     cfg = load_config(None, ["optim.lr=10", "optim.uncer_lr=10", "prcl.temperature=0.001", "data.crop_size=4096",
                              "eval.scales=[8]", "data.scale_range=[0.5,8]", "train.seed=4294967295",
-                             "data.split_seed=0", "eval.window=4096"])
+                             "data.split_seed=0", "eval.window=4096", "prcl.variance_scale=1e-6",
+                             "optim.weight_decay=1", "prcl.num_queries=2048", "prcl.num_negatives=2048",
+                             "data.demo.num_train=100000"])
     assert (cfg.optim.lr, cfg.prcl.temperature, cfg.data.crop_size, cfg.train.seed) == (10, 0.001, 4096, 2**32 - 1)
     assert cfg.eval.scales == [8.0] and cfg.data.scale_range == [0.5, 8.0]
+    assert (cfg.prcl.variance_scale, cfg.optim.weight_decay, cfg.data.demo.num_train) == (1e-6, 1.0, 100000)
+    assert load_config(None, ["prcl.variance_scale=1e6"]).prcl.variance_scale == 1e6
+
+
+def test_contrast_pairs_past_their_bound_are_one_line_naming_both_keys():
+    with pytest.raises(UserError) as error:
+        load_config(None, ["prcl.num_queries=4096", "prcl.num_negatives=2048"])  # 2^23 pairs per class
+    message = str(error.value)
+    assert message.startswith("prcl.num_queries x prcl.num_negatives (4096 x 2048) must be at most 4194304")
+    assert "\n" not in message
 
 
 def test_out_dir_naming_a_section_or_too_long_a_name_is_one_line(tmp_path):

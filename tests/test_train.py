@@ -107,9 +107,13 @@ def test_resume_gives_the_same_weights_as_one_run(demo_root, tmp_path, monkeypat
     steps = [r["step"] for r in read_metrics(tmp_path / "resumed") if r["type"] == "train"]
     assert steps == [1, 2, 3, 4]
     # resuming a finished run trains nothing and keeps the run's own figures in the summary
+    tests = [r for r in read_metrics(tmp_path / "resumed") if r["type"] == "eval" and r["split"] == "test"]
     again = Trainer(tiny_config(demo_root, tmp_path / "resumed", iterations=4, **exact), resume="auto").fit()
     torch.use_deterministic_algorithms(False)
     assert again["iterations"] == 4 and again["images_per_second"] > 0 and again["train_seconds"] > 0
+    # its test evaluation is logged once, not once more per resume
+    assert [r for r in read_metrics(tmp_path / "resumed") if r["type"] == "eval" and r["split"] == "test"] == tests
+    assert len(tests) == 1
 
 
 def test_a_finished_run_directory_is_never_overwritten(demo_root, tmp_path):

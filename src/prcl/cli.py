@@ -41,6 +41,9 @@ def _scale(text: str) -> float:
     try:
         value = float(text)
     except ValueError:
+        if "=" in text:  # --scales takes every number after it: an override there is read as one more scale
+            raise argparse.ArgumentTypeError(f"{text[:40]!r} is not a scale; put key=value overrides before "
+                                             "--scales (it reads every value after it)") from None
         raise argparse.ArgumentTypeError(f"invalid float value: {text[:40]!r}") from None
     if not 0 < value <= MAX_SCALE:
         raise argparse.ArgumentTypeError(f"each scale must be in (0, {MAX_SCALE:g}], got {text[:40]}")

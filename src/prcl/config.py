@@ -56,6 +56,12 @@ MAX_LR = 10.0  # SGD learning rates: the release's are 3.2e-3 and 5e-5; 1e300 ov
 # normal, so the negative sampling and the InfoNCE are one-hot; a smaller T sharpens nothing more and only brings
 # MLS / T towards float32's overflow (|MLS| reaches ~1e8 for fused prototype variances; T = 1e-300 is 0 in float32).
 MIN_TEMPERATURE = 1e-3
+MAX_DEMO_IMAGES = 100_000  # images of each demo split: the demo renders and writes every one (its default: 600)
+# prcl.num_queries x prcl.num_negatives: the contrast scores num_queries x (1 + num_negatives) pairs per class
+# (the release: 256 x 512 = 2^17); 2^22 keeps the scores of 21 classes near 0.35 GB.
+MAX_CONTRAST_PAIRS = 2**22
+MIN_VARIANCE_SCALE, MAX_VARIANCE_SCALE = 1e-6, 1e6  # 1e-300 made every variance 0 (log 0 in the score)
+MAX_WEIGHT_DECAY = 1.0  # an SGD weight decay (the release's: 5e-4); above 1 it shrinks the weights past zero
 MAX_SEED = 2**32 - 1  # seeds: numpy takes non-negative ones, and 32 bits is the range every RNG here accepts
 NAME_MAX, PATH_MAX = 255, 4096  # bytes in one file name and in a whole path (Linux's limits)
 Scales = Annotated[list[float], _must(f"be [low, high] with 0 < low <= high <= {MAX_SCALE:g}",
@@ -93,9 +99,9 @@ class DemoConfig(_Section):
 
     image_size: Between(32, MAX_SIDE) = 96
     num_classes: AtLeast(2) = 6
-    num_train: AtLeast(1) = 600
-    num_valid: AtLeast(1) = 100
-    num_test: AtLeast(0) = 50
+    num_train: Between(1, MAX_DEMO_IMAGES) = 600
+    num_valid: Between(1, MAX_DEMO_IMAGES) = 100
+    num_test: Between(0, MAX_DEMO_IMAGES) = 50
     seed: Seed = 0
 
 
@@ -160,8 +166,8 @@ class PRCLConfig(_Section):
     # keys here but lambda's schedule, variance_scale and deterministic).
     temperature: Annotated[Positive, _must(f"be >= {MIN_TEMPERATURE:g} (smaller ones are one-hot in float32, and overflow)",
                                            lambda v: v >= MIN_TEMPERATURE)] = 100.0
-    num_queries: AtLeast(1) = 256
-    num_negatives: AtLeast(1) = 512
+    num_queries: Between(1, MAX_CONTRAST_PAIRS) = 256
+    num_negatives: Between(1, MAX_CONTRAST_PAIRS) = 512
     # The schedule of lambda, the contrast's weight (prcl.schedules.contrast_weight), from here to max_epoch.
     lambda_schedule: Literal["ramp", "constant"] = "ramp"
     max_value: NonNegative = 1.0
@@ -171,7 +177,8 @@ class PRCLConfig(_Section):
     max_epoch: float = 200.0
     kernel: Literal["auto", "compiled", "chunked"] = "auto"  # a contrast option again
     # Options beyond the released method (docs/method.md); the defaults keep it.
-    variance_scale: Positive = 1.0  # method: the probability head's variances are multiplied by this (1/D: see docs)
+    variance_scale: Annotated[Positive, _must(f"be between {MIN_VARIANCE_SCALE:g} and {MAX_VARIANCE_SCALE:g}",
+                                              lambda v: MIN_VARIANCE_SCALE <= v <= MAX_VARIANCE_SCALE)] = 1.0  # method: the probability head's variances are multiplied by this (1/D: see docs)
     prototype_variance: Literal["fused", "mean"] = "fused"
     deterministic: bool = False  # method: no probability head, every variance 0.5 x variance_scale (point contrast)
     global_prototypes: bool = False
@@ -188,7 +195,8 @@ class OptimConfig(_Section):
     uncer_lr: Annotated[NonNegative, AT_MOST_MAX_LR] = 5e-5
     momentum: Fraction = 0.9
     nesterov: bool = True
-    weight_decay: NonNegative = 5e-4
+    weight_decay: Annotated[NonNegative, _must(f"be <= {MAX_WEIGHT_DECAY:g} (an SGD weight decay)",
+                                               lambda v: v <= MAX_WEIGHT_DECAY)] = 5e-4
     poly_power: NonNegative = 0.9
     min_lr: Annotated[NonNegative, AT_MOST_MAX_LR] = 1e-6
 
@@ -327,6 +335,9 @@ def validate_config(cfg: Config) -> None:
         (train.iterations is not None or train.epochs is not None,
          "train.iterations is null and train.epochs is not set: give train.iterations=N (or train.epochs "
          "with an epoch length)"),
+        (prcl.num_queries * prcl.num_negatives <= MAX_CONTRAST_PAIRS,
+         f"prcl.num_queries x prcl.num_negatives ({prcl.num_queries} x {prcl.num_negatives}) must be at most "
+         f"{MAX_CONTRAST_PAIRS}: the contrast scores that many anchor-key pairs per class (the release: 256 x 512)"),
         (evaluation.window is None or evaluation.stride is None or evaluation.stride <= evaluation.window,
          f"eval.stride ({evaluation.stride}) must not exceed eval.window ({evaluation.window}): "
          "pixels between windows would never be scored"),

@@ -44,6 +44,10 @@ LOCK_NAME = ".lock"  # locked by the training that writes the folder; holds its 
 VALIDATION_CACHE = ".validated.json"
 
 
+def _is_test(record: dict) -> bool:
+    return record.get("type") == "eval" and record.get("split") == "test"
+
+
 @contextmanager
 def write_errors(path: Path):
     """A failed write of ``path`` (full disk, permissions) as one line saying how to go on."""
@@ -200,7 +204,8 @@ class RunDir:
         distributed.barrier()
 
     def _trim_metrics(self, step: int) -> None:
-        """Drop metric lines past ``step`` (written by an interrupted run after its checkpoint) and a torn last
+        """Drop metric lines past ``step`` (written by an interrupted run after its checkpoint), the test evaluation
+        at ``step`` (a run resumed at its end evaluates the test split again and logs it once more) and a torn last
         line (a crash or a full disk during the append), with a warning."""
         path = self.metrics
         if not path.is_file():
@@ -209,7 +214,8 @@ class RunDir:
         if torn:
             self.say(f"warning: dropped a torn last line of {path} (an interrupted write)")
         with atomic_write(path, "w") as f:
-            f.write("".join(json.dumps(record) + "\n" for record in records if record.get("step", 0) <= step))
+            f.write("".join(json.dumps(record) + "\n" for record in records
+                            if record.get("step", 0) < step or (record.get("step", 0) == step and not _is_test(record))))
 
     # -------------------------------------------------------------------------------- during the run
     def append(self, record: dict) -> None:
