@@ -29,23 +29,25 @@ from tolerances import NETWORK_ROUNDING
 GOLDEN_OVERRIDES = {"method.un_threshold": 0.3, "method.weak_threshold": 0.3, "method.strong_threshold": 0.5,
                     "train.iterations": 1, "train.checkpoint_every": 1, "train.log_every": 1}
 
+# Recorded 2026-12-06 after the representation head stopped running where no loss reads mu (the teacher, the
+# supervised and mean-teacher students): the losses did not move, the checksums lost that head's BatchNorm updates.
 GOLDEN = {
     "supervised": {
         "loss": 1.3613204956054688,
         "sup": 1.3613204956054688,
         "grad_norm": 10.388795852661133,
-        "student_delta_norm": 6.831846589310452,
-        "student_delta_sum": -463.8493276269496,
+        "student_delta_norm": 6.659234291726372,
+        "student_delta_sum": -440.1759176986984,
     },
     "mean_teacher": {
         "loss": 2.2954607009887695,
         "sup": 1.3613204956054688,
         "unsup": 0.934140145778656,
         "grad_norm": 11.703899383544922,
-        "student_delta_norm": 12.905669905519888,
-        "student_delta_sum": -881.4417050583347,
-        "teacher_delta_norm": 6.89751227703639,
-        "teacher_delta_sum": -463.4715481060405,
+        "student_delta_norm": 12.576910843544477,
+        "student_delta_sum": -836.5431758209074,
+        "teacher_delta_norm": 6.726194251303174,
+        "teacher_delta_sum": -439.8042463270169,
     },
     "prcl": {
         "loss": 5.078488349914551,
@@ -56,8 +58,8 @@ GOLDEN = {
         "grad_norm": 11.708900451660156,
         "student_delta_norm": 12.905670363100405,
         "student_delta_sum": -881.5083375068021,
-        "teacher_delta_norm": 6.897513133197663,
-        "teacher_delta_sum": -463.5381805545077,
+        "teacher_delta_norm": 6.726195129398152,
+        "teacher_delta_sum": -439.8708781025088,
     },
 }
 LOSS_KEYS = ("loss", "sup", "unsup", "prcl", "variance", "grad_norm")
