@@ -168,3 +168,27 @@ def test_pseudo_label_probe_on_a_hand_made_strong_view():
     assert probes["pseudo_label_auroc_variance"] == pytest.approx(1.0)
     assert probes["pseudo_label_auroc_confidence"] == pytest.approx(1.0)
     assert error_auroc(torch.tensor([0.2, 0.2]), torch.tensor([True, False])) == pytest.approx(0.5)
+
+
+def test_power_of_two_bins_in_float32_are_the_float64_bins():
+    """The histograms' 4096 bins take the float32 product (exact: a power of two); the same bins as float64."""
+    from prcl.metrics.uncertainty import _bin
+
+    values = torch.cat([torch.rand(100_000, generator=torch.Generator().manual_seed(0)),
+                        torch.arange(4097, dtype=torch.float32) / 4096,  # every bin edge, 0 and 1 included
+                        torch.tensor([1 - 2**-24, 2**-149, 2**-126])])
+    assert torch.equal(_bin(values, 4096), _bin(values.double(), 4096))
+    assert torch.equal(_bin(values, 15), (values.double() * 15).long().clamp(0, 14))  # other counts: float64
+
+
+def test_normalised_entropy_is_the_entropy_of_special_entr():
+    from prcl.metrics import normalised_entropy
+
+    logits = torch.randn(3, 6, 40, 40, generator=torch.Generator().manual_seed(1)) * 8
+    probabilities = torch.softmax(logits, dim=1)
+    probabilities[0, :, 0, 0] = torch.tensor([1.0, 0, 0, 0, 0, 0])  # zeros count 0, not nan
+    expected = torch.special.entr(probabilities.double()).sum(dim=1) / math.log(6)
+    got = normalised_entropy(probabilities)
+    assert got[0, 0, 0] == 0
+    # 6 terms -p log p <= 1/e each, one rounding per product, log and sum: a float32 sum of 6 terms of size 1/e
+    assert (got.double() - expected).abs().max() <= summation_bound(1 / math.e, 6 * 3) / math.log(6)

@@ -78,10 +78,15 @@ def dense_maps(
         logits = as_logits(output).float()
         if logits.shape[1] != num_classes:
             raise ValueError(f"the model gives {logits.shape[1]} class scores, expected {num_classes}")
-        probabilities = _resize(logits, x.shape[-2:]).softmax(dim=1)
         if extra is None:
-            return probabilities
-        return torch.cat([probabilities, _resize(extra(output).float(), x.shape[-2:])], dim=1)
+            return _resize(logits, x.shape[-2:]).softmax(dim=1)
+        more = extra(output).float()
+        if more.shape[-2:] != logits.shape[-2:]:
+            return torch.cat([_resize(logits, x.shape[-2:]).softmax(dim=1), _resize(more, x.shape[-2:])], dim=1)
+        # one resize of every map at once (bilinear acts per channel), then the softmax in place
+        maps = _resize(torch.cat([logits, more], dim=1), x.shape[-2:])
+        maps[:, :num_classes] = maps[:, :num_classes].softmax(dim=1)
+        return maps
 
     return map_fn
 
@@ -201,7 +206,15 @@ def crop_for_protocol(
 
 
 def mean_variance(probability_head: nn.Module) -> Callable[[Any], torch.Tensor]:
-    """The probability head's variance averaged over its dimensions, from a segmenter's output: (N, 1, h, w)."""
+    """The probability head's variance averaged over its dimensions, from a segmenter's output: (N, 1, h, w).
+
+    A head in eval mode is folded once, here (``ProbabilityHead.folded_mean_variance``): the function returned is
+    for images scored with these weights (one evaluation, one ``predict_batch``), without gradient; make a new one
+    after the weights change."""
+    if not probability_head.training and hasattr(probability_head, "folded_mean_variance"):
+        folded = probability_head.folded_mean_variance()  # the weights are fixed while it is used: fold them once
+        return lambda output: folded(output.features.float())
+
     def fn(output: Any) -> torch.Tensor:
         return probability_head(output.features).float().mean(dim=1, keepdim=True)
     return fn

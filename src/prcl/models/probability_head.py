@@ -9,6 +9,7 @@ L2-normalised at every forward. Parameter names follow the release's `uncer_head
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -55,6 +56,37 @@ class ProbabilityHead(nn.Module):
         x = torch.logaddexp(x, torch.full_like(x, LOG_EPS))
         return torch.sigmoid(x)
 
+    def _folded_layers(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(weight1 (dim, in), shift1 (dim,), weight2 (dim, dim), shift2 (dim,)): the eval-mode head as two affine
+        per-pixel maps, bn1 folded into fc1 and bn2 with gamma/beta into fc2 (see :meth:`_folded_forward`)."""
+        scale1 = self.bn1.weight / torch.sqrt(self.bn1.running_var + self.bn1.eps)
+        shift1 = self.bn1.bias - self.bn1.running_mean * scale1
+        scale2 = self.gamma / torch.sqrt(self.bn2.running_var + self.bn2.eps)
+        shift2 = self.beta - self.bn2.running_mean * scale2
+        return (F.normalize(self.fc1, dim=1) * scale1[:, None], shift1,
+                F.normalize(self.fc2, dim=1) * scale2[:, None], shift2)
+
+    @torch.no_grad()
+    def folded_mean_variance(self) -> Callable[[torch.Tensor], torch.Tensor]:
+        """The eval-mode variance averaged over its dim dimensions, as a function (N, in, h, w) -> (N, 1, h, w),
+        with the layers folded once (:meth:`_folded_layers`) for every image it is called on: for evaluation and
+        prediction, where the weights do not change between images. No gradient; the same values as
+        ``self(features).mean(dim=1)`` in eval mode up to float32 rounding. The pixels go through as rows
+        (N h w, in), which is a view of a channels-last feature map."""
+        weight1, shift1, weight2, shift2 = (tensor.detach() for tensor in self._folded_layers())
+
+        def mean_variance(features: torch.Tensor) -> torch.Tensor:
+            n, channels, height, width = features.shape
+            with torch.no_grad():
+                x = features.permute(0, 2, 3, 1).reshape(-1, channels)  # (N h w, in)
+                x = torch.addmm(shift1, x, weight1.t()).relu_()
+                x = torch.addmm(shift2, x, weight2.t())
+                u = x.clamp_(max=80.0).exp_().add_(EPS)
+                variance = u.div_(u + 1.0).mean(dim=1)
+            return variance.reshape(n, 1, height, width)
+
+        return mean_variance
+
     def _folded_forward(self, features: torch.Tensor) -> torch.Tensor:
         """The eval-mode forward with each BN folded into the linear map before it: (N, in, h, w) -> (N, dim, h, w).
 
@@ -65,12 +97,7 @@ class ProbabilityHead(nn.Module):
         The same values as the layer-by-layer forward up to float32 rounding (a few 1e-7), about 20 %
         cheaper on a CPU (docs/benchmarks.md): evaluation and prediction pay the head on every image.
         """
-        scale1 = self.bn1.weight / torch.sqrt(self.bn1.running_var + self.bn1.eps)
-        shift1 = self.bn1.bias - self.bn1.running_mean * scale1
-        scale2 = self.gamma / torch.sqrt(self.bn2.running_var + self.bn2.eps)
-        shift2 = self.beta - self.bn2.running_mean * scale2
-        weight1 = F.normalize(self.fc1, dim=1) * scale1[:, None]  # (dim, in)
-        weight2 = F.normalize(self.fc2, dim=1) * scale2[:, None]  # (dim, dim)
+        weight1, shift1, weight2, shift2 = self._folded_layers()
         n, channels, height, width = features.shape
         x = features.reshape(n, channels, height * width)
         x = torch.baddbmm(shift1[:, None], weight1.expand(n, -1, -1), x).relu_()
