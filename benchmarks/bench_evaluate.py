@@ -11,6 +11,11 @@ image of each and the median over rounds of the per-round ratio (with / without)
     python benchmarks/bench_evaluate.py --device cpu --images 8 --rounds 5
     python benchmarks/bench_evaluate.py --device cpu --encoder tf_efficientnet_lite0 --size 96 96 --images 100 --classes 6
     python benchmarks/bench_evaluate.py --device cpu --run runs/demo/prcl --rounds 5
+    python benchmarks/bench_evaluate.py --device cpu --parts --encoder tf_efficientnet_lite0 --size 96 96 --classes 6
+
+``--parts`` times the pieces of the uncertainty measures alone instead, per image (one call each, median of
+400 after 20): the head's mean variance as evaluation runs it (folded once) and as its eval-mode forward
+gives it, the meter's update, and the entropy as the meter computes it and as ``torch.special.entr`` does.
 """
 
 from __future__ import annotations
@@ -36,7 +41,11 @@ def main() -> None:
     parser.add_argument("--size", type=int, nargs=2, default=[321, 321], metavar=("H", "W"))
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--run", help="a PRCL run folder: time evaluate_model on its valid split instead")
+    parser.add_argument("--parts", action="store_true", help="time the uncertainty measures' pieces alone")
     args = parser.parse_args()
+    if args.parts:
+        time_parts(args)
+        return
 
     from prcl.engine.evaluate import evaluate
     from prcl.infer.protocols import mean_variance
@@ -97,6 +106,49 @@ def main() -> None:
     print(f"with uncertainty:    {1000 * statistics.median(with_):.1f} ms per image")
     print(f"with / without, median of per-round ratios: {statistics.median(ratios):.3f} "
           f"(per round: {', '.join(f'{r:.3f}' for r in ratios)})")
+
+
+def time_parts(args: argparse.Namespace) -> None:
+    from prcl.metrics import UncertaintyMeter, normalised_entropy
+    from prcl.models import ProbabilityHead, build_segmenter
+
+    device = torch.device(args.device)
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+
+    def median_ms(fn) -> float:
+        for _ in range(20):
+            fn()
+        times = []
+        for _ in range(400):
+            sync()
+            started = time.perf_counter()
+            fn()
+            sync()
+            times.append(time.perf_counter() - started)
+        return 1000 * statistics.median(times)
+
+    torch.manual_seed(0)
+    height, width = args.size
+    model = build_segmenter(args.encoder, args.classes, 16).to(device).eval()
+    head = ProbabilityHead().to(device).eval()
+    image = torch.randn(1, 3, height, width, device=device)
+    with torch.no_grad():
+        features = model(image, representation=False).features
+        probabilities = torch.softmax(torch.randn(1, args.classes, height, width, device=device) * 2, dim=1)
+        target = torch.randint(-1, args.classes, (1, height, width), device=device)
+        variance = torch.rand(1, height, width, device=device)
+        prediction = probabilities.argmax(dim=1)
+        meter = UncertaintyMeter(args.classes, device)
+        folded = head.folded_mean_variance()
+        print(f"{device_name(device)}, {args.encoder}, one {height} x {width} image, feature map "
+              f"{tuple(features.shape[-2:])}, {args.classes} classes; ms per call, median of 400")
+        print(f"head, folded once (evaluation):  {median_ms(lambda: folded(features)):.3f}")
+        print(f"head, eval-mode forward + mean:  {median_ms(lambda: head(features).mean(dim=1)):.3f}")
+        print(f"meter update:                    "
+              f"{median_ms(lambda: meter.update(probabilities, target, variance, prediction=prediction)):.3f}")
+        print(f"entropy, normalised_entropy:     {median_ms(lambda: normalised_entropy(probabilities)):.3f}")
+        print(f"entropy, torch.special.entr:     "
+              f"{median_ms(lambda: torch.special.entr(probabilities).sum(dim=1)):.3f}")
 
 
 if __name__ == "__main__":
