@@ -13,6 +13,7 @@ import torch
 from prcl.checkpoint import load_checkpoint
 from prcl.cli import main
 from prcl.engine.trainer import Trainer, TrainingDiverged
+from prcl.errors import UserError
 from prcl.methods import METHODS, MeanTeacher
 
 from tiny_run import assert_same_weights, tiny_config
@@ -286,3 +287,22 @@ def test_pseudo_label_probe_is_off_without_unlabeled_masks(demo_root, tmp_path):
     Trainer(tiny_config(copy, tmp_path / "off", iterations=1)).fit()
     off = [r for r in read_metrics(tmp_path / "off") if r["type"] == "train"]
     assert off and all("pseudo_label_accuracy" not in r and "unsup" in r for r in off)
+
+
+def test_train_deterministic_holds_for_its_trainer_only(demo_root, tmp_path):
+    """train.deterministic changes process-wide torch settings; fit() puts them back, as does a failed build."""
+    assert not torch.are_deterministic_algorithms_enabled()
+    trainer = Trainer(tiny_config(demo_root, tmp_path / "det", iterations=1, **{"train.deterministic": "true"}))
+    assert torch.are_deterministic_algorithms_enabled()  # while it trains
+    trainer.fit()
+    assert not torch.are_deterministic_algorithms_enabled()  # the next trainer of the process starts as before
+    with pytest.raises(UserError):  # a build that fails (batch larger than the labeled split) changes nothing either
+        Trainer(tiny_config(demo_root, tmp_path / "bad", iterations=1,
+                            **{"train.deterministic": "true", "data.batch_size": 64}))
+    assert not torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True, warn_only=True)  # a user's own setting survives a run without the key
+    try:
+        Trainer(tiny_config(demo_root, tmp_path / "plain", iterations=1)).fit()
+        assert torch.are_deterministic_algorithms_enabled() and torch.is_deterministic_algorithms_warn_only_enabled()
+    finally:
+        torch.use_deterministic_algorithms(False)

@@ -71,6 +71,19 @@ def use_deterministic_kernels() -> None:
     torch.backends.cudnn.benchmark = False
 
 
+def kernel_settings() -> tuple[bool, bool, bool]:
+    """The process-wide settings ``use_deterministic_kernels`` changes: deterministic algorithms, warn only, cuDNN
+    autotuning (``restore_kernel_settings`` puts them back)."""
+    return (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled(),
+            torch.backends.cudnn.benchmark)
+
+
+def restore_kernel_settings(settings: tuple[bool, bool, bool]) -> None:
+    deterministic, warn_only, benchmark = settings
+    torch.use_deterministic_algorithms(deterministic, warn_only=warn_only)
+    torch.backends.cudnn.benchmark = benchmark
+
+
 def autocast_dtype(device: torch.device) -> torch.dtype:
     """The mixed-precision type for ``train.amp``: bfloat16 where the device computes it natively (CPUs,
     NVIDIA Ampere and newer), else float16, which needs the gradient scaler (its range is narrow)."""
@@ -122,8 +135,9 @@ class Trainer:
 
     def __init__(self, cfg: Config, resume: str | None = None, resume_force: bool = False) -> None:
         self.cfg = cfg
-        if cfg.train.deterministic:
-            use_deterministic_kernels()
+        # train.deterministic holds for this trainer: fit() puts the process's settings back when it ends, so the next
+        # trainer (or whatever the process does next: a notebook, the demo's next run) starts from them
+        self._kernel_settings = kernel_settings()
         self.device = distributed.setup(cfg.train.device)
         self.main = distributed.is_main()
         self.run_dir = RunDir(cfg.train.out_dir, self.main)
@@ -131,9 +145,12 @@ class Trainer:
         self.run_dir.check_writable()
         self.run_dir.lock()  # an existing folder: before anything is read or written there
         try:
+            if cfg.train.deterministic:
+                use_deterministic_kernels()
             self._build(cfg, resume, resume_force)
         except BaseException:
             self.run_dir.unlock()  # a Trainer that failed to build holds no folder
+            restore_kernel_settings(self._kernel_settings)  # and leaves the process's settings as they were
             raise
 
     def _build(self, cfg: Config, resume: str | None, resume_force: bool) -> None:
@@ -579,6 +596,7 @@ class Trainer:
         finally:
             self.tensorboard.close()  # flushed, after an interruption or an error too
             self.run_dir.unlock()  # the folder is free for the next training
+            restore_kernel_settings(self._kernel_settings)
 
     def _fit(self, signals: list[int]) -> dict:
         last_result = self._train(signals)
