@@ -219,6 +219,41 @@ def test_whole_image_maps_are_upsampled_softmax_and_mean_variance(trained: dict)
 
 
 @torch.no_grad()
+@pytest.mark.parametrize("protocol, flip, scales", [("whole", False, (1.0,)), ("whole", True, (0.75, 1.25)),
+                                                     ("sliding", True, (1.0,))])
+def test_maps_with_the_variance_resize_both_at_once_as_one_by_one(trained: dict, protocol, flip, scales) -> None:
+    """dense_maps resizes the logits and the extra map in one call and writes the softmax back in place: the same
+    maps as resizing each alone (bilinear acts per channel), for every protocol and view; an extra map of another
+    size than the logits goes its own way."""
+    from prcl.infer.protocols import mean_variance
+
+    model, head = trained["teacher"].eval(), trained["head"].eval()
+    image = torch.randn(2, 3, 50, 70, generator=torch.Generator().manual_seed(3))
+    extra = mean_variance(head)
+
+    def one_by_one(x: torch.Tensor) -> torch.Tensor:
+        output = model(x, representation=False)
+        size = x.shape[-2:]
+        probabilities = F.interpolate(output.logits.float(), size=size, mode="bilinear", align_corners=True).softmax(1)
+        variance = F.interpolate(extra(output), size=size, mode="bilinear", align_corners=True)
+        return torch.cat([probabilities, variance], dim=1)
+
+    window, stride = (32, 32), (20, 20)
+    got = average_views(dense_maps(model, NUM_CLASSES, extra=extra), image, protocol, window, stride, flip, scales)
+    want = average_views(one_by_one, image, protocol, window, stride, flip, scales)
+    assert got.shape == (2, NUM_CLASSES + 1, 50, 70)
+    # the same operations on the same numbers; a softmax over a strided slice may sum in another order (C terms)
+    assert_within(got, want, summation_bound(1.0, NUM_CLASSES + 2))
+
+    def coarse(output) -> torch.Tensor:  # half the logits' size: resized on its own
+        return F.avg_pool2d(extra(output), 2)
+
+    maps = dense_maps(model, NUM_CLASSES, extra=coarse)(image)
+    assert maps.shape == (2, NUM_CLASSES + 1, 50, 70)
+    assert_within(maps[:, :NUM_CLASSES].sum(1), torch.ones(2, 50, 70), probability_sum_bound(NUM_CLASSES))
+
+
+@torch.no_grad()
 def test_predictor_and_evaluation_share_the_path(trained: dict) -> None:
     model = trained["teacher"]
     views = {"protocol": "sliding", "window": 32, "stride": 20, "flip": True, "scales": (0.75, 1.0)}

@@ -115,6 +115,11 @@ def test_resume_gives_the_same_weights_as_one_run(demo_root, tmp_path, monkeypat
     # its test evaluation is logged once, not once more per resume
     assert [r for r in read_metrics(tmp_path / "resumed") if r["type"] == "eval" and r["split"] == "test"] == tests
     assert len(tests) == 1
+    # extended to 6 steps, it keeps the test line of step 4 and adds one at step 6
+    Trainer(tiny_config(demo_root, tmp_path / "resumed", iterations=6, **exact), resume="auto").fit()
+    torch.use_deterministic_algorithms(False)
+    tested = [r for r in read_metrics(tmp_path / "resumed") if r["type"] == "eval" and r["split"] == "test"]
+    assert [r["step"] for r in tested] == [4, 6] and tested[0] == tests[0]
 
 
 def test_a_finished_run_directory_is_never_overwritten(demo_root, tmp_path):
@@ -291,7 +296,7 @@ def test_pseudo_label_probe_is_off_without_unlabeled_masks(demo_root, tmp_path):
 
 def test_train_deterministic_holds_for_its_trainer_only(demo_root, tmp_path):
     """train.deterministic changes process-wide torch settings; fit() puts them back, as does a failed build."""
-    assert not torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(False)  # whatever an earlier test left
     trainer = Trainer(tiny_config(demo_root, tmp_path / "det", iterations=1, **{"train.deterministic": "true"}))
     assert torch.are_deterministic_algorithms_enabled()  # while it trains
     trainer.fit()

@@ -204,8 +204,7 @@ class RunDir:
         distributed.barrier()
 
     def _trim_metrics(self, step: int) -> None:
-        """Drop metric lines past ``step`` (written by an interrupted run after its checkpoint), the test evaluation
-        at ``step`` (a run resumed at its end evaluates the test split again and logs it once more) and a torn last
+        """Drop metric lines past ``step`` (written by an interrupted run after its checkpoint) and a torn last
         line (a crash or a full disk during the append), with a warning."""
         path = self.metrics
         if not path.is_file():
@@ -214,8 +213,7 @@ class RunDir:
         if torn:
             self.say(f"warning: dropped a torn last line of {path} (an interrupted write)")
         with atomic_write(path, "w") as f:
-            f.write("".join(json.dumps(record) + "\n" for record in records
-                            if record.get("step", 0) < step or (record.get("step", 0) == step and not _is_test(record))))
+            f.write("".join(json.dumps(record) + "\n" for record in records if record.get("step", 0) <= step))
 
     # -------------------------------------------------------------------------------- during the run
     def append(self, record: dict) -> None:
@@ -224,6 +222,19 @@ class RunDir:
         if self.main:
             with write_errors(self.metrics), open(self.metrics, "a", encoding="utf-8") as f:
                 f.write(json.dumps(record) + "\n")
+
+    def append_test(self, record: dict) -> None:
+        """Append a test evaluation, in place of one already logged at its step (a run resumed at its end evaluates
+        the test split again): metrics.jsonl keeps one test line per step, and the old one until the new is in."""
+        if not self.main:
+            return
+        records, _ = read_records(self.metrics, then=", then resume") if self.metrics.is_file() else ([], False)
+        if not any(_is_test(old) and old.get("step") == record.get("step") for old in records):
+            self.append(record)
+            return
+        kept = [old for old in records if not (_is_test(old) and old.get("step") == record.get("step"))]
+        with write_errors(self.metrics), atomic_write(self.metrics, "w") as f:
+            f.write("".join(json.dumps(line) + "\n" for line in [*kept, record]))
 
     def write_best_score(self, step: int, miou: float) -> None:
         """best.json beside best.pt: last.pt was written before the evaluation that found this score."""

@@ -72,8 +72,9 @@ def use_deterministic_kernels() -> None:
 
 
 def kernel_settings() -> tuple[bool, bool, bool]:
-    """The process-wide settings ``use_deterministic_kernels`` changes: deterministic algorithms, warn only, cuDNN
-    autotuning (``restore_kernel_settings`` puts them back)."""
+    """The process-wide torch settings ``use_deterministic_kernels`` changes: deterministic algorithms, warn only,
+    cuDNN autotuning (``restore_kernel_settings`` puts them back; the CUBLAS_WORKSPACE_CONFIG it may set stays, as
+    it only takes effect when CUDA starts)."""
     return (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled(),
             torch.backends.cudnn.benchmark)
 
@@ -651,5 +652,8 @@ class Trainer:
         figures = {"test_miou": test["miou"], "test_per_class_iou": test["per_class_iou"]}
         if "uncertainty" in test:
             figures["test_uncertainty"] = test["uncertainty"]
-        self.log({"type": "eval", "split": "test", "step": self.step, **test})
+        record = {"type": "eval", "split": "test", "step": self.step, **test}
+        self.run_dir.append_test(record)  # one test line per step, also when a finished run is resumed
+        if self.main:
+            self.tensorboard.record(record)
         return figures

@@ -30,7 +30,8 @@ class SegmenterOutput(NamedTuple):
     """Student outputs at stride 4 (h = ceil-ish H/4, e.g. 81 for H = 321)."""
 
     logits: torch.Tensor  # (N, C, h, w) class scores before softmax
-    mu: torch.Tensor | None  # (N, 256, h, w) representation means (not normalised); None when not asked for
+    # (N, 256, h, w) representation means (not normalised); None when not asked for. Only PRCL's student trains them.
+    mu: torch.Tensor | None
     features: torch.Tensor  # (N, 304, h, w) the feature F fed to the heads and the probability head
 
 
@@ -81,8 +82,9 @@ class Segmenter(nn.Module):
     forward(x (N, 3, H, W)) -> SegmenterOutput(logits (N, C, h, w), mu (N, 256, h, w),
     features (N, 304, h, w)) at the encoder's stride-4 resolution. ``representation=False`` skips the
     representation head (mu is None): only PRCL's student reads mu, and the head is a 3 x 3 convolution
-    304 -> 256 at stride 4, as costly as the classifier head (11 % of a ResNet-101 forward at 321 x 321,
-    21 % of the demo's; docs/benchmarks.md).
+    304 -> 256 at stride 4, as costly as the classifier head (12 % of a ResNet-101 forward at 321 x 321,
+    21 % of the demo's; docs/benchmarks.md). Where it never runs (the teacher, the supervised and mean-teacher
+    students) its BatchNorm statistics keep their initial values, so the mu of such a network means nothing.
     """
 
     def __init__(self, encoder: Encoder, num_classes: int, representation_dim: int = REPRESENTATION_DIM):
