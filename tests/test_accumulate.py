@@ -185,26 +185,23 @@ def test_a_run_with_accumulation_resumes_exactly(demo_root, tmp_path, monkeypatc
     micro-batch of step 3 (its first one's gradient already summed), and a resume from the step-2 checkpoint."""
     settings = {"train.deterministic": "true", "train.accumulate": 2, "data.batch_size": 2,
                 "data.unlabeled_batch_size": 2}
-    try:
-        Trainer(tiny_config(demo_root, tmp_path / "straight", iterations=4, **settings)).fit()
-        interrupted = Trainer(tiny_config(demo_root, tmp_path / "resumed", iterations=4, **settings))
-        real_step, calls = interrupted.method.train_step, []
+    Trainer(tiny_config(demo_root, tmp_path / "straight", iterations=4, **settings)).fit()
+    interrupted = Trainer(tiny_config(demo_root, tmp_path / "resumed", iterations=4, **settings))
+    real_step, calls = interrupted.method.train_step, []
 
-        def crash_in_step_three(nets, batch):
-            calls.append(batch.step)
-            if len(calls) == 6:
-                raise KeyboardInterrupt
-            return real_step(nets, batch)
+    def crash_in_step_three(nets, batch):
+        calls.append(batch.step)
+        if len(calls) == 6:
+            raise KeyboardInterrupt
+        return real_step(nets, batch)
 
-        monkeypatch.setattr(interrupted.method, "train_step", crash_in_step_three)
-        with pytest.raises(KeyboardInterrupt):
-            interrupted.fit()
-        assert calls == [0, 0, 1, 1, 2, 2]  # the method runs once per micro-batch, told the optimiser step
-        resumed = Trainer(tiny_config(demo_root, tmp_path / "resumed", iterations=4, **settings), resume="auto")
-        assert resumed.step == 2
-        resumed.fit()
-    finally:
-        torch.use_deterministic_algorithms(False)  # process-wide: leave the other tests as they were
+    monkeypatch.setattr(interrupted.method, "train_step", crash_in_step_three)
+    with pytest.raises(KeyboardInterrupt):
+        interrupted.fit()
+    assert calls == [0, 0, 1, 1, 2, 2]  # the method runs once per micro-batch, told the optimiser step
+    resumed = Trainer(tiny_config(demo_root, tmp_path / "resumed", iterations=4, **settings), resume="auto")
+    assert resumed.step == 2
+    resumed.fit()
     assert_same_weights(tmp_path / "straight", tmp_path / "resumed")
     records = [json.loads(line) for line in (tmp_path / "resumed/metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records if r["type"] == "train"] == [1, 2, 3, 4]  # one line per optimiser step

@@ -226,18 +226,15 @@ def test_gdp_state_survives_checkpoint_and_resume(demo_root, tmp_path):
     # a resumed run then ends bit for bit where the straight one does (as in test_train's resume test).
     options = {"prcl.global_prototypes": "true", "prcl.gdp_decay": 0.1, "prcl.virtual_negatives": 2,
                "train.epochs": 1, "train.epoch_iterations": 4, "train.deterministic": "true"}
-    try:
-        straight = Trainer(tiny_config(demo_root, tmp_path / "straight", iterations=4, **options))
-        straight.fit()
-        Trainer(tiny_config(demo_root, tmp_path / "halves", iterations=2, **options)).fit()
-        resumed = Trainer(tiny_config(demo_root, tmp_path / "halves", iterations=4, **options), resume="auto")
-        saved = load_checkpoint(tmp_path / "halves/checkpoints/last.pt")["method"]
-        assert torch.equal(resumed.method.state_dict()["global_prototypes.precision"],
-                           saved["global_prototypes.precision"])  # loaded, not computed
-        assert saved["global_prototypes.count"].sum() > 0
-        resumed.fit()
-    finally:
-        torch.use_deterministic_algorithms(False)  # process-wide: leave the other tests as they were
+    straight = Trainer(tiny_config(demo_root, tmp_path / "straight", iterations=4, **options))
+    straight.fit()
+    Trainer(tiny_config(demo_root, tmp_path / "halves", iterations=2, **options)).fit()
+    resumed = Trainer(tiny_config(demo_root, tmp_path / "halves", iterations=4, **options), resume="auto")
+    saved = load_checkpoint(tmp_path / "halves/checkpoints/last.pt")["method"]
+    assert torch.equal(resumed.method.state_dict()["global_prototypes.precision"],
+                       saved["global_prototypes.precision"])  # loaded, not computed
+    assert saved["global_prototypes.count"].sum() > 0
+    resumed.fit()
     for name, value in straight.method.state_dict().items():
         assert torch.equal(resumed.method.state_dict()[name], value), name
 

@@ -315,14 +315,11 @@ def test_a_full_disk_is_one_line_naming_the_file(demo_root, tmp_path, capsys, mo
 
 def test_deterministic_cpu_runs_give_identical_weights(demo_root, tmp_path):
     weights = []
-    try:
-        for run in ("a", "b"):
-            out = tmp_path / run
-            Trainer(tiny_config(demo_root, out, iterations=4, **{"train.deterministic": "true", "prcl.kernel": "auto",
-                                                                  "data.num_workers": 2})).fit()
-            weights.append(load_checkpoint(out / "checkpoints" / "last.pt")["student"])
-    finally:
-        torch.use_deterministic_algorithms(False)  # process-wide: leave the other tests as they were
+    for run in ("a", "b"):
+        out = tmp_path / run
+        Trainer(tiny_config(demo_root, out, iterations=4, **{"train.deterministic": "true", "prcl.kernel": "auto",
+                                                              "data.num_workers": 2})).fit()
+        weights.append(load_checkpoint(out / "checkpoints" / "last.pt")["student"])
     for name, value in weights[0].items():
         assert torch.equal(value, weights[1][name]), name
 

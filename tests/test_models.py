@@ -205,6 +205,18 @@ def test_probability_head_matches_formula_and_is_in_unit_interval():
     assert_within(head(x), expected, network_bound(expected))
 
 
+def _head_with_statistics() -> ProbabilityHead:
+    """An eval-mode head whose BatchNorms and gamma/beta are far from the identity (so a wrong fold shows)."""
+    torch.manual_seed(0)
+    head = _randomise(ProbabilityHead(304, 256), norm_only=True).eval()
+    with torch.no_grad():
+        head.bn1.running_mean.normal_()
+        head.bn2.running_mean.normal_()
+        head.gamma.fill_(1.7)
+        head.beta.fill_(-0.4)
+    return head
+
+
 def test_eval_forward_folds_the_batch_norms_without_losing_precision():
     """In eval mode the head folds its BNs into the linear maps (one matrix product per layer).
 
@@ -213,13 +225,7 @@ def test_eval_forward_folds_the_batch_norms_without_losing_precision():
     float32 error (at most 4 times it; a wrong fold, e.g. a missing shift, is off by O(0.1)).
     Gradients still flow in eval mode (the export traces it; nobody should get a silent zero).
     """
-    torch.manual_seed(0)
-    head = _randomise(ProbabilityHead(304, 256), norm_only=True).eval()
-    with torch.no_grad():
-        head.bn1.running_mean.normal_()
-        head.bn2.running_mean.normal_()
-        head.gamma.fill_(1.7)
-        head.beta.fill_(-0.4)
+    head = _head_with_statistics()
     x = torch.randn(2, 304, 5, 6, requires_grad=True)
     folded = head(x)
     layer_by_layer = _reference_probability_head(head, x)
@@ -238,13 +244,7 @@ def test_folded_mean_variance_folds_once_and_keeps_the_precision():
     do not reach a function made before (it is made per evaluation), but a new one sees them."""
     from prcl.infer.protocols import mean_variance
 
-    torch.manual_seed(0)
-    head = _randomise(ProbabilityHead(304, 256), norm_only=True).eval()
-    with torch.no_grad():
-        head.bn1.running_mean.normal_()
-        head.bn2.running_mean.normal_()
-        head.gamma.fill_(1.7)
-        head.beta.fill_(-0.4)
+    head = _head_with_statistics()
     x = torch.randn(2, 304, 5, 6)
     with torch.no_grad():
         truth = _reference_probability_head(copy.deepcopy(head).double(), x.double()).mean(dim=1, keepdim=True)

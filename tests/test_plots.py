@@ -264,18 +264,15 @@ def test_pseudo_label_pictures_do_not_change_the_training(demo_root, tmp_path):
     from tiny_run import tiny_config
 
     runs = {}
-    try:
-        for shown in ("true", "false"):
-            torch.manual_seed(0)
-            out = tmp_path / shown
-            Trainer(tiny_config(demo_root, out, iterations=3, **{"train.eval_every": 1, "train.deterministic": "true",
-                                                                  "train.tensorboard": shown})).fit()
-            lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-            timing = {"images_per_second", "data_seconds", "peak_memory_mb", "seconds"}
-            runs[shown] = ([{k: v for k, v in line.items() if k not in timing} for line in lines],
-                           load_checkpoint(out / "checkpoints/last.pt"))
-    finally:
-        torch.use_deterministic_algorithms(False)  # process-wide: leave the other tests as they were
+    for shown in ("true", "false"):
+        torch.manual_seed(0)
+        out = tmp_path / shown
+        Trainer(tiny_config(demo_root, out, iterations=3, **{"train.eval_every": 1, "train.deterministic": "true",
+                                                              "train.tensorboard": shown})).fit()
+        lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+        timing = {"images_per_second", "data_seconds", "peak_memory_mb", "seconds"}
+        runs[shown] = ([{k: v for k, v in line.items() if k not in timing} for line in lines],
+                       load_checkpoint(out / "checkpoints/last.pt"))
     assert (tmp_path / "true/tensorboard").is_dir() and not (tmp_path / "false/tensorboard").exists()
     (with_lines, with_state), (without_lines, without_state) = runs["true"], runs["false"]
     assert with_lines == without_lines and sum(line["type"] == "eval" for line in with_lines) >= 3

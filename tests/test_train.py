@@ -83,41 +83,36 @@ def _weights(path):
 def test_resume_gives_the_same_weights_as_one_run(demo_root, tmp_path, monkeypatch):
     """Bit for bit (train.deterministic): N steps in one go equal N/2, an interruption, and a resume."""
     exact = {"train.deterministic": "true"}
-    try:
-        Trainer(tiny_config(demo_root, tmp_path / "straight", iterations=4, **exact)).fit()
+    Trainer(tiny_config(demo_root, tmp_path / "straight", iterations=4, **exact)).fit()
 
-        # The same run, interrupted during step 3 (its checkpoint is from step 2), then resumed.
-        interrupted = Trainer(tiny_config(demo_root, tmp_path / "resumed", iterations=4, **exact))
-        real_step, calls = interrupted.method.train_step, {"n": 0}
+    # The same run, interrupted during step 3 (its checkpoint is from step 2), then resumed.
+    interrupted = Trainer(tiny_config(demo_root, tmp_path / "resumed", iterations=4, **exact))
+    real_step, calls = interrupted.method.train_step, {"n": 0}
 
-        def crash_on_third(nets, batch):
-            calls["n"] += 1
-            if calls["n"] == 3:
-                raise KeyboardInterrupt
-            return real_step(nets, batch)
+    def crash_on_third(nets, batch):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+        return real_step(nets, batch)
 
-        monkeypatch.setattr(interrupted.method, "train_step", crash_on_third)
-        with pytest.raises(KeyboardInterrupt):
-            interrupted.fit()
-        trainer = Trainer(tiny_config(demo_root, tmp_path / "resumed", iterations=4, **exact), resume="auto")
-        assert trainer.step == 2
-        trainer.fit()
-    finally:
-        torch.use_deterministic_algorithms(False)  # process-wide: leave the other tests as they were
+    monkeypatch.setattr(interrupted.method, "train_step", crash_on_third)
+    with pytest.raises(KeyboardInterrupt):
+        interrupted.fit()
+    trainer = Trainer(tiny_config(demo_root, tmp_path / "resumed", iterations=4, **exact), resume="auto")
+    assert trainer.step == 2
+    trainer.fit()
     assert_same_weights(tmp_path / "straight", tmp_path / "resumed")
     steps = [r["step"] for r in read_metrics(tmp_path / "resumed") if r["type"] == "train"]
     assert steps == [1, 2, 3, 4]
     # resuming a finished run trains nothing and keeps the run's own figures in the summary
     tests = [r for r in read_metrics(tmp_path / "resumed") if r["type"] == "eval" and r["split"] == "test"]
     again = Trainer(tiny_config(demo_root, tmp_path / "resumed", iterations=4, **exact), resume="auto").fit()
-    torch.use_deterministic_algorithms(False)
     assert again["iterations"] == 4 and again["images_per_second"] > 0 and again["train_seconds"] > 0
     # its test evaluation is logged once, not once more per resume
     assert [r for r in read_metrics(tmp_path / "resumed") if r["type"] == "eval" and r["split"] == "test"] == tests
     assert len(tests) == 1
     # extended to 6 steps, it keeps the test line of step 4 and adds one at step 6
     Trainer(tiny_config(demo_root, tmp_path / "resumed", iterations=6, **exact), resume="auto").fit()
-    torch.use_deterministic_algorithms(False)
     tested = [r for r in read_metrics(tmp_path / "resumed") if r["type"] == "eval" and r["split"] == "test"]
     assert [r["step"] for r in tested] == [4, 6] and tested[0] == tests[0]
 

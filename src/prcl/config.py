@@ -81,6 +81,14 @@ def Between(low: int, high: int) -> Any:
 Seed = Between(0, MAX_SEED)
 
 
+def check_unique_names(names: list[str], where: str) -> None:
+    """UserError naming the first class name ``where`` (a key or a file) gives twice."""
+    for index, name in enumerate(names):
+        if name in names[:index]:
+            raise UserError(f"{where} names {name!r} twice (classes {names.index(name)} and {index}): "
+                            "give every class its own name")
+
+
 def is_rgb(value: Any) -> bool:
     """Whether ``value`` is a colour as class colours are written: three integers 0..255 (R, G, B)."""
     return (isinstance(value, (list, tuple)) and len(value) == 3
@@ -368,9 +376,7 @@ def _check_classes(data: DataConfig) -> None:
     for index, name in enumerate(names):
         if not name.strip():
             raise UserError(f"data.class_names[{index}] is empty: give every class a name")
-        if name in names[:index]:
-            raise UserError(f"data.class_names names {name!r} twice (classes {names.index(name)} and {index}): "
-                            "give every class its own name")
+    check_unique_names(names, "data.class_names")
 
 
 def launch_world_size() -> int:

@@ -47,6 +47,7 @@ class RemainingTime:
 
     def __init__(self, runs: list[tuple[str, int]], clock: Callable[[], float] = time.perf_counter) -> None:
         self.runs, self.clock = runs, clock
+        self.totals = dict(runs)
         self.started = clock()
         self.position = {method: 0 for method, _ in runs}  # the step each run is at
         self.first = dict(self.position)  # the step each run started from in this invocation
@@ -58,7 +59,7 @@ class RemainingTime:
 
     def __call__(self, trainer: Any) -> None:
         self.position[self.current] = trainer.step
-        if trainer.step % ESTIMATE_EVERY == 0 and trainer.step < dict(self.runs)[self.current]:
+        if trainer.step % ESTIMATE_EVERY == 0 and trainer.step < self.totals[self.current]:
             tqdm.write(self.line())
 
     def _weighted(self, steps: dict[str, int]) -> float:
@@ -69,7 +70,7 @@ class RemainingTime:
         done = self._weighted({m: self.position[m] - self.first[m] for m, _ in self.runs})
         if done <= 0:
             return None
-        left = self._weighted({m: total - self.position[m] for m, total in self.runs})
+        left = self._weighted({m: total - self.position[m] for m, total in self.totals.items()})
         return left * (self.clock() - self.started) / done
 
     def line(self) -> str:

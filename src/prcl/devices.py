@@ -19,6 +19,14 @@ DEVICE_PATTERN = re.compile(r"auto|cpu|cuda(:[0-9]+)?")  # what train.device and
 REPORTED_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile", "bf16", "sve")
 
 
+def usable_cpus() -> int:
+    """The CPUs this process may run on (its affinity mask where the system has one, else all of them)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # macOS, Windows
+        return max(1, os.cpu_count() or 1)
+
+
 def cpu_info(cpuinfo: str | Path = "/proc/cpuinfo") -> tuple[str, frozenset[str]]:
     """(the CPU's model name, its flags) from Linux's ``cpuinfo``; elsewhere (no such file) the platform's
     processor name and no flags."""
@@ -41,7 +49,7 @@ def cpu_description() -> str:
     """One line for benchmark reports: model, cores this process may use, the flags that pick kernels, and a
     ONEDNN_MAX_CPU_ISA limit when one is set."""
     model, flags = cpu_info()
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    cores = usable_cpus()
     present = [flag for flag in REPORTED_FLAGS if flag in flags]
     limit = os.environ.get("ONEDNN_MAX_CPU_ISA")
     return (f"CPU {model}, {cores} cores, flags {' '.join(present) or 'none of ' + ' '.join(REPORTED_FLAGS)}"

@@ -182,3 +182,22 @@ def read_records(path: Path, then: str = "") -> tuple[list[dict], bool]:
         if isinstance(record, dict):
             records.append(record)
     return records, False
+
+
+def folder_problem(folder: Path) -> str | None:
+    """Why ``folder`` cannot be written or created (e.g. "is under x, which is a file"), else None."""
+    existing = folder
+    while not existing.exists() and existing.parent != existing:
+        existing = existing.parent
+    if not existing.is_dir():
+        if existing == folder:
+            return "is a file, not a folder" if existing.exists() else "cannot be created"
+        return f"cannot be created: {existing} is a file, not a folder"
+    try:
+        handle, probe = tempfile.mkstemp(dir=existing, prefix=f".prcl-write-check.{os.getpid()}-", suffix=".tmp")
+    except OSError as error:
+        reason = error.strerror or type(error).__name__
+        return f"is not writable ({reason})" if existing == folder else f"cannot be created in {existing} ({reason})"
+    os.close(handle)
+    os.unlink(probe)
+    return None

@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from prcl.config import DataConfig, is_rgb
+from prcl.config import DataConfig, check_unique_names, is_rgb
 from prcl.data.datasets import CITYSCAPES_CLASS_NAMES, VOC_CLASS_NAMES
 from prcl.data.demo_dataset import demo_class_colors, demo_class_names
 from prcl.errors import UserError
@@ -116,11 +116,7 @@ def find_classes_file(root: Path) -> Path | None:
 def read_classes_file(path: Path) -> list[tuple[str, Color | None]]:
     """(name, colour or None) per class from a ``classes.yaml`` or ``classes.txt`` (any other name: as text)."""
     entries = _read_yaml_entries(path) if path.suffix in (".yaml", ".yml") else _read_text_entries(path)
-    names = [name for name, _ in entries]
-    for index, name in enumerate(names):
-        if name in names[:index]:
-            raise UserError(f"{path} names {name!r} twice (classes {names.index(name)} and {index}): "
-                            "give every class its own name")
+    check_unique_names([name for name, _ in entries], str(path))
     if not entries:
         raise UserError(f"{path} names no class: list one class per line, in class index order")
     return entries

@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import os
 import sys
-import tempfile
 from collections.abc import Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -31,7 +30,7 @@ from prcl.data.datasets import (
     read_label_file,
 )
 from prcl.errors import UserError
-from prcl.io import WriteError, atomic_write
+from prcl.io import WriteError, atomic_write, folder_problem
 
 CACHE_VERSION = 2  # 2: image shapes as displayed (EXIF orientation applied); older caches are read again
 SHOWN_PER_PROBLEM = 3
@@ -357,7 +356,7 @@ def check_output_folder(folder: str | os.PathLike, what: str = "output folder") 
     setting in the message, e.g. ``"--out"``.
     """
     folder = Path(folder).expanduser()
-    problem = _folder_problem(folder)
+    problem = folder_problem(folder)
     if problem:
         raise UserError(f"cannot write {what} {folder}: it {problem}; choose a folder you can write to")
     return folder
@@ -369,26 +368,9 @@ def check_output_file(path: str | os.PathLike, what: str = "output file") -> Pat
     path = Path(path).expanduser()
     if path.is_dir():
         raise UserError(f"cannot write {what} {path}: it is a folder; give a file name, e.g. {path / 'results.json'}")
-    problem = _folder_problem(path.parent)
+    problem = folder_problem(path.parent)
     if problem:
         raise UserError(f"cannot write {what} {path}: its folder {problem}; choose a path you can write to")
     return path
 
 
-def _folder_problem(folder: Path) -> str | None:
-    """Why ``folder`` cannot be written or created (e.g. "is under x, which is a file"), else None."""
-    existing = folder
-    while not existing.exists() and existing.parent != existing:
-        existing = existing.parent
-    if not existing.is_dir():
-        if existing == folder:
-            return "is a file, not a folder" if existing.exists() else "cannot be created"
-        return f"cannot be created: {existing} is a file, not a folder"
-    try:
-        handle, probe = tempfile.mkstemp(dir=existing, prefix=f".prcl-write-check.{os.getpid()}-", suffix=".tmp")
-    except OSError as error:
-        reason = error.strerror or type(error).__name__
-        return f"is not writable ({reason})" if existing == folder else f"cannot be created in {existing} ({reason})"
-    os.close(handle)
-    os.unlink(probe)
-    return None

@@ -212,29 +212,28 @@ class RunDir:
         records, torn = read_records(path, then=", then resume")
         if torn:
             self.say(f"warning: dropped a torn last line of {path} (an interrupted write)")
-        with atomic_write(path, "w") as f:
-            f.write("".join(json.dumps(record) + "\n" for record in records if record.get("step", 0) <= step))
+        self._rewrite_metrics([record for record in records if record.get("step", 0) <= step])
+
+    def _rewrite_metrics(self, records: list[dict]) -> None:
+        with atomic_write(self.metrics, "w") as f:
+            f.write("".join(json.dumps(record) + "\n" for record in records))
 
     # -------------------------------------------------------------------------------- during the run
     def append(self, record: dict) -> None:
         """Append one JSON line to metrics.jsonl with a single write: a crash leaves at most a torn last line
-        (dropped on resume)."""
-        if self.main:
-            with write_errors(self.metrics), open(self.metrics, "a", encoding="utf-8") as f:
-                f.write(json.dumps(record) + "\n")
-
-    def append_test(self, record: dict) -> None:
-        """Append a test evaluation, in place of one already logged at its step (a run resumed at its end evaluates
-        the test split again): metrics.jsonl keeps one test line per step, and the old one until the new is in."""
+        (dropped on resume). A test evaluation takes the place of one already logged at its step (a run resumed at
+        its end evaluates the test split again): one test line per step, the old one kept until the new is in."""
         if not self.main:
             return
-        records, _ = read_records(self.metrics, then=", then resume") if self.metrics.is_file() else ([], False)
-        if not any(_is_test(old) and old.get("step") == record.get("step") for old in records):
-            self.append(record)
-            return
-        kept = [old for old in records if not (_is_test(old) and old.get("step") == record.get("step"))]
-        with write_errors(self.metrics), atomic_write(self.metrics, "w") as f:
-            f.write("".join(json.dumps(line) + "\n" for line in [*kept, record]))
+        with write_errors(self.metrics):
+            if _is_test(record) and self.metrics.is_file():
+                records, _ = read_records(self.metrics, then=", then resume")
+                kept = [old for old in records if not (_is_test(old) and old.get("step") == record.get("step"))]
+                if len(kept) < len(records):
+                    self._rewrite_metrics([*kept, record])
+                    return
+            with open(self.metrics, "a", encoding="utf-8") as f:
+                f.write(json.dumps(record) + "\n")
 
     def write_best_score(self, step: int, miou: float) -> None:
         """best.json beside best.pt: last.pt was written before the evaluation that found this score."""

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import atexit
 import multiprocessing
-import os
 import signal
 import sys
 import weakref
@@ -21,6 +20,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from prcl import distributed
+from prcl.devices import usable_cpus
 
 _MIX = 0x9E3779B97F4A7C15
 
@@ -181,14 +181,6 @@ def close_loaders(*loaders: LoaderBatches | None) -> None:
 
 
 _NOTICED: set[int] = set()
-
-
-def usable_cpus() -> int:
-    """The CPUs this process may run on (its affinity mask where the system has one, else all of them)."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # macOS, Windows
-        return max(1, os.cpu_count() or 1)
 
 
 WORKERS_PER_CPU = 4

@@ -191,6 +191,7 @@ class Trainer:
         self.trained_steps = 0
         # called with the trainer after each step (the demo's remaining-time estimate reads self.step)
         self.step_hooks: list[Callable[[Trainer], None]] = []
+        self._pseudo_label_images: torch.Tensor | None = None  # TensorBoard's pseudo-label examples, read once
         self.saved_step: int | None = None  # the step last.pt holds, once this session saved it
         self.counters = _LoopCounters()
         if resumed is not None:
@@ -389,7 +390,7 @@ class Trainer:
     def _micro_step(self, batch: StepInput, count: int) -> dict | None:
         """The method's step on one micro-batch and the backward of its loss / ``count``, the gradients added to
         those already there. Returns the method's values detached, or None (no backward) when the loss is not
-        finite on some process."""
+        finite on some process: the step ends there, its later micro-batches are not run."""
         amp = torch.autocast(self.device.type, dtype=self.autocast_dtype) if self.cfg.train.amp else nullcontext()
         with amp:
             losses = self.method.train_step(self.nets, batch)
@@ -560,9 +561,11 @@ class Trainer:
         """TensorBoard's picture of the method's pseudo-labels on a fixed few unlabeled images (none for a method
         without them). Its random draws come from its own generators and the global random state is restored,
         so a run trains the same with the pictures as without them."""
-        if not self.method.uses_unlabeled or len(self.data.unlabeled) == 0:
+        if not self.method.uses_unlabeled:
             return
-        images = pseudo_label_examples(self.data.unlabeled, self.cfg.train.seed).to(self.device)
+        if self._pseudo_label_images is None:  # the same fixed images at every evaluation: read them once
+            self._pseudo_label_images = pseudo_label_examples(self.data.unlabeled, self.cfg.train.seed).to(self.device)
+        images = self._pseudo_label_images
         generator = pseudo_label_generator(self.cfg.train.seed, self.device)
         on_accelerator = self.device.type != "cpu"
         with torch.random.fork_rng(devices=[self.device] if on_accelerator else [],
@@ -652,8 +655,5 @@ class Trainer:
         figures = {"test_miou": test["miou"], "test_per_class_iou": test["per_class_iou"]}
         if "uncertainty" in test:
             figures["test_uncertainty"] = test["uncertainty"]
-        record = {"type": "eval", "split": "test", "step": self.step, **test}
-        self.run_dir.append_test(record)  # one test line per step, also when a finished run is resumed
-        if self.main:
-            self.tensorboard.record(record)
+        self.log({"type": "eval", "split": "test", "step": self.step, **test})  # replaces a line a resume re-evaluates
         return figures

@@ -64,7 +64,8 @@ def error_histograms(scores: torch.Tensor, wrong: torch.Tensor, bins: int,
     single = scores.shape == wrong.shape
     stacked = scores.reshape(1 if single else scores.shape[0], wrong.numel())
     index, slots = _histogram_slots(stacked, wrong, bins, scored)
-    counts = torch.zeros(slots + 1, dtype=torch.int64, device=index.device).scatter_add_(0, index, torch.ones_like(index))
+    ones = torch.ones((), dtype=torch.int64, device=index.device).expand_as(index)
+    counts = torch.zeros(slots + 1, dtype=torch.int64, device=index.device).scatter_add_(0, index, ones)
     counts = counts[:slots].view(2, stacked.shape[0], bins)
     counts = counts.transpose(0, 1)
     return counts[0] if single else counts

@@ -32,6 +32,7 @@ import torch
 
 from prcl import distributed
 from prcl.errors import UserError
+from prcl.io import folder_problem
 from prcl.models.weights import check_weights_file, efficientnet_lite0_weights_path
 
 IMAGENET = "imagenet"
@@ -145,15 +146,12 @@ def check_cache_folder(source: ImageNetSource) -> None:
     """UserError (one line) unless the cache folder is, or can be created as, a writable folder.
     Creates nothing."""
     folder = source.folder
-    existing = folder
-    while not existing.exists() and existing != existing.parent:
-        existing = existing.parent
-    if existing.is_dir() and os.access(existing, os.W_OK | os.X_OK):
+    problem = folder_problem(folder)
+    if problem is None:
         return
-    reason = "not a folder" if not existing.is_dir() else "permission denied"
     variable = "HF_HOME" if folder == _hf_cache() else "TORCH_HOME"
     raise UserError(
-        f"cannot write the weights cache folder {folder} ({existing}: {reason}); set {variable} to a "
+        f"cannot write the weights cache folder {folder} (it {problem}); set {variable} to a "
         f"writable folder, or {_by_hand(source)}"
     )
 

@@ -73,7 +73,7 @@ class ProbabilityHead(nn.Module):
         prediction, where the weights do not change between images. No gradient; the same values as
         ``self(features).mean(dim=1)`` in eval mode up to float32 rounding. The pixels go through as rows
         (N h w, in), which is a view of a channels-last feature map."""
-        weight1, shift1, weight2, shift2 = (tensor.detach() for tensor in self._folded_layers())
+        weight1, shift1, weight2, shift2 = self._folded_layers()  # computed without gradient (no_grad)
 
         def mean_variance(features: torch.Tensor) -> torch.Tensor:
             n, channels, height, width = features.shape
