@@ -14,8 +14,10 @@ image of each and the median over rounds of the per-round ratio (with / without)
     python benchmarks/bench_evaluate.py --device cpu --parts --encoder tf_efficientnet_lite0 --size 96 96 --classes 6
 
 ``--parts`` times the pieces of the uncertainty measures alone instead, per image (one call each, median of
-400 after 20): the head's mean variance as evaluation runs it (folded once) and as its eval-mode forward
-gives it, the meter's update, and the entropy as the meter computes it and as ``torch.special.entr`` does.
+400 after 20): the head's mean variance as evaluation runs it (folded once, its first layer's context part at
+the ASPP's coarse size), folded from the 304-channel F alone, and as its eval-mode forward gives it, the
+meter's update (per image, over 7 updates and a read of the counts: small images are queued and counted
+together), and the entropy as the meter computes it and as ``torch.special.entr`` does.
 """
 
 from __future__ import annotations
@@ -133,7 +135,8 @@ def time_parts(args: argparse.Namespace) -> None:
     head = ProbabilityHead().to(device).eval()
     image = torch.randn(1, 3, height, width, device=device)
     with torch.no_grad():
-        features = model(image, representation=False).features
+        output = model(image, representation=False)
+        features, context = output.features, output.context
         probabilities = torch.softmax(torch.randn(1, args.classes, height, width, device=device) * 2, dim=1)
         target = torch.randint(-1, args.classes, (1, height, width), device=device)
         variance = torch.rand(1, height, width, device=device)
@@ -142,10 +145,16 @@ def time_parts(args: argparse.Namespace) -> None:
         folded = head.folded_mean_variance()
         print(f"{device_name(device)}, {args.encoder}, one {height} x {width} image, feature map "
               f"{tuple(features.shape[-2:])}, {args.classes} classes; ms per call, median of 400")
-        print(f"head, folded once (evaluation):  {median_ms(lambda: folded(features)):.3f}")
+        print(f"head, folded, coarse context:    {median_ms(lambda: folded(features, context)):.3f}  (evaluation)")
+        print(f"head, folded, from F only:       {median_ms(lambda: folded(features)):.3f}")
         print(f"head, eval-mode forward + mean:  {median_ms(lambda: head(features).mean(dim=1)):.3f}")
-        print(f"meter update:                    "
-              f"{median_ms(lambda: meter.update(probabilities, target, variance, prediction=prediction)):.3f}")
+
+        def seven_updates() -> None:
+            for _ in range(7):
+                meter.update(probabilities, target, variance, prediction=prediction)
+            meter.calibration  # reading the counts counts what the queue holds
+
+        print(f"meter, per update:               {median_ms(seven_updates) / 7:.3f}  (7 updates and a read)")
         print(f"entropy, normalised_entropy:     {median_ms(lambda: normalised_entropy(probabilities)):.3f}")
         print(f"entropy, torch.special.entr:     "
               f"{median_ms(lambda: torch.special.entr(probabilities).sum(dim=1)):.3f}")

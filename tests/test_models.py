@@ -79,6 +79,10 @@ def test_resnet101_student_outputs_are_81x81_at_321(resnet101_student):
     assert out.logits.shape == (1, 21, 81, 81)
     assert out.mu.shape == (1, 256, 81, 81)
     assert out.features.shape == (1, 304, 81, 81)
+    # the ASPP output at stride 16, which F's last 256 channels upsample (what the folded head relies on)
+    assert out.context.shape == (1, 256, 21, 21)
+    assert torch.equal(out.features[:, 48:],
+                       F.interpolate(out.context, size=(81, 81), mode="bilinear", align_corners=True))
 
 
 def test_student_layout_matches_release_checkpoint_keys(resnet101_student):
@@ -263,6 +267,31 @@ def test_folded_mean_variance_folds_once_and_keeps_the_precision():
     assert (mean_variance(head)(output) - before).abs().min() > 0.01
     head.train()  # in training mode mean_variance runs the head itself (BatchNorm on the batch, with gradient)
     assert mean_variance(head)(output).requires_grad
+
+
+def test_folded_mean_variance_takes_the_first_layer_on_the_coarse_context():
+    """Given the segmenter's ASPP output, evaluation applies the first layer's context part at the coarse size and
+    upsamples it (linear per pixel; bilinear weights sum to 1): the same variance as from the 304-channel F, within
+    4 x the layer-by-layer float32 error of the float64 formula, for NCHW and channels-last inputs, an upsampling
+    by 4 and none (OS equal to 4), and through ``mean_variance`` from a SegmenterOutput. A context that is not F's
+    last channels (here: shifted) gives other values, so the test can tell."""
+    from prcl.infer.protocols import mean_variance
+
+    head = _head_with_statistics()
+    for coarse_size, size in (((3, 4), (10, 13)), ((5, 6), (5, 6))):
+        low, context = torch.randn(2, 48, *size), torch.randn(2, 256, *coarse_size)
+        x = torch.cat([low, F.interpolate(context, size=size, mode="bilinear", align_corners=True)], dim=1)
+        with torch.no_grad():
+            truth = _reference_probability_head(copy.deepcopy(head).double(), x.double()).mean(dim=1, keepdim=True)
+            float32_error = float((_reference_probability_head(head, x).double() - truth).abs().max())
+        folded = head.folded_mean_variance()
+        for layout in (torch.contiguous_format, torch.channels_last):
+            got = folded(x.contiguous(memory_format=layout), context.contiguous(memory_format=layout))
+            assert got.shape == (2, 1, *size)
+            assert float((got.double() - truth).abs().max()) <= 4 * float32_error + EPS32
+        output = SegmenterOutput(logits=None, mu=None, features=x, context=context)
+        assert float((mean_variance(head)(output).double() - truth).abs().max()) <= 4 * float32_error + EPS32
+        assert float((folded(x, context + 0.5).double() - truth).abs().max()) > 1e-3
 
 
 def test_probability_head_weight_rows_are_normalised():

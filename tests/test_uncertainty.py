@@ -134,6 +134,34 @@ def test_a_given_prediction_counts_as_the_meters_own():
     assert torch.equal(given.calibration, own.calibration)
 
 
+def test_queued_batches_count_as_batches_counted_alone():
+    """Small batches wait in a queue (copies) and are counted together: the same counts as counting each batch
+    when it comes, with batches of other sizes, one larger than the queue, a batch without a variance between
+    batches with one, the caller overwriting its tensors after each update, and counts read half-way."""
+    g = torch.Generator().manual_seed(4)
+    classes = 5
+    alone = UncertaintyMeter(classes, queue_pixels=0)  # every batch is larger than the queue: counted at once
+    queued = UncertaintyMeter(classes, queue_pixels=200)
+    for k, (n, h, w) in enumerate([(1, 7, 9), (2, 5, 6), (1, 3, 4), (3, 10, 11), (1, 8, 8), (2, 4, 5), (1, 6, 7)]):
+        probabilities = (torch.randn(n, classes, h, w, generator=g) * 3).softmax(dim=1)
+        target = torch.randint(-1, classes, (n, h, w), generator=g)
+        variance = None if k == 4 else torch.rand(n, h, w, generator=g)
+        for meter in (alone, queued):
+            meter.update(probabilities, target, variance, prediction=probabilities.max(dim=1).indices)
+        probabilities.fill_(1 / classes)  # the caller reuses its tensors
+        target.fill_(0)
+        if k == 2:
+            assert torch.equal(queued.histograms["entropy"], alone.histograms["entropy"])  # reading counts them
+    assert queued.result().keys() == alone.result().keys()
+    for name in alone.histograms:
+        assert torch.equal(queued.histograms[name], alone.histograms[name]), name
+    assert torch.equal(queued.calibration[:2], alone.calibration[:2])
+    pixels = float(alone.calibration[0].sum())
+    # the confidences' float64 sums, grouped by other batches: a sum of at most `pixels` terms below 1 each
+    assert torch.allclose(queued.calibration[2], alone.calibration[2], rtol=0, atol=summation_bound(pixels, int(pixels), EPS64))
+    assert alone.seen == queued.seen == {"variance": True, "one_minus_max_prob": True, "entropy": True}
+
+
 def test_ece_is_zero_for_a_calibrated_bin_and_the_gap_otherwise():
     # 10 pixels at confidence 0.8 (one bin), 8 right: calibrated; then all right: gap 0.2
     probabilities = torch.tensor([0.8, 0.2]).view(1, 2, 1, 1).expand(1, 2, 1, 10).contiguous()

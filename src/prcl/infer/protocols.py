@@ -213,7 +213,10 @@ def mean_variance(probability_head: nn.Module) -> Callable[[Any], torch.Tensor]:
     after the weights change."""
     if not probability_head.training and hasattr(probability_head, "folded_mean_variance"):
         folded = probability_head.folded_mean_variance()  # the weights are fixed while it is used: fold them once
-        return lambda output: folded(output.features.float())
+        def folded_fn(output: Any) -> torch.Tensor:
+            context = getattr(output, "context", None)  # the ASPP output, where the model gives it
+            return folded(output.features.float(), None if context is None else context.float())
+        return folded_fn
 
     def fn(output: Any) -> torch.Tensor:
         return probability_head(output.features).float().mean(dim=1, keepdim=True)

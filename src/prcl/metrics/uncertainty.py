@@ -45,11 +45,48 @@ def auroc_from_histograms(wrong: torch.Tensor, right: torch.Tensor) -> float | N
 
 
 def _bin(values: torch.Tensor, bins: int) -> torch.Tensor:
-    """Values in [0, 1] -> bin indices of ``bins`` equal bins (int64, same shape). For a power-of-two ``bins`` (the
-    histograms' 4096) the float32 product is exact, so it is taken as it is; other counts (the calibration's 15)
-    multiply in float64."""
+    """Values in [0, 1] -> bin indices of ``bins`` equal bins (int64, same shape; NaN -> bin 0). For a power-of-two
+    ``bins`` (the histograms' 4096) the float32 product is exact, so it is taken as it is; other counts (the
+    calibration's 15) multiply in float64."""
     exact = values.dtype == torch.float32 and bins & (bins - 1) == 0
-    return ((values if exact else values.double()) * bins).long().clamp_(0, bins - 1)
+    product = values * bins if exact else values.double() * bins
+    return product.nan_to_num_(0.0).clamp_(0, bins - 1).long()  # truncation: the floor of a value >= 0
+
+
+def _work(work: dict[str, torch.Tensor] | None, name: str, shape: tuple[int, ...], dtype: torch.dtype,
+          device: torch.device) -> torch.Tensor:
+    """A tensor of ``shape`` for intermediate values: a view of ``work[name]`` (flat, at least that large) when a
+    work space is given, else a new one. The meter keeps its queue's intermediates between counts: a new
+    megabyte-sized tensor at every count comes and goes through the allocator's page faults, which cost as
+    much as the counting (docs/benchmarks.md)."""
+    numel = math.prod(shape)
+    if work is None:
+        return torch.empty(shape, dtype=dtype, device=device)
+    return work[name][:numel].view(shape)
+
+
+def _slot_counts(rows: torch.Tensor, right: torch.Tensor, scored: torch.Tensor | None, half: int,
+                 work: dict[str, torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Count slots over the wrong and the right pixels in one scatter-add.
+
+    rows: (K, P) whole numbers (int64, or float32 below 2^24, where they are exact), each pixel's slot in
+    [0, half) for each of K rows (a bin plus the row's offset); right, scored: (P,) bool (scored None: all).
+    Returns the flat int64 slots (K P,), a pixel's slot moved by ``half`` when it is right and by ``2 half`` when
+    it is not scored (``rows`` is overwritten), and the counts (2, half), int32 (a batch has fewer than 2^31
+    pixels): row 0 over the wrong pixels, row 1 over the right ones. One scatter-add of int32 ones, no pixel
+    gathered: on a CPU, bincount first scans its input for the minimum and the maximum, and int64 or expanded
+    ones scatter slower (docs/benchmarks.md). ``work``: see :func:`_work` (its "ones" hold ones)."""
+    shift = right.reshape(1, -1) * half
+    if scored is not None:
+        shift = torch.where(scored.reshape(1, -1), shift, 2 * half)
+    rows.add_(shift)
+    index = _work(work, "index", (rows.numel(),), torch.int64, rows.device)
+    index.copy_(rows.reshape(-1))  # whole numbers: the conversion is exact
+    ones = _work(work, "ones", (rows.numel(),), torch.int32, rows.device)
+    if work is None:
+        ones.fill_(1)
+    counts = torch.zeros(3 * half, dtype=torch.int32, device=index.device).scatter_add_(0, index, ones)
+    return index, counts[:2 * half].view(2, half)
 
 
 def error_histograms(scores: torch.Tensor, wrong: torch.Tensor, bins: int,
@@ -57,32 +94,16 @@ def error_histograms(scores: torch.Tensor, wrong: torch.Tensor, bins: int,
     """Counts of ``scores`` (values in [0, 1]) over the wrong pixels (row 0) and the right ones (row 1).
 
     scores: the shape of ``wrong`` (any, bool), or (S, *wrong.shape): S scores of the same pixels;
-    scored: optional bool mask of wrong's shape, the pixels to count (default all). Returns
-    (2, bins), or (S, 2, bins) for S stacked scores, from one scatter-add of ones (no pixel gathered; a CPU's
-    bincount first scans its input for the minimum and the maximum, which costs as much again).
+    scored: optional bool mask of wrong's shape, the pixels to count (default all). Returns int64
+    (2, bins), or (S, 2, bins) for S stacked scores, from one scatter-add (:func:`_slot_counts`).
     """
     single = scores.shape == wrong.shape
     stacked = scores.reshape(1 if single else scores.shape[0], wrong.numel())
-    index, slots = _histogram_slots(stacked, wrong, bins, scored)
-    ones = torch.ones((), dtype=torch.int64, device=index.device).expand_as(index)
-    counts = torch.zeros(slots + 1, dtype=torch.int64, device=index.device).scatter_add_(0, index, ones)
-    counts = counts[:slots].view(2, stacked.shape[0], bins)
-    counts = counts.transpose(0, 1)
-    return counts[0] if single else counts
-
-
-def _histogram_slots(stacked: torch.Tensor, wrong: torch.Tensor, bins: int,
-                     scored: torch.Tensor | None) -> tuple[torch.Tensor, int]:
-    """The bincount slot of each (score, pixel) of ``stacked`` (S, P) for histograms (2, S, bins), flat, and
-    the number of slots: score s's bin b is slot ``s * bins + b`` over the wrong pixels, ``(S + s) * bins + b``
-    over the right ones; pixels not ``scored`` go to one extra slot (the last), to be dropped."""
     num_scores = stacked.shape[0]
-    slots = 2 * num_scores * bins
-    offsets = bins * torch.arange(num_scores, device=stacked.device)[:, None]
-    index = _bin(stacked, bins) + offsets + num_scores * bins * (~wrong.reshape(1, -1)).long()
-    if scored is not None:
-        index = torch.where(scored.reshape(1, -1), index, slots)
-    return index.reshape(-1), slots
+    index = _bin(stacked, bins).add_(bins * torch.arange(num_scores, device=stacked.device)[:, None])
+    _, counts = _slot_counts(index, ~wrong.reshape(-1), scored, num_scores * bins)
+    counts = counts.long().view(2, num_scores, bins).transpose(0, 1)
+    return counts[0] if single else counts
 
 
 def error_auroc(scores: torch.Tensor, wrong: torch.Tensor, bins: int = 4096) -> float | None:
@@ -90,13 +111,19 @@ def error_auroc(scores: torch.Tensor, wrong: torch.Tensor, bins: int = 4096) -> 
     return auroc_from_histograms(*error_histograms(scores, wrong, bins))
 
 
-def normalised_entropy(probabilities: torch.Tensor, dim: int = 1) -> torch.Tensor:
+def normalised_entropy(probabilities: torch.Tensor, dim: int = 1, terms: torch.Tensor | None = None,
+                       out: torch.Tensor | None = None) -> torch.Tensor:
     """Softmax entropy over ``dim`` divided by log C: 0 = certain, 1 = every class equally likely.
 
     ``-p log p`` with p = 0 counting 0 (its log taken at float32's smallest normal); twice as fast on a CPU as
-    ``torch.special.entr`` (docs/benchmarks.md), from which it differs by about an ulp per term."""
+    ``torch.special.entr`` (docs/benchmarks.md), from which it differs by about an ulp per term. ``terms``
+    (float32, the shape of probabilities) and ``out`` (the result's shape): optional tensors to write the
+    terms and the result into (the meter's work space)."""
     p = probabilities.float()
-    return -(p * torch.log(p.clamp_min(torch.finfo(p.dtype).tiny))).sum(dim=dim) / math.log(max(p.shape[dim], 2))
+    if terms is None:
+        terms = torch.empty_like(p)
+    torch.clamp(p, min=torch.finfo(p.dtype).tiny, out=terms).log_().mul_(p)  # one tensor of p's size, not three
+    return torch.sum(terms, dim=dim, out=out).div_(-math.log(max(p.shape[dim], 2)))
 
 
 class UncertaintyMeter:
@@ -105,58 +132,142 @@ class UncertaintyMeter:
     ``update(probabilities, target, variance=None)``: probabilities (N, C, H, W) softmax, target
     (N, H, W) int64 with -1 = not scored, variance (N, H, W) in [0, 1] or None. ``result()`` gives a
     JSON-ready dict: ``auroc_<score>`` for each score seen, ``ece``, ``error_rate`` and ``pixels``.
+
+    Counting takes about two dozen operations over the pixels, whatever their number; evaluation updates
+    once per image, so batches smaller than ``queue_pixels`` are copied into a queue and counted together
+    when it is full, or when the counts are read (``histograms``, ``calibration``, ``result()``,
+    ``all_reduce()``). At the demo's 96 x 96 images that is one count per 7 images (docs/benchmarks.md).
     """
 
     def __init__(self, num_classes: int, device: torch.device | str = "cpu", bins: int = 4096,
-                 calibration_bins: int = 15) -> None:
+                 calibration_bins: int = 15, queue_pixels: int = 1 << 16) -> None:
         self.num_classes = num_classes
         self.bins = bins
-        self.histograms = {name: torch.zeros(2, bins, dtype=torch.int64, device=device) for name in SCORES}
-        self.seen = {name: False for name in SCORES}
+        self.device = torch.device(device)
+        self._counts = torch.zeros(len(SCORES), 2, bins, dtype=torch.int64, device=device)
+        self._seen = {name: False for name in SCORES}
         # per calibration bin: pixels, right pixels, sum of confidences
-        self.calibration = torch.zeros(3, calibration_bins, dtype=torch.float64, device=device)
+        self._calibration = torch.zeros(3, calibration_bins, dtype=torch.float64, device=device)
+        self.queue_pixels = queue_pixels
+        self._queue: dict[str, torch.Tensor] = {}  # made at the first queued batch
+        self._work: dict[str, torch.Tensor] = {}  # the counting's intermediates for the queue (see _work)
+        self._queued = 0  # pixels waiting in the queue
+        self._queued_variance = False  # whether they came with a variance
+
+    @property
+    def histograms(self) -> dict[str, torch.Tensor]:
+        """Per score, its (2, bins) counts over the wrong (row 0) and the right pixels (views of one tensor)."""
+        self._flush()
+        return dict(zip(SCORES, self._counts))
+
+    @property
+    def calibration(self) -> torch.Tensor:
+        """(3, calibration bins) float64: pixels, right pixels and the sum of their confidences, per bin."""
+        self._flush()
+        return self._calibration
+
+    @property
+    def seen(self) -> dict[str, bool]:
+        """Per score, whether any update gave it."""
+        self._flush()
+        return self._seen
 
     @torch.no_grad()
     def update(self, probabilities: torch.Tensor, target: torch.Tensor, variance: torch.Tensor | None = None,
                prediction: torch.Tensor | None = None) -> None:
-        """Count one batch. ``prediction`` (N, H, W) int64: the class map, when the caller has it
-        (evaluation does; it is ``probabilities.max(dim=1).indices``), which saves a max over classes."""
-        scored = target >= 0
-        probabilities = probabilities.float()
+        """Count one batch, now or with the queue (the tensors are copied: the caller may reuse them).
+        ``prediction`` (N, H, W) int64: the class map, when the caller has it (evaluation does; it is
+        ``probabilities.max(dim=1).indices``), which saves a max over classes."""
         if prediction is None:
-            confidence, prediction = probabilities.max(dim=1)
-        else:
-            confidence = probabilities.gather(1, prediction[:, None]).squeeze(1)
-        wrong = prediction != target
-        scores = {"one_minus_max_prob": 1.0 - confidence, "entropy": normalised_entropy(probabilities)}
+            prediction = probabilities.max(dim=1).indices
+        n, classes = probabilities.shape[:2]
+        pixels = target.numel()
+        with_variance = variance is not None
+        if self._queued and (with_variance != self._queued_variance or self._queued + pixels > self.queue_pixels):
+            self._flush()
+        flat = probabilities.reshape(n, classes, -1).transpose(0, 1)  # (C, N, h w): pixels in target's order
+        if pixels > self.queue_pixels:  # large enough to count alone
+            self._count(flat.reshape(classes, pixels).float(), target.reshape(-1), prediction.reshape(-1),
+                        variance.reshape(-1) if with_variance else None)
+            return
+        if not self._queue:
+            size, rows = self.queue_pixels, len(SCORES) + 1
+
+            def empty(numel: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+                return torch.empty(numel, dtype=dtype, device=self.device)
+            self._queue = {"probabilities": empty(classes * size).view(classes, size), "target": empty(size, torch.int64),
+                           "prediction": empty(size, torch.int64), "variance": empty(size)}
+            self._work = {"rows": empty(rows * size), "terms": empty(classes * size),
+                          "index": empty(rows * size, torch.int64), "ones": empty(rows * size, torch.int32).fill_(1)}
+        start, end = self._queued, self._queued + pixels
+        self._queue["probabilities"][:, start:end].view(classes, n, -1).copy_(flat)
+        self._queue["target"][start:end] = target.reshape(-1)
+        self._queue["prediction"][start:end] = prediction.reshape(-1)
+        if with_variance:
+            self._queue["variance"][start:end] = variance.reshape(-1)
+        self._queued, self._queued_variance = end, with_variance
+
+    def _flush(self) -> None:
+        """Count the queued pixels."""
+        if self._queued:
+            queued, self._queued = self._queued, 0
+            self._count(self._queue["probabilities"][:, :queued], self._queue["target"][:queued],
+                        self._queue["prediction"][:queued],
+                        self._queue["variance"][:queued] if self._queued_variance else None, self._work)
+
+    @torch.no_grad()
+    def _count(self, probabilities: torch.Tensor, target: torch.Tensor, prediction: torch.Tensor,
+               variance: torch.Tensor | None, work: dict[str, torch.Tensor] | None = None) -> None:
+        """Count pixels: probabilities (C, P) float32, target and prediction (P,) int64, variance (P,) or None;
+        ``work``: the queue's work space (:func:`_work`), for P up to its size.
+
+        Every score's bins and the confidence's calibration bins are slots of one scatter-add
+        (:func:`_slot_counts`): per pixel, score s in slots ``s bins + bin`` (s over the scores given,
+        variance first), the confidence in ``S bins + calibration bin``."""
+        confidence = probabilities.gather(0, prediction[None]).squeeze(0)
+        names = SCORES if variance is not None else SCORES[1:]
+        num_scores, bins, calibration_bins = len(names), self.bins, self._calibration.shape[1]
+        (classes, pixels), device = probabilities.shape, probabilities.device
+        # (S + 1, P) float32: the scores, then the confidence; each row becomes its bins (whole numbers, exact in
+        # float32 below 2^24) plus its slot offset and the pixel's shift (see _slot_counts).
+        rows = _work(work, "rows", (num_scores + 1, pixels), torch.float32, device)
         if variance is not None:
-            scores["variance"] = variance.float().reshape(confidence.shape)
-        counts = error_histograms(torch.stack(list(scores.values())), wrong, self.bins, scored)  # (S, 2, bins)
-        for name, histogram in zip(scores, counts):
-            self.histograms[name] += histogram
-            self.seen[name] = True
-        # The confidence's calibration bins over the wrong and the right pixels, counted and summed.
-        bins = self.calibration.shape[1]
-        index, slots = _histogram_slots(confidence.reshape(1, -1), wrong, bins, scored)
-        pixels = torch.bincount(index, minlength=slots + 1)[:slots].view(2, bins)
-        confidence_sums = torch.bincount(index, weights=confidence.reshape(-1).double(), minlength=slots + 1)
-        self.calibration[0] += pixels.sum(dim=0)
-        self.calibration[1] += pixels[1]
-        self.calibration[2] += confidence_sums[:slots].view(2, bins).sum(dim=0)
+            rows[0] = variance
+        torch.neg(confidence, out=rows[num_scores - 2]).add_(1.0)  # 1 - confidence, the same rounding
+        normalised_entropy(probabilities, dim=0, terms=_work(work, "terms", (classes, pixels), torch.float32, device),
+                           out=rows[num_scores - 1])
+        rows[num_scores] = confidence.double().mul_(calibration_bins).floor_().clamp_(0, calibration_bins - 1)
+        rows[:num_scores].mul_(bins).floor_().clamp_(0, bins - 1)  # float32 exact for a power of two (see _bin)
+        rows.nan_to_num_(0.0)  # NaN (a diverged network's scores) -> bin 0, as _bin
+        rows += bins * torch.arange(num_scores + 1, device=device)[:, None]
+        half = num_scores * bins + calibration_bins
+        index, counts = _slot_counts(rows, prediction == target, target >= 0, half, work)
+        self._counts[SCORES.index(names[0]):] += counts[:, :num_scores * bins].view(2, num_scores, bins).transpose(0, 1)
+        for name in names:
+            self._seen[name] = True
+        # The confidence's calibration bins: pixels and right pixels counted above, confidences summed here.
+        sums = torch.zeros(3 * half, dtype=torch.float64, device=index.device)
+        sums.scatter_add_(0, index[-confidence.numel():], confidence.double())
+        pixels = counts[:, num_scores * bins:]
+        self._calibration[0] += pixels.sum(dim=0)
+        self._calibration[1] += pixels[1]
+        self._calibration[2] += sums[:2 * half].view(2, half)[:, num_scores * bins:].sum(dim=0)
 
     def all_reduce(self) -> None:
         """Sum the counts over processes (call once, after the last update, on every process)."""
+        self._flush()
         if not is_distributed():
             return
+        dist.all_reduce(self._counts, op=dist.ReduceOp.SUM)
         for name in SCORES:
-            dist.all_reduce(self.histograms[name], op=dist.ReduceOp.SUM)
-            seen = torch.tensor(int(self.seen[name]), device=self.histograms[name].device)
+            seen = torch.tensor(int(self._seen[name]), device=self._counts.device)
             dist.all_reduce(seen, op=dist.ReduceOp.MAX)
-            self.seen[name] = bool(seen)
-        dist.all_reduce(self.calibration, op=dist.ReduceOp.SUM)
+            self._seen[name] = bool(seen)
+        dist.all_reduce(self._calibration, op=dist.ReduceOp.SUM)
 
     def result(self) -> dict[str, float | int | None]:
-        counts, right, confidence_sum = self.calibration
+        self._flush()
+        counts, right, confidence_sum = self._calibration
         pixels = float(counts.sum())
         out: dict[str, float | int | None] = {}
         for name in SCORES:

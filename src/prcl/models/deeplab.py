@@ -33,6 +33,10 @@ class SegmenterOutput(NamedTuple):
     # (N, 256, h, w) representation means (not normalised); None when not asked for. Only PRCL's student trains them.
     mu: torch.Tensor | None
     features: torch.Tensor  # (N, 304, h, w) the feature F fed to the heads and the probability head
+    # (N, 256, h', w') the ASPP output at the encoder's output stride, before its bilinear (align_corners)
+    # upsampling into F's last 256 channels: a per-pixel linear map of F can run its part on these at the
+    # coarse size (the probability head in evaluation does). None where a model does not give it.
+    context: torch.Tensor | None = None
 
 
 class ASPP(nn.Module):
@@ -80,7 +84,8 @@ class Segmenter(nn.Module):
     """Encoder + DeepLabV3+ decoder + classifier head + representation head (the PRCL student).
 
     forward(x (N, 3, H, W)) -> SegmenterOutput(logits (N, C, h, w), mu (N, 256, h, w),
-    features (N, 304, h, w)) at the encoder's stride-4 resolution. ``representation=False`` skips the
+    features (N, 304, h, w), context (N, 256, h', w')) at the encoder's stride-4 resolution, context at its
+    output stride. ``representation=False`` skips the
     representation head (mu is None): only PRCL's student reads mu, and the head is a 3 x 3 convolution
     304 -> 256 at stride 4, as costly as the classifier head (12 % of a ResNet-101 forward at 321 x 321,
     21 % of the demo's; docs/benchmarks.md). Where it never runs (the teacher, the supervised and mean-teacher
@@ -104,11 +109,11 @@ class Segmenter(nn.Module):
     def forward(self, x: torch.Tensor, representation: bool = True) -> SegmenterOutput:
         low_level, deep = self.encoder(x)
         context = self.ASPP(deep)
-        context = F.interpolate(context, size=low_level.shape[-2:], mode="bilinear", align_corners=True)
+        upsampled = F.interpolate(context, size=low_level.shape[-2:], mode="bilinear", align_corners=True)
         # Order as in the release: low-level 48 channels first, then the 256 ASPP channels.
-        features = torch.cat([self.project(low_level), context], dim=1)
+        features = torch.cat([self.project(low_level), upsampled], dim=1)
         mu = self.representation(features) if representation else None
-        return SegmenterOutput(self.classifier(features), mu, features)
+        return SegmenterOutput(self.classifier(features), mu, features, context)
 
 
 def build_segmenter(

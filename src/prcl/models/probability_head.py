@@ -67,20 +67,36 @@ class ProbabilityHead(nn.Module):
                 F.normalize(self.fc2, dim=1) * scale2[:, None], shift2)
 
     @torch.no_grad()
-    def folded_mean_variance(self) -> Callable[[torch.Tensor], torch.Tensor]:
-        """The eval-mode variance averaged over its dim dimensions, as a function (N, in, h, w) -> (N, 1, h, w),
-        with the layers folded once (:meth:`_folded_layers`) for every image it is called on: for evaluation and
-        prediction, where the weights do not change between images. No gradient; the same values as
-        ``self(features).mean(dim=1)`` in eval mode up to float32 rounding. The pixels go through as rows
-        (N h w, in), which is a view of a channels-last feature map."""
+    def folded_mean_variance(self) -> Callable[..., torch.Tensor]:
+        """The eval-mode variance averaged over its dim dimensions, as a function
+        ``(features (N, in, h, w), context (N, k, h', w') or None) -> (N, 1, h, w)``, with the layers folded once
+        (:meth:`_folded_layers`) for every image it is called on: for evaluation and prediction, where the weights
+        do not change between images. No gradient; the same values as ``self(features).mean(dim=1)`` in eval mode
+        up to float32 rounding. The pixels go through as rows (N h w, in), which is a view of a channels-last
+        feature map.
+
+        ``context``: the segmenter's ASPP output when features' last k channels are its bilinear
+        (align_corners) upsampling (``SegmenterOutput.context``). The first layer is linear per pixel and
+        bilinear weights sum to 1, so its part on those channels, shift included, is taken at the coarse size
+        and upsampled: ``W1 up(c) + b = up(W1 c + b)``. At output stride 16 that is 16 times fewer pixels for
+        256 of the 304 input channels (docs/benchmarks.md)."""
         weight1, shift1, weight2, shift2 = self._folded_layers()  # computed without gradient (no_grad)
 
-        def mean_variance(features: torch.Tensor) -> torch.Tensor:
+        def mean_variance(features: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
             n, channels, height, width = features.shape
             with torch.no_grad():
                 x = features.permute(0, 2, 3, 1).reshape(-1, channels)  # (N h w, in)
-                x = torch.addmm(shift1, x, weight1.t()).relu_()
-                x = torch.addmm(shift2, x, weight2.t())
+                if context is None:
+                    x = torch.addmm(shift1, x, weight1.t())
+                else:
+                    low = channels - context.shape[1]  # features' channels before the upsampled context
+                    coarse = torch.addmm(shift1, context.permute(0, 2, 3, 1).reshape(-1, context.shape[1]),
+                                         weight1[:, low:].t())  # (N h' w', dim)
+                    coarse = coarse.view(n, *context.shape[-2:], -1).permute(0, 3, 1, 2)  # channels-last (N, dim, h', w')
+                    upsampled = F.interpolate(coarse, size=(height, width), mode="bilinear", align_corners=True)
+                    x = torch.addmm(upsampled.permute(0, 2, 3, 1).reshape(-1, coarse.shape[1]), x[:, :low],
+                                    weight1[:, :low].t())
+                x = torch.addmm(shift2, x.relu_(), weight2.t())
                 u = x.clamp_(max=80.0).exp_().add_(EPS)
                 variance = u.div_(u + 1.0).mean(dim=1)
             return variance.reshape(n, 1, height, width)
