@@ -162,6 +162,35 @@ def test_queued_batches_count_as_batches_counted_alone():
     assert alone.seen == queued.seen == {"variance": True, "one_minus_max_prob": True, "entropy": True}
 
 
+def test_meter_on_evaluation_maps_and_at_its_edges():
+    """What evaluation hands the meter (channels-last float16 maps, the probabilities a slice of them, the variance
+    a strided channel) counts as contiguous float32 copies do, queued or not; a count in inference mode can be read
+    outside it; an empty batch counts nothing; a bin count that is not a power of two bins as error_histograms does;
+    a wrong class count and too many bins are refused."""
+    g = torch.Generator().manual_seed(6)
+    classes = 4
+    maps = torch.rand(2, classes + 1, 9, 11, generator=g).to(torch.float16).contiguous(memory_format=torch.channels_last)
+    maps[:, :classes] = maps[:, :classes].softmax(dim=1)
+    target = torch.randint(-1, classes, (2, 9, 11), generator=g)
+    plain = (maps[:, :classes].float().contiguous(), target, maps[:, classes].float().contiguous())
+    counts = []
+    for queue_pixels, inputs in ((0, plain), (1 << 16, plain), (0, (maps[:, :classes], target, maps[:, classes])),
+                                 (1 << 16, (maps[:, :classes], target, maps[:, classes]))):
+        meter = UncertaintyMeter(classes, queue_pixels=queue_pixels, bins=1000)
+        with torch.inference_mode():
+            meter.update(*inputs)
+            meter.update(torch.zeros(0, classes, 9, 11), torch.zeros(0, 9, 11, dtype=torch.long))
+        counts.append(meter.histograms)  # read outside inference mode: counts the queue
+        assert meter.result()["pixels"] == int((target >= 0).sum())
+    assert all(torch.equal(c[name], counts[0][name]) for c in counts for name in counts[0])
+    variance, wrong, scored = plain[2], plain[0].argmax(dim=1) != target, target >= 0
+    assert torch.equal(counts[0]["variance"], error_histograms(variance, wrong, 1000, scored))
+    with pytest.raises(ValueError, match="3 classes"):
+        UncertaintyMeter(classes).update(torch.rand(1, 3, 2, 2), torch.zeros(1, 2, 2, dtype=torch.long))
+    with pytest.raises(ValueError, match="bins"):
+        UncertaintyMeter(classes, bins=1 << 21)
+
+
 def test_ece_is_zero_for_a_calibrated_bin_and_the_gap_otherwise():
     # 10 pixels at confidence 0.8 (one bin), 8 right: calibrated; then all right: gap 0.2
     probabilities = torch.tensor([0.8, 0.2]).view(1, 2, 1, 1).expand(1, 2, 1, 10).contiguous()
@@ -200,13 +229,20 @@ def test_pseudo_label_probe_on_a_hand_made_strong_view():
 
 def test_power_of_two_bins_in_float32_are_the_float64_bins():
     """The histograms' 4096 bins take the float32 product (exact: a power of two); the same bins as float64."""
-    from prcl.metrics.uncertainty import _bin
+    from prcl.metrics.uncertainty import _bin_
 
     values = torch.cat([torch.rand(100_000, generator=torch.Generator().manual_seed(0)),
                         torch.arange(4097, dtype=torch.float32) / 4096,  # every bin edge, 0 and 1 included
                         torch.tensor([1 - 2**-24, 2**-149, 2**-126])])
-    assert torch.equal(_bin(values, 4096), _bin(values.double(), 4096))
-    assert torch.equal(_bin(values, 15), (values.double() * 15).long().clamp(0, 14))  # other counts: float64
+    assert torch.equal(_bin_(values.clone(), 4096).long(), _bin_(values.double(), 4096).long())
+    # other counts multiply in float64: the float64 floor, also for values just below a bin edge
+    edges = (torch.arange(1, 15, dtype=torch.float64) / 15).float()
+    below = torch.cat([values, torch.nextafter(edges, torch.zeros(()))])
+    assert torch.equal(_bin_(below.clone(), 15).long(), (below.double() * 15).long().clamp(0, 14))
+    # 0.585 in float32 is 0.58499997854: bin 584 of 1000, where a float32 product rounds to 585.0
+    assert torch.equal(_bin_(below.clone(), 1000).long(), (below.double() * 1000).long().clamp(0, 999))
+    assert _bin_(torch.tensor([0.585]), 1000).item() == 584
+    assert torch.equal(_bin_(torch.tensor([float("nan"), float("inf"), -1.0]), 15), torch.tensor([0.0, 14.0, 0.0]))
 
 
 def test_normalised_entropy_is_the_entropy_of_special_entr():

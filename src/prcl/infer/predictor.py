@@ -86,8 +86,9 @@ def _class_colors(colors: Any, num_classes: int) -> list[tuple[int, int, int]] |
 class Predictor:
     """Runs a segmenter (and optionally its probability head) on pictures, without gradients.
 
-    ``model(x)`` returns an object with ``.logits`` (N, C, h, w) and ``.features`` (N, F, h, w)
-    (a :class:`prcl.models.Segmenter`); ``probability_head(features)`` returns variance
+    ``model(x)`` returns an object with ``.logits`` (N, C, h, w) and ``.features`` (N, F, h, w), and optionally
+    ``.context``, the coarse map F's last channels upsample (a :class:`prcl.models.Segmenter`; see
+    :func:`prcl.infer.protocols.mean_variance`); ``probability_head(features)`` returns variance
     (N, 256, h, w). Both are moved to ``device`` and put in eval mode. Input pictures are scaled
     to [0, 1] and normalised with ``mean``/``std`` (tensors are taken as already normalised).
     ``protocol`` ("whole" or "sliding"), ``window``, ``stride``, ``flip`` and ``scales`` are as

@@ -210,9 +210,12 @@ def mean_variance(probability_head: nn.Module) -> Callable[[Any], torch.Tensor]:
 
     A head in eval mode is folded once, here (``ProbabilityHead.folded_mean_variance``): the function returned is
     for images scored with these weights (one evaluation, one ``predict_batch``), without gradient; make a new one
-    after the weights change."""
+    after the weights change. An output's ``.context``, where it has one (a :class:`prcl.models.Segmenter`'s ASPP
+    map), must be what F's last channels upsample bilinearly (align_corners): the head's first layer takes that
+    part at the coarse size."""
     if not probability_head.training and hasattr(probability_head, "folded_mean_variance"):
         folded = probability_head.folded_mean_variance()  # the weights are fixed while it is used: fold them once
+
         def folded_fn(output: Any) -> torch.Tensor:
             context = getattr(output, "context", None)  # the ASPP output, where the model gives it
             return folded(output.features.float(), None if context is None else context.float())

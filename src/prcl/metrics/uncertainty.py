@@ -28,6 +28,7 @@ import torch.distributed as dist
 from prcl.distributed import is_distributed
 
 SCORES = ("variance", "one_minus_max_prob", "entropy")
+MAX_BINS = 1 << 20  # a count's slots (3 (3 bins + calibration bins) at most) stay below 2^24, exact in float32
 
 
 def auroc_from_histograms(wrong: torch.Tensor, right: torch.Tensor) -> float | None:
@@ -44,13 +45,16 @@ def auroc_from_histograms(wrong: torch.Tensor, right: torch.Tensor) -> float | N
     return float(pairs) / (num_wrong * num_right)
 
 
-def _bin(values: torch.Tensor, bins: int) -> torch.Tensor:
-    """Values in [0, 1] -> bin indices of ``bins`` equal bins (int64, same shape; NaN -> bin 0). For a power-of-two
-    ``bins`` (the histograms' 4096) the float32 product is exact, so it is taken as it is; other counts (the
-    calibration's 15) multiply in float64."""
-    exact = values.dtype == torch.float32 and bins & (bins - 1) == 0
-    product = values * bins if exact else values.double() * bins
-    return product.nan_to_num_(0.0).clamp_(0, bins - 1).long()  # truncation: the floor of a value >= 0
+def _bin_(values: torch.Tensor, bins: int) -> torch.Tensor:
+    """In place: values in [0, 1] (float32 or float64) -> their bin among ``bins`` equal bins, as whole numbers of the
+    same dtype (NaN -> bin 0, +inf -> the last). For a power-of-two ``bins`` (the histograms' 4096) the product is
+    exact in either dtype; other counts (the calibration's 15) multiply float32 values in float64, where the
+    rounding of the product cannot carry a value just below a bin edge over it."""
+    if values.dtype == torch.float32 and bins & (bins - 1):
+        values.copy_(values.double().mul_(bins).floor_())
+    else:
+        values.mul_(bins).floor_()
+    return values.nan_to_num_(0.0).clamp_(0, bins - 1)
 
 
 def _work(work: dict[str, torch.Tensor] | None, name: str, shape: tuple[int, ...], dtype: torch.dtype,
@@ -69,8 +73,9 @@ def _slot_counts(rows: torch.Tensor, right: torch.Tensor, scored: torch.Tensor |
                  work: dict[str, torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Count slots over the wrong and the right pixels in one scatter-add.
 
-    rows: (K, P) whole numbers (int64, or float32 below 2^24, where they are exact), each pixel's slot in
-    [0, half) for each of K rows (a bin plus the row's offset); right, scored: (P,) bool (scored None: all).
+    rows: (K, P) whole numbers in floats, each pixel's slot in [0, half) for each of K rows (a bin plus the row's
+    offset); right, scored: (P,) bool (scored None: all). The shifted slots reach ``3 half``, which must be exact in
+    rows' dtype (below 2^24 for float32: the meter checks its bin count).
     Returns the flat int64 slots (K P,), a pixel's slot moved by ``half`` when it is right and by ``2 half`` when
     it is not scored (``rows`` is overwritten), and the counts (2, half), int32 (a batch has fewer than 2^31
     pixels): row 0 over the wrong pixels, row 1 over the right ones. One scatter-add of int32 ones, no pixel
@@ -100,8 +105,9 @@ def error_histograms(scores: torch.Tensor, wrong: torch.Tensor, bins: int,
     single = scores.shape == wrong.shape
     stacked = scores.reshape(1 if single else scores.shape[0], wrong.numel())
     num_scores = stacked.shape[0]
-    index = _bin(stacked, bins).add_(bins * torch.arange(num_scores, device=stacked.device)[:, None])
-    _, counts = _slot_counts(index, ~wrong.reshape(-1), scored, num_scores * bins)
+    rows = _bin_(stacked.to(torch.float64, copy=True), bins)  # float64: slots exact whatever the bin count
+    rows += bins * torch.arange(num_scores, device=stacked.device)[:, None]
+    _, counts = _slot_counts(rows, ~wrong.reshape(-1), scored, num_scores * bins)
     counts = counts.long().view(2, num_scores, bins).transpose(0, 1)
     return counts[0] if single else counts
 
@@ -135,19 +141,23 @@ class UncertaintyMeter:
 
     Counting takes about two dozen operations over the pixels, whatever their number; evaluation updates
     once per image, so batches smaller than ``queue_pixels`` are copied into a queue and counted together
-    when it is full, or when the counts are read (``histograms``, ``calibration``, ``result()``,
+    when it is full, or when the counts are read (``histograms``, ``calibration``, ``seen``, ``result()``,
     ``all_reduce()``). At the demo's 96 x 96 images that is one count per 7 images (docs/benchmarks.md).
     """
 
     def __init__(self, num_classes: int, device: torch.device | str = "cpu", bins: int = 4096,
                  calibration_bins: int = 15, queue_pixels: int = 1 << 16) -> None:
+        if not 1 <= bins <= MAX_BINS or not 1 <= calibration_bins <= MAX_BINS:
+            raise ValueError(f"bins and calibration_bins must be in 1..{MAX_BINS} (the slots of a count are float32 "
+                             f"whole numbers), got {bins} and {calibration_bins}")
         self.num_classes = num_classes
         self.bins = bins
         self.device = torch.device(device)
-        self._counts = torch.zeros(len(SCORES), 2, bins, dtype=torch.int64, device=device)
+        with torch.inference_mode(False):  # ordinary tensors, counted into inside or outside inference mode
+            self._counts = torch.zeros(len(SCORES), 2, bins, dtype=torch.int64, device=device)
+            # per calibration bin: pixels, right pixels, sum of confidences
+            self._calibration = torch.zeros(3, calibration_bins, dtype=torch.float64, device=device)
         self._seen = {name: False for name in SCORES}
-        # per calibration bin: pixels, right pixels, sum of confidences
-        self._calibration = torch.zeros(3, calibration_bins, dtype=torch.float64, device=device)
         self.queue_pixels = queue_pixels
         self._queue: dict[str, torch.Tensor] = {}  # made at the first queued batch
         self._work: dict[str, torch.Tensor] = {}  # the counting's intermediates for the queue (see _work)
@@ -175,30 +185,27 @@ class UncertaintyMeter:
     @torch.no_grad()
     def update(self, probabilities: torch.Tensor, target: torch.Tensor, variance: torch.Tensor | None = None,
                prediction: torch.Tensor | None = None) -> None:
-        """Count one batch, now or with the queue (the tensors are copied: the caller may reuse them).
-        ``prediction`` (N, H, W) int64: the class map, when the caller has it (evaluation does; it is
-        ``probabilities.max(dim=1).indices``), which saves a max over classes."""
+        """Count one batch, now or with the queue (the tensors are copied: the caller may reuse them). Tensors on
+        another device are brought to the meter's. ``prediction`` (N, H, W) int64: the class map, when the caller
+        has it (evaluation does; it is ``probabilities.max(dim=1).indices``), which saves a max over classes."""
+        n, classes, pixels = probabilities.shape[0], probabilities.shape[1], target.numel()
+        if classes != self.num_classes:
+            raise ValueError(f"UncertaintyMeter(num_classes={self.num_classes}) got probabilities of {classes} classes")
+        if pixels == 0:
+            return
         if prediction is None:
             prediction = probabilities.max(dim=1).indices
-        n, classes = probabilities.shape[:2]
-        pixels = target.numel()
         with_variance = variance is not None
         if self._queued and (with_variance != self._queued_variance or self._queued + pixels > self.queue_pixels):
             self._flush()
-        flat = probabilities.reshape(n, classes, -1).transpose(0, 1)  # (C, N, h w): pixels in target's order
-        if pixels > self.queue_pixels:  # large enough to count alone
-            self._count(flat.reshape(classes, pixels).float(), target.reshape(-1), prediction.reshape(-1),
-                        variance.reshape(-1) if with_variance else None)
+        flat = probabilities.reshape(n, classes, pixels // n).transpose(0, 1)  # (C, N, h w): target's pixel order
+        if 2 * pixels > self.queue_pixels:  # large enough to count alone (the queue would hold it alone)
+            self._count(flat.reshape(classes, pixels).to(self.device, torch.float32), target.reshape(-1).to(self.device),
+                        prediction.reshape(-1).to(self.device),
+                        variance.reshape(-1).to(self.device, torch.float32) if with_variance else None)
             return
         if not self._queue:
-            size, rows = self.queue_pixels, len(SCORES) + 1
-
-            def empty(numel: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-                return torch.empty(numel, dtype=dtype, device=self.device)
-            self._queue = {"probabilities": empty(classes * size).view(classes, size), "target": empty(size, torch.int64),
-                           "prediction": empty(size, torch.int64), "variance": empty(size)}
-            self._work = {"rows": empty(rows * size), "terms": empty(classes * size),
-                          "index": empty(rows * size, torch.int64), "ones": empty(rows * size, torch.int32).fill_(1)}
+            self._make_queue()
         start, end = self._queued, self._queued + pixels
         self._queue["probabilities"][:, start:end].view(classes, n, -1).copy_(flat)
         self._queue["target"][start:end] = target.reshape(-1)
@@ -206,6 +213,20 @@ class UncertaintyMeter:
         if with_variance:
             self._queue["variance"][start:end] = variance.reshape(-1)
         self._queued, self._queued_variance = end, with_variance
+
+    def _make_queue(self) -> None:
+        """The queue and its work space, as ordinary tensors even under torch.inference_mode (counts read outside
+        it write into them)."""
+        size, rows = self.queue_pixels, len(SCORES) + 1
+
+        def empty(numel: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+            return torch.empty(numel, dtype=dtype, device=self.device)
+        with torch.inference_mode(False):
+            self._queue = {"probabilities": empty(self.num_classes * size).view(self.num_classes, size),
+                           "target": empty(size, torch.int64), "prediction": empty(size, torch.int64),
+                           "variance": empty(size)}
+            self._work = {"rows": empty(rows * size), "terms": empty(self.num_classes * size),
+                          "index": empty(rows * size, torch.int64), "ones": empty(rows * size, torch.int32).fill_(1)}
 
     def _flush(self) -> None:
         """Count the queued pixels."""
@@ -236,9 +257,9 @@ class UncertaintyMeter:
         torch.neg(confidence, out=rows[num_scores - 2]).add_(1.0)  # 1 - confidence, the same rounding
         normalised_entropy(probabilities, dim=0, terms=_work(work, "terms", (classes, pixels), torch.float32, device),
                            out=rows[num_scores - 1])
-        rows[num_scores] = confidence.double().mul_(calibration_bins).floor_().clamp_(0, calibration_bins - 1)
-        rows[:num_scores].mul_(bins).floor_().clamp_(0, bins - 1)  # float32 exact for a power of two (see _bin)
-        rows.nan_to_num_(0.0)  # NaN (a diverged network's scores) -> bin 0, as _bin
+        rows[num_scores] = confidence
+        _bin_(rows[:num_scores], bins)
+        _bin_(rows[num_scores], calibration_bins)
         rows += bins * torch.arange(num_scores + 1, device=device)[:, None]
         half = num_scores * bins + calibration_bins
         index, counts = _slot_counts(rows, prediction == target, target >= 0, half, work)
@@ -248,9 +269,9 @@ class UncertaintyMeter:
         # The confidence's calibration bins: pixels and right pixels counted above, confidences summed here.
         sums = torch.zeros(3 * half, dtype=torch.float64, device=index.device)
         sums.scatter_add_(0, index[-confidence.numel():], confidence.double())
-        pixels = counts[:, num_scores * bins:]
-        self._calibration[0] += pixels.sum(dim=0)
-        self._calibration[1] += pixels[1]
+        calibration_counts = counts[:, num_scores * bins:]  # (2, calibration bins): wrong, right
+        self._calibration[0] += calibration_counts.sum(dim=0)
+        self._calibration[1] += calibration_counts[1]
         self._calibration[2] += sums[:2 * half].view(2, half)[:, num_scores * bins:].sum(dim=0)
 
     def all_reduce(self) -> None:

@@ -27,7 +27,8 @@ REPRESENTATION_DIM = 256
 
 
 class SegmenterOutput(NamedTuple):
-    """Student outputs at stride 4 (h = ceil-ish H/4, e.g. 81 for H = 321)."""
+    """Student outputs at stride 4 (h = ceil-ish H/4, e.g. 81 for H = 321), and the ASPP's map at the encoder's
+    output stride (h' = 21 for H = 321 at 16)."""
 
     logits: torch.Tensor  # (N, C, h, w) class scores before softmax
     # (N, 256, h, w) representation means (not normalised); None when not asked for. Only PRCL's student trains them.

@@ -85,17 +85,20 @@ class ProbabilityHead(nn.Module):
         def mean_variance(features: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
             n, channels, height, width = features.shape
             with torch.no_grad():
-                x = features.permute(0, 2, 3, 1).reshape(-1, channels)  # (N h w, in)
                 if context is None:
+                    x = features.permute(0, 2, 3, 1).reshape(-1, channels)  # (N h w, in)
                     x = torch.addmm(shift1, x, weight1.t())
                 else:
                     low = channels - context.shape[1]  # features' channels before the upsampled context
+                    if context.shape[0] != n or low <= 0:
+                        raise ValueError(f"context {tuple(context.shape)} is not the upsampled tail of features "
+                                         f"{tuple(features.shape)}")
                     coarse = torch.addmm(shift1, context.permute(0, 2, 3, 1).reshape(-1, context.shape[1]),
                                          weight1[:, low:].t())  # (N h' w', dim)
                     coarse = coarse.view(n, *context.shape[-2:], -1).permute(0, 3, 1, 2)  # channels-last (N, dim, h', w')
                     upsampled = F.interpolate(coarse, size=(height, width), mode="bilinear", align_corners=True)
-                    x = torch.addmm(upsampled.permute(0, 2, 3, 1).reshape(-1, coarse.shape[1]), x[:, :low],
-                                    weight1[:, :low].t())
+                    x = torch.addmm(upsampled.permute(0, 2, 3, 1).reshape(-1, coarse.shape[1]),
+                                    features[:, :low].permute(0, 2, 3, 1).reshape(-1, low), weight1[:, :low].t())
                 x = torch.addmm(shift2, x.relu_(), weight2.t())
                 u = x.clamp_(max=80.0).exp_().add_(EPS)
                 variance = u.div_(u + 1.0).mean(dim=1)
