@@ -185,7 +185,8 @@ def read_records(path: Path, then: str = "") -> tuple[list[dict], bool]:
 
 
 def folder_problem(folder: Path) -> str | None:
-    """Why ``folder`` cannot be written or created (e.g. "is under x, which is a file"), else None."""
+    """Why ``folder`` cannot be written or created (e.g. "is under x, which is a file"), else None. Writes and
+    removes a probe file in the nearest existing folder (``os.access`` misses read-only mounts)."""
     existing = folder
     while not existing.exists() and existing.parent != existing:
         existing = existing.parent

@@ -263,7 +263,7 @@ class UncertaintyMeter:
         rows += bins * torch.arange(num_scores + 1, device=device)[:, None]
         half = num_scores * bins + calibration_bins
         index, counts = _slot_counts(rows, prediction == target, target >= 0, half, work)
-        self._counts[SCORES.index(names[0]):] += counts[:, :num_scores * bins].view(2, num_scores, bins).transpose(0, 1)
+        self._counts[len(SCORES) - num_scores:] += counts[:, :num_scores * bins].view(2, num_scores, bins).transpose(0, 1)
         for name in names:
             self._seen[name] = True
         # The confidence's calibration bins: pixels and right pixels counted above, confidences summed here.

@@ -144,7 +144,7 @@ def fetch_imagenet(encoder: str) -> Path | None:
 
 def check_cache_folder(source: ImageNetSource) -> None:
     """UserError (one line) unless the cache folder is, or can be created as, a writable folder.
-    Creates nothing."""
+    Creates nothing (prcl.io.folder_problem's probe file is removed again)."""
     folder = source.folder
     problem = folder_problem(folder)
     if problem is None:

@@ -100,7 +100,7 @@ class ProbabilityHead(nn.Module):
                     x = torch.addmm(upsampled.permute(0, 2, 3, 1).reshape(-1, coarse.shape[1]),
                                     features[:, :low].permute(0, 2, 3, 1).reshape(-1, low), weight1[:, :low].t())
                 x = torch.addmm(shift2, x.relu_(), weight2.t())
-                u = x.clamp_(max=80.0).exp_().add_(EPS)
+                u = x.clamp_(max=80.0).exp_().add_(EPS)  # _folded_forward's tail, in place (no gradient here)
                 variance = u.div_(u + 1.0).mean(dim=1)
             return variance.reshape(n, 1, height, width)
 
